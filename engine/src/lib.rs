@@ -1,0 +1,29 @@
+//! # nacelle-engine
+//!
+//! The registry core of Nacelle: the Nacos naming model, the shards that own clients and
+//! services, and the lock-free read views every core answers queries from. It does no IO,
+//! reads no clock and owns no thread: a driver (the `nacelle` server, a test, a simulator)
+//! feeds it inputs with the current time and executes the commands it emits.
+//!
+//! # Layout
+//! - [`model`]: services, instances, clients, metadata, validation — the Nacos vocabulary.
+//! - [`view`]: [`view::ServiceView`] snapshots, query selection (clusters, health, protect
+//!   threshold) and the [`view::ReadIndex`] directory published with crossbeam-epoch.
+//! - [`shard`]: [`shard::Shard`], the per-core state machine: client ops in, service ops
+//!   between shards, views out, pushes to subscribers, heartbeat expiry on timers.
+//!
+//! # Why this shape
+//! A core owns a hash slice of clients and a hash slice of services, so no write needs a lock:
+//! writes become messages to the owner. Reads never wait: they load the published view of a
+//! service under an epoch guard. The same state machine will carry the Distro protocol, which
+//! is why every input takes the time as an argument and every output is a command.
+
+#![deny(missing_docs)]
+
+pub mod model;
+pub mod shard;
+pub mod view;
+
+pub use model::{ClientId, Host, Instance, InstanceSpec, Interner, Metadata, ServiceKey, Str};
+pub use shard::{ClientOp, Command, Now, OpError, OpOutcome, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig, ShardMsg};
+pub use view::{ReadIndex, ServiceView};

@@ -1,0 +1,900 @@
+//! One shard of the registry: the clients whose id hashes here and the services whose key
+//! hashes here. A shard is a plain state machine driven by one core; it never blocks, never reads
+//! a clock and never touches a socket.
+//!
+//! Inputs are facts (`handle`, `handle_timeout`); outputs are [`Command`]s drained with
+//! `poll_command`: messages for other shards, replies to requests, pushes to subscribers.
+//!
+//! A write travels twice at most: from the accepting core to the client's owner (which keeps the
+//! client's publishes and revision), then as a [`ServiceOp`] to the service's owner (which keeps
+//! the service's publishers and subscribers, builds its view and publishes it to the
+//! [`ReadIndex`]). Views are rebuilt once per [`Shard::flush`], so a burst of writes to one
+//! service costs one rebuild; pushes wait `push_delay_ms` so a burst costs one push.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::model::{stable_hash, ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str};
+use crate::view::{Publish, ReadIndex, ServiceCell, ServiceView};
+
+/// The time as the driver sees it. Both clocks are inputs so the shard stays deterministic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (any origin); all timeouts use this.
+    pub mono_ms: u64,
+    /// Wall-clock unix milliseconds; only written into answers (`lastRefTime`).
+    pub unix_ms: u64,
+}
+
+/// Shard settings.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// Number of shards (cores) in this process.
+    pub shard_count: usize,
+    /// How long a change waits for more changes before subscribers get one push (ms).
+    pub push_delay_ms: u64,
+    /// How often heartbeat clients are checked for missed beats (ms).
+    pub beat_check_interval_ms: u64,
+    /// Largest number of instances in one batch registration.
+    pub max_batch_instances: usize,
+    /// Largest number of services one client may publish or subscribe to.
+    pub max_services_per_client: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            shard_count: 1,
+            push_delay_ms: 50,
+            beat_check_interval_ms: 1_000,
+            max_batch_instances: 10_000,
+            max_services_per_client: 100_000,
+        }
+    }
+}
+
+/// Where a reply goes: the shard that is waiting and its token for the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The waiting shard.
+    pub shard: usize,
+    /// The waiter's token, echoed back.
+    pub token: u64,
+}
+
+/// A change of an instance's mutable fields (HTTP `PATCH`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstancePatch {
+    /// New weight.
+    pub weight: Option<f64>,
+    /// New enabled flag.
+    pub enabled: Option<bool>,
+    /// New health flag.
+    pub healthy: Option<bool>,
+    /// New metadata (replaces the old).
+    pub metadata: Option<Metadata>,
+}
+
+/// Something a client asks of the shard that owns it.
+#[derive(Clone, Debug)]
+pub enum ClientOp {
+    /// Publish one instance in a service, replacing the client's previous publish there.
+    Register {
+        /// Service.
+        service: ServiceKey,
+        /// Instance.
+        instance: Instance,
+    },
+    /// Publish several instances in a service, replacing the previous publish there.
+    BatchRegister {
+        /// Service.
+        service: ServiceKey,
+        /// Instances (non-empty).
+        instances: Vec<Instance>,
+    },
+    /// Withdraw an instance.
+    Deregister {
+        /// Service.
+        service: ServiceKey,
+        /// Address of the instance.
+        host: Host,
+        /// Port of the instance.
+        port: u16,
+        /// Cluster of the instance.
+        cluster: Str,
+    },
+    /// Change fields of a registered instance.
+    Update {
+        /// Service.
+        service: ServiceKey,
+        /// Address of the instance.
+        host: Host,
+        /// Port of the instance.
+        port: u16,
+        /// Cluster of the instance.
+        cluster: Str,
+        /// The change.
+        patch: InstancePatch,
+    },
+    /// A heartbeat of an HTTP instance; `reregister` is used when the instance is unknown.
+    Beat {
+        /// Service.
+        service: ServiceKey,
+        /// Address of the instance.
+        host: Host,
+        /// Port of the instance.
+        port: u16,
+        /// Cluster of the instance.
+        cluster: Str,
+        /// Instance to register if it is unknown (Nacos does this when the beat has a body).
+        reregister: Option<Instance>,
+    },
+    /// Subscribe this (connection) client to a service.
+    Subscribe {
+        /// Service.
+        service: ServiceKey,
+        /// Comma-separated cluster filter of the pushes (empty = all).
+        clusters: Str,
+    },
+    /// Stop a subscription.
+    Unsubscribe {
+        /// Service.
+        service: ServiceKey,
+    },
+    /// The client is gone (connection closed): remove everything it published and subscribed.
+    Disconnect,
+}
+
+/// Something asked of the shard that owns a service.
+#[derive(Clone, Debug)]
+pub enum ServiceOp {
+    /// A client's publish in the service changed.
+    Upsert {
+        /// Client.
+        client: ClientId,
+        /// Its whole publish in the service.
+        publish: Publish,
+    },
+    /// A client no longer publishes in the service.
+    Remove {
+        /// Client.
+        client: ClientId,
+    },
+    /// A connection subscribes.
+    Subscribe {
+        /// Subscriber (connection id).
+        subscriber: u64,
+        /// Cluster filter.
+        clusters: Str,
+    },
+    /// A connection unsubscribes.
+    Unsubscribe {
+        /// Subscriber (connection id).
+        subscriber: u64,
+    },
+    /// Creates the service or changes its settings (HTTP `/service`).
+    Configure {
+        /// New protect threshold.
+        protect_threshold: Option<f32>,
+        /// New metadata.
+        metadata: Option<Metadata>,
+        /// Fail if the service already exists (POST) or does not exist (PUT: `Some(false)`).
+        must_exist: Option<bool>,
+    },
+    /// Deletes an explicitly created service; refused while it has instances.
+    Delete,
+}
+
+/// A message between shards.
+#[derive(Clone, Debug)]
+pub enum ShardMsg {
+    /// To the client's owner.
+    Client {
+        /// Client.
+        client: ClientId,
+        /// Operation.
+        op: ClientOp,
+        /// Who waits for the outcome.
+        reply: Option<ReplyTo>,
+    },
+    /// To the service's owner.
+    Service {
+        /// Service.
+        service: ServiceKey,
+        /// Operation.
+        op: ServiceOp,
+        /// Who waits for the outcome.
+        reply: Option<ReplyTo>,
+    },
+}
+
+/// What an operation achieved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OpOutcome {
+    /// Applied and changed something.
+    Changed,
+    /// Valid, but the state was already so (nothing is pushed).
+    Unchanged,
+    /// A heartbeat was accepted; the client should beat at this interval.
+    Beat {
+        /// Interval (ms).
+        interval_ms: u32,
+    },
+}
+
+/// Why an operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpError {
+    /// The instance, client or service is unknown.
+    NotFound(String),
+    /// The request is not acceptable.
+    Invalid(String),
+    /// The request conflicts with the current state.
+    Conflict(String),
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpError::NotFound(m) | OpError::Invalid(m) | OpError::Conflict(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The outcome of an operation.
+pub type OpResult = Result<OpOutcome, OpError>;
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Command {
+    /// Deliver `msg` to shard `shard` (never this shard: local messages are applied at once).
+    Send {
+        /// Destination shard.
+        shard: usize,
+        /// Message.
+        msg: ShardMsg,
+    },
+    /// Complete a request.
+    Reply {
+        /// Waiter.
+        to: ReplyTo,
+        /// Outcome.
+        result: OpResult,
+    },
+    /// Send `view` to the subscriber connection (Nacos `NotifySubscriberRequest`).
+    Push {
+        /// Subscriber (connection id; its core is `id % shard_count`).
+        subscriber: u64,
+        /// Its cluster filter.
+        clusters: Str,
+        /// The view to push.
+        view: Arc<ServiceView>,
+    },
+}
+
+/// Counters one shard keeps; any core reads them for `/metrics`.
+#[derive(Default, Debug)]
+pub struct ShardStats {
+    /// Instances in services owned by this shard.
+    pub instances: AtomicI64,
+    /// Services owned by this shard.
+    pub services: AtomicI64,
+    /// Clients owned by this shard.
+    pub clients: AtomicI64,
+    /// Subscriptions to services owned by this shard.
+    pub subscriptions: AtomicI64,
+    /// Pushes emitted.
+    pub pushes: AtomicU64,
+    /// Instances removed because their heartbeats stopped.
+    pub expired_instances: AtomicU64,
+    /// Instances marked unhealthy because their heartbeats stopped.
+    pub unhealthy_marks: AtomicU64,
+}
+
+/// The shard that owns a client.
+pub fn client_shard(client: &ClientId, shard_count: usize) -> usize {
+    let n = shard_count.max(1) as u64;
+    match client {
+        // The server picks connection ids so that a connection's client lives on its own core.
+        ClientId::Conn(id) => (id % n) as usize,
+        other => (stable_hash(other) % n) as usize,
+    }
+}
+
+struct PublishEntry {
+    service: ServiceKey,
+    publish: Publish,
+    /// Last heartbeat (mono ms); heartbeat clients only.
+    last_beat_ms: u64,
+}
+
+struct Client {
+    revision: u64,
+    publishes: SmallVec<[PublishEntry; 1]>,
+    subscriptions: Vec<ServiceKey>,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client { revision: 0, publishes: SmallVec::new(), subscriptions: Vec::new() }
+    }
+    fn entry(&self, service: &ServiceKey) -> Option<usize> {
+        self.publishes.iter().position(|e| &e.service == service)
+    }
+}
+
+struct ServiceState {
+    cell: Arc<ServiceCell>,
+    publishers: HashMap<ClientId, Publish, StableHasher>,
+    subscribers: HashMap<u64, Str, StableHasher>,
+    protect_threshold: f32,
+    metadata: Metadata,
+    /// Created through `/service`: survives having no instances.
+    explicit: bool,
+    revision: u64,
+    in_dirty_list: bool,
+    push_timer_set: bool,
+    pushed_revision: u64,
+    view: Arc<ServiceView>,
+    instance_count: usize,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Timer {
+    BeatCheck,
+    Push(ServiceKey),
+}
+
+/// One shard of the registry. See the module docs.
+pub struct Shard {
+    id: usize,
+    cfg: ShardConfig,
+    index: Arc<ReadIndex>,
+    interner: Interner,
+    clients: HashMap<ClientId, Client, StableHasher>,
+    services: HashMap<ServiceKey, ServiceState, StableHasher>,
+    dirty: Vec<ServiceKey>,
+    directory_changes: Vec<(ServiceKey, Option<Arc<ServiceCell>>)>,
+    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    out: VecDeque<Command>,
+    stats: Arc<ShardStats>,
+    now: Now,
+}
+
+impl Shard {
+    /// Shard `id` of `cfg.shard_count`, publishing into `index`.
+    pub fn new(id: usize, cfg: ShardConfig, index: Arc<ReadIndex>, now: Now) -> Shard {
+        assert_eq!(cfg.shard_count, index.shard_count(), "index and config disagree on shard count");
+        let mut shard = Shard {
+            id,
+            index,
+            interner: Interner::default(),
+            clients: HashMap::default(),
+            services: HashMap::default(),
+            dirty: Vec::new(),
+            directory_changes: Vec::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            stats: Arc::new(ShardStats::default()),
+            now,
+            cfg,
+        };
+        shard.set_timer(now.mono_ms + shard.cfg.beat_check_interval_ms, Timer::BeatCheck);
+        shard
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &Arc<ShardStats> {
+        &self.stats
+    }
+
+    /// The shared read index.
+    pub fn index(&self) -> &Arc<ReadIndex> {
+        &self.index
+    }
+
+    /// Next command for the driver.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.out.pop_front()
+    }
+
+    /// When `handle_timeout` wants to run next (mono ms).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Applies one message. Call [`Shard::flush`] after a batch of messages.
+    pub fn handle(&mut self, now: Now, msg: ShardMsg) {
+        self.now = now;
+        match msg {
+            ShardMsg::Client { client, op, reply } => {
+                let result = if client_shard(&client, self.cfg.shard_count) != self.id {
+                    Err(OpError::Invalid(format!("client {client} is not owned by shard {}", self.id)))
+                } else {
+                    self.apply_client_op(client, op)
+                };
+                if let Some(to) = reply {
+                    self.out.push_back(Command::Reply { to, result });
+                }
+            }
+            ShardMsg::Service { service, op, reply } => {
+                let result = self.apply_service_op(service, op);
+                if let Some(to) = reply {
+                    self.out.push_back(Command::Reply { to, result });
+                }
+            }
+        }
+    }
+
+    /// Fires due timers (heartbeat checks, pushes), then flushes.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.now = now;
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now.mono_ms {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            match timer {
+                Timer::BeatCheck => {
+                    self.check_heartbeats();
+                    self.set_timer(now.mono_ms + self.cfg.beat_check_interval_ms, Timer::BeatCheck);
+                }
+                Timer::Push(service) => self.push(&service),
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Rebuilds and publishes the views changed since the last flush, arms push timers and
+    /// updates the directory. Cheap when nothing changed.
+    pub fn flush(&mut self, now: Now) {
+        self.now = now;
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in dirty {
+            let Some(state) = self.services.get_mut(&key) else { continue };
+            state.in_dirty_list = false;
+            let gone = state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
+            if gone {
+                if let Some(state) = self.services.remove(&key) {
+                    self.stats.instances.fetch_sub(state.instance_count as i64, Ordering::Relaxed);
+                    self.stats.services.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.directory_changes.push((key, None));
+                continue;
+            }
+            state.revision += 1;
+            let publishes: Vec<Publish> = state.publishers.values().cloned().collect();
+            let view = Arc::new(ServiceView::new(
+                key.clone(),
+                state.revision,
+                now.unix_ms,
+                state.protect_threshold,
+                state.metadata.clone(),
+                publishes,
+                Some(self.index.budget().clone()),
+            ));
+            let delta = view.instance_count as i64 - state.instance_count as i64;
+            state.instance_count = view.instance_count;
+            self.stats.instances.fetch_add(delta, Ordering::Relaxed);
+            state.cell.publish(view.clone());
+            state.view = view;
+            if !state.subscribers.is_empty() && !state.push_timer_set {
+                state.push_timer_set = true;
+                let at = now.mono_ms + self.cfg.push_delay_ms;
+                self.timers.push(Reverse((at, Timer::Push(key))));
+            }
+        }
+        let changes = std::mem::take(&mut self.directory_changes);
+        self.index.update_directory(changes);
+    }
+
+    /// Drops interned strings nobody uses any more; call now and then (e.g. every minute).
+    pub fn collect_garbage(&mut self) {
+        self.interner.collect_garbage();
+    }
+
+    /// Number of clients this shard owns.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn set_timer(&mut self, at: u64, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
+    }
+
+    fn to_service(&mut self, service: ServiceKey, op: ServiceOp) {
+        let owner = self.index.owner_of(&service);
+        if owner == self.id {
+            // Local: apply at once; the outcome only matters to remote callers.
+            let _ = self.apply_service_op(service, op);
+        } else {
+            self.out.push_back(Command::Send { shard: owner, msg: ShardMsg::Service { service, op, reply: None } });
+        }
+    }
+
+    fn intern_instance(&mut self, mut instance: Instance) -> Instance {
+        instance.cluster = self.interner.intern(&instance.cluster);
+        instance
+    }
+
+    fn apply_client_op(&mut self, client_id: ClientId, op: ClientOp) -> OpResult {
+        let now_ms = self.now.mono_ms;
+        match op {
+            ClientOp::Register { service, instance } => {
+                let instance = self.intern_instance(instance);
+                self.set_publish(client_id, service, Arc::from(vec![instance]))
+            }
+            ClientOp::BatchRegister { service, instances } => {
+                if instances.is_empty() {
+                    return Err(OpError::Invalid("a batch registration needs at least one instance".into()));
+                }
+                if instances.len() > self.cfg.max_batch_instances {
+                    return Err(OpError::Invalid(format!(
+                        "a batch registration holds at most {} instances",
+                        self.cfg.max_batch_instances
+                    )));
+                }
+                let instances: Vec<Instance> = instances.into_iter().map(|i| self.intern_instance(i)).collect();
+                self.set_publish(client_id, service, Arc::from(instances))
+            }
+            ClientOp::Deregister { service, host, port, cluster } => {
+                let Some(client) = self.clients.get_mut(&client_id) else { return Ok(OpOutcome::Unchanged) };
+                let Some(pos) = client.entry(&service) else { return Ok(OpOutcome::Unchanged) };
+                let publish = &client.publishes[pos].publish;
+                // A client holds one publish per service (Nacos): withdrawing a single-instance
+                // publish removes it whatever cluster the request names; from a batch, only the
+                // matching instance goes.
+                let remaining: Vec<Instance> = if publish.len() <= 1 {
+                    Vec::new()
+                } else {
+                    publish.iter().filter(|i| !i.is_at(&host, port, &cluster)).cloned().collect()
+                };
+                if remaining.len() == publish.len() {
+                    return Ok(OpOutcome::Unchanged);
+                }
+                client.revision += 1;
+                let service = client.publishes[pos].service.clone();
+                if remaining.is_empty() {
+                    client.publishes.remove(pos);
+                    self.to_service(service, ServiceOp::Remove { client: client_id.clone() });
+                } else {
+                    let publish: Publish = Arc::from(remaining);
+                    client.publishes[pos].publish = publish.clone();
+                    self.to_service(service, ServiceOp::Upsert { client: client_id.clone(), publish });
+                }
+                self.drop_client_if_empty(&client_id);
+                Ok(OpOutcome::Changed)
+            }
+            ClientOp::Update { service, host, port, cluster, patch } => {
+                let Some(client) = self.clients.get_mut(&client_id) else {
+                    return Err(OpError::NotFound(format!("no instance {host}:{port} in {service:?}")));
+                };
+                let found = client.entry(&service).and_then(|pos| {
+                    let p = &client.publishes[pos].publish;
+                    p.iter().position(|i| i.is_at(&host, port, &cluster)).map(|ipos| (pos, ipos))
+                });
+                let Some((pos, ipos)) = found else {
+                    return Err(OpError::NotFound(format!("no instance {host}:{port} in cluster {cluster} of {service:?}")));
+                };
+                let mut instances: Vec<Instance> = client.publishes[pos].publish.to_vec();
+                let inst = &mut instances[ipos];
+                if let Some(w) = patch.weight {
+                    inst.weight = w;
+                }
+                if let Some(e) = patch.enabled {
+                    inst.enabled = e;
+                }
+                if let Some(h) = patch.healthy {
+                    inst.healthy = h;
+                }
+                if let Some(m) = patch.metadata {
+                    inst.timing = crate::model::HeartbeatTiming::from_metadata(&m)
+                        .map_err(|e| OpError::Invalid(e.0))?;
+                    inst.metadata = m;
+                }
+                let service = client.publishes[pos].service.clone();
+                self.set_publish(client_id, service, Arc::from(instances))
+            }
+            ClientOp::Beat { service, host, port, cluster, reregister } => {
+                let found = self.clients.get_mut(&client_id).and_then(|client| {
+                    let pos = client.entry(&service)?;
+                    let entry = &mut client.publishes[pos];
+                    let inst = entry.publish.iter().find(|i| i.is_at(&host, port, &cluster))?;
+                    entry.last_beat_ms = now_ms;
+                    Some((inst.healthy, inst.timing.interval_ms))
+                });
+                match (found, reregister) {
+                    (Some((true, interval_ms)), _) => Ok(OpOutcome::Beat { interval_ms }),
+                    (Some((false, interval_ms)), _) => {
+                        self.set_health(&client_id, &service, true);
+                        Ok(OpOutcome::Beat { interval_ms })
+                    }
+                    (None, Some(instance)) => {
+                        let interval_ms = instance.timing.interval_ms;
+                        let instance = self.intern_instance(instance);
+                        self.set_publish(client_id, service, Arc::from(vec![instance]))?;
+                        Ok(OpOutcome::Beat { interval_ms })
+                    }
+                    (None, None) => Err(OpError::NotFound(format!(
+                        "instance {host}:{port} in cluster {cluster} of {service:?} is not registered"
+                    ))),
+                }
+            }
+            ClientOp::Subscribe { service, clusters } => {
+                let service = self.interner.service(service);
+                let limit = self.cfg.max_services_per_client;
+                let client = self.clients.entry(client_id.clone()).or_insert_with(|| {
+                    self.stats.clients.fetch_add(1, Ordering::Relaxed);
+                    Client::new()
+                });
+                if !client.subscriptions.contains(&service) {
+                    if client.subscriptions.len() >= limit {
+                        return Err(OpError::Invalid(format!("a client may subscribe to at most {limit} services")));
+                    }
+                    client.subscriptions.push(service.clone());
+                }
+                let ClientId::Conn(subscriber) = client_id else {
+                    return Err(OpError::Invalid("only connection clients can subscribe".into()));
+                };
+                self.to_service(service, ServiceOp::Subscribe { subscriber, clusters });
+                Ok(OpOutcome::Changed)
+            }
+            ClientOp::Unsubscribe { service } => {
+                let Some(client) = self.clients.get_mut(&client_id) else { return Ok(OpOutcome::Unchanged) };
+                let before = client.subscriptions.len();
+                client.subscriptions.retain(|s| s != &service);
+                if client.subscriptions.len() == before {
+                    return Ok(OpOutcome::Unchanged);
+                }
+                if let ClientId::Conn(subscriber) = client_id {
+                    self.to_service(service, ServiceOp::Unsubscribe { subscriber });
+                }
+                self.drop_client_if_empty(&client_id);
+                Ok(OpOutcome::Changed)
+            }
+            ClientOp::Disconnect => {
+                let Some(client) = self.clients.remove(&client_id) else { return Ok(OpOutcome::Unchanged) };
+                self.stats.clients.fetch_sub(1, Ordering::Relaxed);
+                for entry in client.publishes {
+                    self.to_service(entry.service, ServiceOp::Remove { client: client_id.clone() });
+                }
+                if let ClientId::Conn(subscriber) = client_id {
+                    for service in client.subscriptions {
+                        self.to_service(service, ServiceOp::Unsubscribe { subscriber });
+                    }
+                }
+                Ok(OpOutcome::Changed)
+            }
+        }
+    }
+
+    /// Replaces the client's publish in `service`; the heart of register, batch and update.
+    fn set_publish(&mut self, client_id: ClientId, service: ServiceKey, publish: Publish) -> OpResult {
+        let now_ms = self.now.mono_ms;
+        let limit = self.cfg.max_services_per_client;
+        let service = self.interner.service(service);
+        let client = self.clients.entry(client_id.clone()).or_insert_with(|| {
+            self.stats.clients.fetch_add(1, Ordering::Relaxed);
+            Client::new()
+        });
+        match client.entry(&service) {
+            Some(pos) => {
+                let entry = &mut client.publishes[pos];
+                entry.last_beat_ms = now_ms;
+                if entry.publish == publish {
+                    return Ok(OpOutcome::Unchanged);
+                }
+                entry.publish = publish.clone();
+            }
+            None => {
+                if client.publishes.len() >= limit {
+                    return Err(OpError::Invalid(format!("a client may publish in at most {limit} services")));
+                }
+                client.publishes.push(PublishEntry { service: service.clone(), publish: publish.clone(), last_beat_ms: now_ms });
+            }
+        }
+        client.revision += 1;
+        self.to_service(service, ServiceOp::Upsert { client: client_id, publish });
+        Ok(OpOutcome::Changed)
+    }
+
+    fn set_health(&mut self, client_id: &ClientId, service: &ServiceKey, healthy: bool) {
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        let Some(pos) = client.entry(service) else { return };
+        let entry = &mut client.publishes[pos];
+        if entry.publish.iter().all(|i| i.healthy == healthy) {
+            return;
+        }
+        let publish: Publish = entry.publish.iter().map(|i| i.with_health(healthy)).collect::<Vec<_>>().into();
+        entry.publish = publish.clone();
+        client.revision += 1;
+        let service = entry.service.clone();
+        self.to_service(service, ServiceOp::Upsert { client: client_id.clone(), publish });
+    }
+
+    fn drop_client_if_empty(&mut self, client_id: &ClientId) {
+        let empty = self.clients.get(client_id).is_some_and(|c| c.publishes.is_empty() && c.subscriptions.is_empty());
+        if empty {
+            self.clients.remove(client_id);
+            self.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks heartbeat instances unhealthy, or removes them, when their beats stopped (Nacos's
+    /// UnhealthyInstanceChecker and ExpiredInstanceChecker).
+    fn check_heartbeats(&mut self) {
+        let now_ms = self.now.mono_ms;
+        let mut unhealthy: Vec<(ClientId, ServiceKey)> = Vec::new();
+        let mut expired: Vec<(ClientId, ServiceKey)> = Vec::new();
+        for (id, client) in &self.clients {
+            if !id.is_heartbeat() {
+                continue;
+            }
+            for entry in &client.publishes {
+                let silent = now_ms.saturating_sub(entry.last_beat_ms);
+                let Some(timing) = entry.publish.first().map(|i| i.timing) else { continue };
+                if silent > u64::from(timing.delete_ms) {
+                    expired.push((id.clone(), entry.service.clone()));
+                } else if silent > u64::from(timing.timeout_ms) && entry.publish.iter().any(|i| i.healthy) {
+                    unhealthy.push((id.clone(), entry.service.clone()));
+                }
+            }
+        }
+        for (id, service) in unhealthy {
+            self.stats.unhealthy_marks.fetch_add(1, Ordering::Relaxed);
+            self.set_health(&id, &service, false);
+        }
+        for (id, service) in expired {
+            let Some(client) = self.clients.get_mut(&id) else { continue };
+            let Some(pos) = client.entry(&service) else { continue };
+            let entry = client.publishes.remove(pos);
+            client.revision += 1;
+            self.stats.expired_instances.fetch_add(entry.publish.len() as u64, Ordering::Relaxed);
+            self.to_service(entry.service, ServiceOp::Remove { client: id.clone() });
+            self.drop_client_if_empty(&id);
+        }
+    }
+
+    fn service_state(&mut self, service: ServiceKey) -> &mut ServiceState {
+        let service = self.interner.service(service);
+        if !self.services.contains_key(&service) {
+            let view = Arc::new(ServiceView::empty(service.clone(), self.now.unix_ms));
+            let cell = ServiceCell::new(view.clone());
+            self.directory_changes.push((service.clone(), Some(cell.clone())));
+            self.stats.services.fetch_add(1, Ordering::Relaxed);
+            self.services.insert(
+                service.clone(),
+                ServiceState {
+                    cell,
+                    publishers: HashMap::default(),
+                    subscribers: HashMap::default(),
+                    protect_threshold: 0.0,
+                    metadata: Metadata::default(),
+                    explicit: false,
+                    revision: 0,
+                    in_dirty_list: false,
+                    push_timer_set: false,
+                    pushed_revision: 0,
+                    view,
+                    instance_count: 0,
+                },
+            );
+        }
+        match self.services.get_mut(&service) {
+            Some(s) => s,
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    fn mark_dirty(&mut self, service: &ServiceKey) {
+        if let Some(state) = self.services.get_mut(service) {
+            if !state.in_dirty_list {
+                state.in_dirty_list = true;
+                self.dirty.push(service.clone());
+            }
+        }
+    }
+
+    fn apply_service_op(&mut self, service: ServiceKey, op: ServiceOp) -> OpResult {
+        let exists = self.services.contains_key(&service);
+        let outcome = match op {
+            ServiceOp::Upsert { client, publish } => {
+                let state = self.service_state(service.clone());
+                if state.publishers.get(&client) == Some(&publish) {
+                    return Ok(OpOutcome::Unchanged);
+                }
+                state.publishers.insert(client, publish);
+                OpOutcome::Changed
+            }
+            ServiceOp::Remove { client } => {
+                let Some(state) = self.services.get_mut(&service) else { return Ok(OpOutcome::Unchanged) };
+                if state.publishers.remove(&client).is_none() {
+                    return Ok(OpOutcome::Unchanged);
+                }
+                OpOutcome::Changed
+            }
+            ServiceOp::Subscribe { subscriber, clusters } => {
+                let state = self.service_state(service);
+                if state.subscribers.insert(subscriber, clusters).is_none() {
+                    self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
+                // The view did not change: nothing to rebuild or push. A new service's empty
+                // view reaches the directory at the next flush.
+                return Ok(OpOutcome::Changed);
+            }
+            ServiceOp::Unsubscribe { subscriber } => {
+                let Some(state) = self.services.get_mut(&service) else { return Ok(OpOutcome::Unchanged) };
+                if state.subscribers.remove(&subscriber).is_none() {
+                    return Ok(OpOutcome::Unchanged);
+                }
+                self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                let removable = state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
+                if !removable {
+                    return Ok(OpOutcome::Changed);
+                }
+                // Dirty only so that `flush` drops the now unused service.
+                OpOutcome::Changed
+            }
+            ServiceOp::Configure { protect_threshold, metadata, must_exist } => {
+                match must_exist {
+                    Some(true) if !exists => return Err(OpError::NotFound(format!("service {service:?} not found"))),
+                    Some(false) if exists && self.services.get(&service).is_some_and(|s| s.explicit || !s.publishers.is_empty()) => {
+                        return Err(OpError::Conflict(format!("service {service:?} already exists")))
+                    }
+                    _ => {}
+                }
+                if let Some(t) = protect_threshold {
+                    if !(0.0..=1.0).contains(&t) {
+                        return Err(OpError::Invalid(format!("protectThreshold {t} must be within [0, 1]")));
+                    }
+                }
+                let state = self.service_state(service.clone());
+                state.explicit = true;
+                if let Some(t) = protect_threshold {
+                    state.protect_threshold = t;
+                }
+                if let Some(m) = metadata {
+                    state.metadata = m;
+                }
+                OpOutcome::Changed
+            }
+            ServiceOp::Delete => {
+                let Some(state) = self.services.get_mut(&service) else {
+                    return Err(OpError::NotFound(format!("service {service:?} not found")));
+                };
+                if !state.publishers.is_empty() {
+                    return Err(OpError::Conflict(format!(
+                        "service {service:?} has {} instance(s); deregister them first",
+                        state.publishers.values().map(|p| p.len()).sum::<usize>()
+                    )));
+                }
+                state.explicit = false;
+                OpOutcome::Changed
+            }
+        };
+        self.mark_dirty(&service);
+        Ok(outcome)
+    }
+
+    fn push(&mut self, service: &ServiceKey) {
+        let Some(state) = self.services.get_mut(service) else { return };
+        state.push_timer_set = false;
+        if state.view.revision <= state.pushed_revision {
+            return;
+        }
+        state.pushed_revision = state.view.revision;
+        for (subscriber, clusters) in &state.subscribers {
+            self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+            self.out.push_back(Command::Push { subscriber: *subscriber, clusters: clusters.clone(), view: state.view.clone() });
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Published read views: what every core reads without locks.
+//!
+//! Each service has one [`ServiceCell`] whose current [`ServiceView`] is swapped by the shard that
+//! owns the service and read by any core under a crossebeam-epoch guard. The directory from
+//! service key to cell is split by owner shard and then into buckets; a bucket is a small
+//! copy-on-write map replaced as a whole when services appear or disappear, which is rare next
+//! to view changes. Only the owner shard ever writes its buckets, so writers never contend.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_epoch::{self as epoch, Atomic, Owned};
+
+use crate::model::{stable_hash, Instance, ServiceKey, StableHasher};
+
+/// The instances one client publishes in one service: one for a single registration, several
+/// for a batch. Shared by the client's owner, the service's owner and the views.
+pub type Publish = Arc<[Instance]>;
+
+/// Number of encoded-answer slots a view keeps (the encoder picks what each slot means).
+pub const CACHE_SLOTS: usize = 6;
+
+/// Bytes of encoded answers all views together may keep; past this, answers are encoded per
+/// request. Why a budget: a cached answer is ~300 bytes per instance, more than the instance.
+pub struct CacheBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl CacheBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<CacheBudget> {
+        Arc::new(CacheBudget { limit, used: AtomicUsize::new(0) })
+    }
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+    fn try_take(&self, n: usize) -> bool {
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            if cur + n > self.limit {
+                return false;
+            }
+            match self.used.compare_exchange_weak(cur, cur + n, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// An immutable snapshot of one service, as answered to queries and pushed to subscribers.
+pub struct ServiceView {
+    /// The service.
+    pub key: ServiceKey,
+    /// Increases with every published change of this service.
+    pub revision: u64,
+    /// Wall-clock time of the change (unix ms): Nacos's `lastRefTime`.
+    pub last_ref_ms: u64,
+    /// Protect threshold of the service (0 by default).
+    pub protect_threshold: f32,
+    /// Service metadata (JSON object text, `{}` when empty).
+    pub metadata: crate::model::Metadata,
+    /// Every publish, sorted by the address of its first instance.
+    pub publishes: Box<[Publish]>,
+    /// Total number of instances.
+    pub instance_count: usize,
+    cache: [OnceLock<Box<[u8]>>; CACHE_SLOTS],
+    budget: Option<Arc<CacheBudget>>,
+}
+
+impl std::fmt::Debug for ServiceView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceView")
+            .field("key", &self.key)
+            .field("revision", &self.revision)
+            .field("instances", &self.instance_count)
+            .finish()
+    }
+}
+
+impl Drop for ServiceView {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            let held: usize = self.cache.iter().filter_map(|c| c.get()).map(|b| b.len()).sum();
+            budget.give_back(held);
+        }
+    }
+}
+
+/// The result of filtering a view for a query.
+pub struct Selection<'a> {
+    /// Selected instances.
+    pub instances: Vec<&'a Instance>,
+    /// The protect threshold was reached: every instance is answered as healthy.
+    pub reach_protection: bool,
+}
+
+impl ServiceView {
+    /// Builds a view from its publishes.
+    pub fn new(
+        key: ServiceKey,
+        revision: u64,
+        last_ref_ms: u64,
+        protect_threshold: f32,
+        metadata: crate::model::Metadata,
+        mut publishes: Vec<Publish>,
+        budget: Option<Arc<CacheBudget>>,
+    ) -> ServiceView {
+        publishes.sort_by(|a, b| {
+            let ka = a.first().map(|i| (&i.host, i.port, &i.cluster));
+            let kb = b.first().map(|i| (&i.host, i.port, &i.cluster));
+            ka.cmp(&kb)
+        });
+        let instance_count = publishes.iter().map(|p| p.len()).sum();
+        ServiceView {
+            key,
+            revision,
+            last_ref_ms,
+            protect_threshold,
+            metadata,
+            publishes: publishes.into_boxed_slice(),
+            instance_count,
+            cache: Default::default(),
+            budget,
+        }
+    }
+
+    /// An empty view of a service that does not exist (yet).
+    pub fn empty(key: ServiceKey, now_unix_ms: u64) -> ServiceView {
+        ServiceView::new(key, 0, now_unix_ms, 0.0, Default::default(), Vec::new(), None)
+    }
+
+    /// Every instance.
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.publishes.iter().flat_map(|p| p.iter())
+    }
+
+    /// Instances of healthy state.
+    pub fn healthy_count(&self) -> usize {
+        self.instances().filter(|i| i.healthy).count()
+    }
+
+    /// Nacos's `selectInstancesWithHealthyProtection`: filter by cluster (empty = all), enabled
+    /// and health; then, if the healthy share of the result is at or below the protect
+    /// threshold, answer every selected instance as healthy.
+    pub fn select(&self, clusters: &[&str], healthy_only: bool, enabled_only: bool) -> Selection<'_> {
+        let instances: Vec<&Instance> = self
+            .instances()
+            .filter(|i| clusters.is_empty() || clusters.contains(&&*i.cluster))
+            .filter(|i| !enabled_only || i.enabled)
+            .filter(|i| !healthy_only || i.healthy)
+            .collect();
+        let total = instances.len();
+        let healthy = instances.iter().filter(|i| i.healthy).count();
+        let threshold = self.protect_threshold.max(0.0);
+        let reach_protection = total > 0 && (healthy as f32 / total as f32) <= threshold;
+        Selection { instances, reach_protection }
+    }
+
+    /// The encoded answer in `slot`, encoding it with `encode` the first time. Kept only while
+    /// the cache budget allows; otherwise `encode` runs on every call.
+    pub fn cached<R>(&self, slot: usize, encode: impl FnOnce(&ServiceView) -> Vec<u8>, use_bytes: impl FnOnce(&[u8]) -> R) -> R {
+        let Some(cell) = self.cache.get(slot) else {
+            return use_bytes(&encode(self));
+        };
+        if let Some(bytes) = cell.get() {
+            return use_bytes(bytes);
+        }
+        let bytes = encode(self);
+        match &self.budget {
+            Some(budget) if budget.try_take(bytes.len()) => {
+                if let Err(lost) = cell.set(bytes.into_boxed_slice()) {
+                    // Another core filled it first: give our bytes' share back.
+                    budget.give_back(lost.len());
+                }
+                match cell.get() {
+                    Some(b) => use_bytes(b),
+                    None => use_bytes(&[]),
+                }
+            }
+            _ => use_bytes(&bytes),
+        }
+    }
+}
+
+/// One service's published slot.
+pub struct ServiceCell {
+    view: Atomic<Arc<ServiceView>>,
+}
+
+impl ServiceCell {
+    pub(crate) fn new(view: Arc<ServiceView>) -> Arc<ServiceCell> {
+        Arc::new(ServiceCell { view: Atomic::new(view) })
+    }
+
+    /// Replaces the view; only the owner shard calls this.
+    pub(crate) fn publish(&self, view: Arc<ServiceView>) {
+        let guard = epoch::pin();
+        let old = self.view.swap(Owned::new(view), Ordering::AcqRel, &guard);
+        if !old.is_null() {
+            // SAFETY: `old` is unreachable for new readers; readers that loaded it hold
+            // guards, and destruction waits until all of them are dropped.
+            #[allow(unsafe_code)]
+            unsafe {
+                guard.defer_destroy(old);
+            }
+        }
+    }
+
+    fn load(&self) -> Option<Arc<ServiceView>> {
+        let guard = epoch::pin();
+        let shared = self.view.load(Ordering::Acquire, &guard);
+        // SAFETY: the pointer was published by `publish` and is reclaimed only after every
+        // guard pinned before its replacement is dropped; we hold one.
+        #[allow(unsafe_code)]
+        unsafe {
+            shared.as_ref().cloned()
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&ServiceView) -> R) -> Option<R> {
+        let guard = epoch::pin();
+        let shared = self.view.load(Ordering::Acquire, &guard);
+        // SAFETY: as in `load`.
+        #[allow(unsafe_code)]
+        let view = unsafe { shared.as_ref() };
+        view.map(|v| f(v))
+    }
+}
+
+impl Drop for ServiceCell {
+    fn drop(&mut self) {
+        // SAFETY: we have `&mut self`, so no reader can hold the pointer any more.
+        #[allow(unsafe_code)]
+        unsafe {
+            let guard = epoch::unprotected();
+            let p = self.view.load(Ordering::Relaxed, guard);
+            if !p.is_null() {
+                drop(p.into_owned());
+            }
+        }
+    }
+}
+
+type Bucket = std::collections::HashMap<ServiceKey, Arc<ServiceCell>, StableHasher>;
+
+/// Buckets per owner shard; a bucket is copied when one of its services appears or goes.
+const BUCKETS_PER_SHARD: usize = 1024;
+
+/// The directory of every service's cell, readable from every core without locks.
+pub struct ReadIndex {
+    shard_count: usize,
+    buckets: Box<[Atomic<Bucket>]>,
+    budget: Arc<CacheBudget>,
+}
+
+impl Drop for ReadIndex {
+    fn drop(&mut self) {
+        for b in self.buckets.iter() {
+            // SAFETY: `&mut self`: no reader left.
+            #[allow(unsafe_code)]
+            unsafe {
+                let guard = epoch::unprotected();
+                let p = b.load(Ordering::Relaxed, guard);
+                if !p.is_null() {
+                    drop(p.into_owned());
+                }
+            }
+        }
+    }
+}
+
+impl ReadIndex {
+    /// An empty index for `shard_count` owner shards, with `cache_bytes` for encoded answers.
+    pub fn new(shard_count: usize, cache_bytes: usize) -> Arc<ReadIndex> {
+        let shard_count = shard_count.max(1);
+        let buckets = (0..shard_count * BUCKETS_PER_SHARD).map(|_| Atomic::new(Bucket::default())).collect();
+        Arc::new(ReadIndex { shard_count, buckets, budget: CacheBudget::new(cache_bytes) })
+    }
+
+    /// Number of owner shards.
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    /// The budget of encoded answers.
+    pub fn budget(&self) -> &Arc<CacheBudget> {
+        &self.budget
+    }
+
+    /// The shard that owns `key`.
+    pub fn owner_of(&self, key: &ServiceKey) -> usize {
+        service_shard(key, self.shard_count)
+    }
+
+    fn bucket_of(&self, key: &ServiceKey) -> usize {
+        let h = stable_hash(key);
+        let shard = (h % self.shard_count as u64) as usize;
+        shard * BUCKETS_PER_SHARD + ((h >> 32) as usize % BUCKETS_PER_SHARD)
+    }
+
+    /// Runs `f` on the current view of `key` (None if the service does not exist).
+    pub fn read<R>(&self, key: &ServiceKey, f: impl FnOnce(Option<&ServiceView>) -> R) -> R {
+        let guard = epoch::pin();
+        let bucket = self.buckets[self.bucket_of(key)].load(Ordering::Acquire, &guard);
+        // SAFETY: buckets are replaced via `swap` + `defer_destroy`; our guard keeps this alive.
+        #[allow(unsafe_code)]
+        let bucket = unsafe { bucket.as_ref() };
+        match bucket.and_then(|b| b.get(key)) {
+            Some(cell) => {
+                let mut f = Some(f);
+                let r = cell.with(|v| (f.take().expect("called once"))(Some(v)));
+                match r {
+                    Some(r) => r,
+                    None => (f.take().expect("not called"))(None),
+                }
+            }
+            None => f(None),
+        }
+    }
+
+    /// The current view of `key`, kept beyond the read.
+    pub fn view(&self, key: &ServiceKey) -> Option<Arc<ServiceView>> {
+        let guard = epoch::pin();
+        let bucket = self.buckets[self.bucket_of(key)].load(Ordering::Acquire, &guard);
+        // SAFETY: as in `read`.
+        #[allow(unsafe_code)]
+        let bucket = unsafe { bucket.as_ref() };
+        bucket.and_then(|b| b.get(key)).and_then(|c| c.load())
+    }
+
+    /// Visits every service with its current view (order unspecified).
+    pub fn for_each(&self, mut f: impl FnMut(&ServiceView)) {
+        let guard = epoch::pin();
+        for b in self.buckets.iter() {
+            let bucket = b.load(Ordering::Acquire, &guard);
+            // SAFETY: as in `read`.
+            #[allow(unsafe_code)]
+            let Some(bucket) = (unsafe { bucket.as_ref() }) else { continue };
+            for cell in bucket.values() {
+                cell.with(&mut f);
+            }
+        }
+    }
+
+    /// Applies inserts (`Some`) and removals (`None`) to the buckets; called by the owner shard
+    /// only, once per flush, so a burst of new services copies each bucket once.
+    pub(crate) fn update_directory(&self, changes: Vec<(ServiceKey, Option<Arc<ServiceCell>>)>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut by_bucket: ahash::HashMap<usize, Vec<(ServiceKey, Option<Arc<ServiceCell>>)>> = Default::default();
+        for (k, c) in changes {
+            by_bucket.entry(self.bucket_of(&k)).or_default().push((k, c));
+        }
+        let guard = epoch::pin();
+        for (idx, changes) in by_bucket {
+            let slot = &self.buckets[idx];
+            let cur = slot.load(Ordering::Acquire, &guard);
+            // SAFETY: as in `read`.
+            #[allow(unsafe_code)]
+            let mut next: Bucket = unsafe { cur.as_ref() }.cloned().unwrap_or_default();
+            for (k, c) in changes {
+                match c {
+                    Some(cell) => next.insert(k, cell),
+                    None => next.remove(&k),
+                };
+            }
+            let old = slot.swap(Owned::new(next), Ordering::AcqRel, &guard);
+            if !old.is_null() {
+                // SAFETY: readers that loaded `old` hold guards; destruction waits for them.
+                #[allow(unsafe_code)]
+                unsafe {
+                    guard.defer_destroy(old);
+                }
+            }
+        }
+    }
+}
+
+/// The shard that owns a service, out of `shard_count`.
+pub fn service_shard(key: &ServiceKey, shard_count: usize) -> usize {
+    (stable_hash(key) % shard_count.max(1) as u64) as usize
+}
