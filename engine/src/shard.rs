@@ -363,6 +363,10 @@ pub struct Shard {
     out: VecDeque<Command>,
     stats: Arc<ShardStats>,
     now: Now,
+    /// The waiter of the client op being applied, until a remote service op carries it.
+    reply_slot: Option<ReplyTo>,
+    /// Replies released by the next flush, once their effect is published.
+    deferred_replies: Vec<(ReplyTo, OpResult)>,
 }
 
 impl Shard {
@@ -382,6 +386,8 @@ impl Shard {
             stats: Arc::new(ShardStats::default()),
             now,
             cfg,
+            reply_slot: None,
+            deferred_replies: Vec::new(),
         };
         shard.set_timer(now.mono_ms + shard.cfg.beat_check_interval_ms, Timer::BeatCheck);
         shard
@@ -413,23 +419,34 @@ impl Shard {
     }
 
     /// Applies one message. Call [`Shard::flush`] after a batch of messages.
+    ///
+    /// A reply leaves only once the change is readable: after the flush that published it
+    /// here, or, when the service lives on another shard, from that shard after its flush
+    /// (the reply travels with the service op). So a client that got its answer can read
+    /// its write from any core.
     pub fn handle(&mut self, now: Now, msg: ShardMsg) {
         self.now = now;
         match msg {
             ShardMsg::Client { client, op, reply } => {
+                let travels = matches!(
+                    op,
+                    ClientOp::Register { .. } | ClientOp::BatchRegister { .. } | ClientOp::Deregister { .. } | ClientOp::Update { .. }
+                );
+                self.reply_slot = if travels { reply } else { None };
                 let result = if client_shard(&client, self.cfg.shard_count) != self.id {
                     Err(OpError::Invalid(format!("client {client} is not owned by shard {}", self.id)))
                 } else {
                     self.apply_client_op(client, op)
                 };
-                if let Some(to) = reply {
-                    self.out.push_back(Command::Reply { to, result });
+                let still_here = self.reply_slot.take();
+                if let Some(to) = if travels { still_here } else { reply } {
+                    self.deferred_replies.push((to, result));
                 }
             }
             ShardMsg::Service { service, op, reply } => {
                 let result = self.apply_service_op(service, op);
                 if let Some(to) = reply {
-                    self.out.push_back(Command::Reply { to, result });
+                    self.deferred_replies.push((to, result));
                 }
             }
         }
@@ -495,6 +512,9 @@ impl Shard {
         }
         let changes = std::mem::take(&mut self.directory_changes);
         self.index.update_directory(changes);
+        for (to, result) in self.deferred_replies.drain(..) {
+            self.out.push_back(Command::Reply { to, result });
+        }
     }
 
     /// Drops interned strings nobody uses any more; call now and then (e.g. every minute).
@@ -517,7 +537,11 @@ impl Shard {
             // Local: apply at once; the outcome only matters to remote callers.
             let _ = self.apply_service_op(service, op);
         } else {
-            self.out.push_back(Command::Send { shard: owner, msg: ShardMsg::Service { service, op, reply: None } });
+            let reply = match op {
+                ServiceOp::Upsert { .. } | ServiceOp::Remove { .. } => self.reply_slot.take(),
+                _ => None,
+            };
+            self.out.push_back(Command::Send { shard: owner, msg: ShardMsg::Service { service, op, reply } });
         }
     }
 

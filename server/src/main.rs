@@ -1,1 +1,116 @@
-fn main(){}
+//! # nacelle
+//!
+//! The Nacelle server: a Nacos-compatible registry for ephemeral instances. One glommio
+//! executor per core; every core accepts on the same ports (SO_REUSEPORT), owns a hash slice of
+//! clients and services (its engine shard), and answers reads from the lock-free published views.
+//!
+//! # Layout
+//! - `config`: flags and environment.
+//! - `core`: the per-core context: shard, connections, cross-core mesh, timers.
+//! - `grpc`: the Nacos SDK protocol (9848): unary requests and the bi-stream.
+//! - `http`: the Nacos OpenAPI v1/v2 (8848) and Prometheus `/metrics`.
+//! - `metrics`: per-core counters and latency histograms.
+//! - `rt`: hyper/tonic on glommio (executor, timer, IO).
+
+mod config;
+mod core;
+mod grpc;
+mod http;
+mod metrics;
+mod rt;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use tracing::{error, info};
+
+use crate::core::{Core, MeshBatch, Shared};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NACELLE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let cfg = match config::Args::parse().resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nacelle: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(cfg) {
+        error!("{e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cfg: config::Config) -> Result<(), String> {
+    let http_addr = SocketAddr::new(cfg.bind, cfg.http_port);
+    let grpc_addr = SocketAddr::new(cfg.bind, cfg.grpc_port);
+    // Bind once up front so a taken port is a clear error, not a panic inside an executor.
+    for addr in [http_addr, grpc_addr] {
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
+    let n = cfg.cores;
+    info!(http = %http_addr, grpc = %grpc_addr, cores = n, "nacelle starting (standalone)");
+    let shared = Shared::new(cfg.clone());
+    let mesh = MeshBuilder::<MeshBatch, _>::full(n, 1024);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    let placement = match CpuSet::online() {
+        Ok(cpus) if cpus.len() >= n => PoolPlacement::MaxSpread(n, Some(cpus)),
+        _ => PoolPlacement::Unbound(n),
+    };
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("nacelle")
+        .on_all_shards(move || {
+            let shared = shared.clone();
+            let mesh = mesh.clone();
+            let stop = stop.clone();
+            async move {
+                let (senders, receivers) = match mesh.join().await {
+                    Ok(v) => v,
+                    Err(e) => return Err(format!("cannot join the core mesh: {e}")),
+                };
+                let id = senders.peer_id();
+                Core::install(id, shared.clone(), senders, receivers).await;
+                let http = glommio::net::TcpListener::bind(http_addr).map_err(|e| format!("core {id}: HTTP bind: {e}"))?;
+                let grpc = glommio::net::TcpListener::bind(grpc_addr).map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
+                glommio::spawn_local(http::serve(http, shared.cfg.max_message_bytes)).detach();
+                glommio::spawn_local(grpc::serve(grpc, shared.cfg.max_message_bytes)).detach();
+                if id == 0 {
+                    info!("nacelle ready: HTTP {http_addr}, gRPC {grpc_addr}");
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+                if id == 0 {
+                    info!("shutting down");
+                }
+                Ok::<(), String>(())
+            }
+        })
+        .map_err(|e| format!("cannot start executors: {e}"))?;
+    for result in handles.join_all() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("executor failed: {e}")),
+        }
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,529 @@
+//! One core: its registry shard, its connections, and the mesh to the other cores.
+//!
+//! Everything here lives in a thread-local [`Core`] reached through [`with_core`]; handlers
+//! borrow it only between awaits, so tonic's `Send` futures never hold it. Requests for a client
+//! or service owned elsewhere travel to the owner as batched mesh messages; replies come back the
+//! same way. Commands the shard emits are executed after each flush, which runs once per burst
+//! (it is scheduled behind the tasks already queued on the core).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use engine::model::{ClientId, Interner, ServiceKey, Str};
+use engine::shard::{client_shard, ClientOp, Command, Now, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig, ShardMsg, ShardStats};
+use engine::view::{ReadIndex, ServiceView};
+use futures_channel::{mpsc, oneshot};
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use tracing::{debug, info, warn};
+use wire::proto::Payload;
+use wire::service_info::{self, NameStyle, Query};
+
+use crate::config::Config;
+use crate::metrics::CoreMetrics;
+
+/// Messages between cores.
+pub enum CoreMsg {
+    /// For the destination's shard.
+    Shard(ShardMsg),
+    /// The outcome of a request this core submitted.
+    Reply {
+        /// The waiter's token.
+        token: u64,
+        /// Outcome.
+        result: OpResult,
+    },
+    /// A push for a connection held by the destination core.
+    Push {
+        /// Connection id.
+        subscriber: u64,
+        /// Cluster filter of the subscription.
+        clusters: Str,
+        /// The view to push.
+        view: Arc<ServiceView>,
+    },
+}
+
+/// A batch of messages from one core to another (one wake-up per batch, not per message).
+pub type MeshBatch = Vec<CoreMsg>;
+
+/// State all cores share (read-only after start, or atomics).
+pub struct Shared {
+    /// Settings.
+    pub cfg: Config,
+    /// The published views.
+    pub index: Arc<ReadIndex>,
+    /// Each core's shard counters, set when the core starts.
+    pub shard_stats: Vec<OnceLock<Arc<ShardStats>>>,
+    /// Each core's request metrics.
+    pub metrics: Vec<Arc<CoreMetrics>>,
+    /// Origin of the monotonic clock given to shards.
+    pub mono_origin: Instant,
+}
+
+impl Shared {
+    /// New shared state for `cfg.cores` cores.
+    pub fn new(cfg: Config) -> Arc<Shared> {
+        let n = cfg.cores;
+        Arc::new(Shared {
+            index: ReadIndex::new(n, cfg.cache_bytes),
+            shard_stats: (0..n).map(|_| OnceLock::new()).collect(),
+            metrics: (0..n).map(|_| Arc::new(CoreMetrics::default())).collect(),
+            mono_origin: Instant::now(),
+            cfg,
+        })
+    }
+
+    /// The current time for shards.
+    pub fn now(&self) -> Now {
+        Now { mono_ms: self.mono_origin.elapsed().as_millis() as u64, unix_ms: unix_ms() }
+    }
+
+    /// Sum of one shard counter over the cores.
+    pub fn stat(&self, get: impl Fn(&ShardStats) -> i64) -> i64 {
+        self.shard_stats.iter().filter_map(|s| s.get()).map(|s| get(s)).sum()
+    }
+}
+
+/// Wall-clock unix milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Returned when a core refuses work because its queues to other cores are full.
+#[derive(Debug)]
+pub struct Overloaded;
+
+/// A gRPC connection as the core tracks it.
+pub struct ConnState {
+    /// The id Nacos clients see (`<epochMs>_<ip>_<port>`).
+    pub nacos_id: String,
+    /// Peer address.
+    pub remote: SocketAddr,
+    /// ConnectionSetupRequest received: naming requests are accepted.
+    pub registered: bool,
+    /// Labels of the setup (`module=naming` for naming SDKs).
+    pub labels: HashMap<String, String>,
+    /// The bi-stream towards the client, once opened.
+    pub stream_tx: Option<mpsc::Sender<Result<Payload, tonic::Status>>>,
+    /// Last time the client sent anything (mono ms).
+    pub last_active_ms: u64,
+    /// Closes the TCP connection when fired.
+    pub kill: Option<oneshot::Sender<()>>,
+    /// Next id of a server-to-client request.
+    pub next_request_id: u64,
+    /// An unanswered ClientDetectionRequest: (request id, sent at mono ms).
+    pub detection: Option<(String, u64)>,
+}
+
+/// A core's state. See the module docs.
+pub struct Core {
+    /// This core's index.
+    pub id: usize,
+    /// Number of cores.
+    pub n: usize,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Interns strings of parsed requests.
+    pub interner: Interner,
+    /// gRPC connections held by this core.
+    pub conns: HashMap<u64, ConnState>,
+    /// This core's metrics.
+    pub metrics: Arc<CoreMetrics>,
+    shard: Shard,
+    replies: HashMap<u64, oneshot::Sender<OpResult>>,
+    next_token: u64,
+    next_conn_seq: u64,
+    outq: Vec<Vec<CoreMsg>>,
+    doorbells: Vec<Option<LocalSender<()>>>,
+    flush_scheduled: bool,
+}
+
+thread_local! {
+    static CORE: RefCell<Option<Core>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's core. Never call it re-entrantly (from inside `f`).
+pub fn with_core<R>(f: impl FnOnce(&mut Core) -> R) -> R {
+    CORE.with(|c| {
+        let mut guard = c.borrow_mut();
+        match guard.as_mut() {
+            Some(core) => f(core),
+            None => panic!("with_core called outside a nacelle core thread"),
+        }
+    })
+}
+
+/// Most messages waiting for one peer core before new requests are refused with 503.
+const MAX_PENDING_TO_PEER: usize = 200_000;
+
+impl Core {
+    /// Installs the core on this thread and starts its background tasks.
+    pub async fn install(id: usize, shared: Arc<Shared>, senders: Senders<MeshBatch>, mut receivers: Receivers<MeshBatch>) {
+        let n = shared.cfg.cores;
+        let cfg = ShardConfig {
+            shard_count: n,
+            push_delay_ms: shared.cfg.push_delay_ms,
+            beat_check_interval_ms: shared.cfg.beat_check_interval_ms,
+            ..ShardConfig::default()
+        };
+        let shard = Shard::new(id, cfg, shared.index.clone(), shared.now());
+        let _ = shared.shard_stats[id].set(shard.stats().clone());
+        let senders = Rc::new(senders);
+        let mut doorbells = Vec::with_capacity(n);
+        for peer in 0..n {
+            if peer == id {
+                doorbells.push(None);
+                continue;
+            }
+            let (ring, listen) = local_channel::new_bounded::<()>(1);
+            doorbells.push(Some(ring));
+            let senders = senders.clone();
+            glommio::spawn_local(async move {
+                while listen.recv().await.is_some() {
+                    let batch = with_core(|c| std::mem::take(&mut c.outq[peer]));
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    if senders.send_to(peer, batch).await.is_err() {
+                        warn!(peer, "mesh to core closed; dropping messages");
+                        return;
+                    }
+                }
+            })
+            .detach();
+        }
+        let core = Core {
+            id,
+            n,
+            metrics: shared.metrics[id].clone(),
+            shared,
+            interner: Interner::default(),
+            conns: HashMap::new(),
+            shard,
+            replies: HashMap::new(),
+            next_token: 0,
+            next_conn_seq: 0,
+            outq: (0..n).map(|_| Vec::new()).collect(),
+            doorbells,
+            flush_scheduled: false,
+        };
+        CORE.with(|c| *c.borrow_mut() = Some(core));
+
+        for (peer, stream) in receivers.streams() {
+            glommio::spawn_local(async move {
+                while let Some(batch) = stream.recv().await {
+                    with_core(|c| {
+                        for msg in batch {
+                            c.on_core_msg(msg);
+                        }
+                        c.schedule_flush();
+                    });
+                    glommio::yield_if_needed().await;
+                }
+                debug!(peer, "mesh from core closed");
+            })
+            .detach();
+        }
+        glommio::spawn_local(timer_loop()).detach();
+    }
+
+    /// Current time for the shard.
+    pub fn now(&self) -> Now {
+        self.shared.now()
+    }
+
+    /// Allocates a connection id that maps to this core (`id % n == core`).
+    pub fn open_conn(&mut self, remote: SocketAddr, kill: oneshot::Sender<()>) -> u64 {
+        self.next_conn_seq += 1;
+        let id = self.next_conn_seq * self.n as u64 + self.id as u64;
+        let now = self.now();
+        self.conns.insert(
+            id,
+            ConnState {
+                nacos_id: format!("{}_{}_{}", now.unix_ms, remote.ip(), remote.port()),
+                remote,
+                registered: false,
+                labels: HashMap::new(),
+                stream_tx: None,
+                last_active_ms: now.mono_ms,
+                kill: Some(kill),
+                next_request_id: 0,
+                detection: None,
+            },
+        );
+        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    /// Forgets a connection and withdraws everything it published or subscribed.
+    pub fn close_conn(&mut self, id: u64, why: &str) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        if let Some(kill) = conn.kill.take() {
+            let _ = kill.send(());
+        }
+        self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        debug!(conn = %conn.nacos_id, why, "connection closed");
+        let msg = ShardMsg::Client { client: ClientId::Conn(id), op: ClientOp::Disconnect, reply: None };
+        let now = self.now();
+        self.shard.handle(now, msg);
+        self.schedule_flush();
+    }
+
+    /// Closes a connection from the server side (idle, slow reader, bad input).
+    pub fn kill_conn(&mut self, id: u64, why: &str) {
+        if self.conns.contains_key(&id) {
+            info!(conn = id, why, "closing connection");
+            self.metrics.connections_closed_by_server.fetch_add(1, Ordering::Relaxed);
+            self.close_conn(id, why);
+        }
+    }
+
+    fn admit(&self, owner: usize) -> Result<(), Overloaded> {
+        if owner != self.id && self.outq[owner].len() >= MAX_PENDING_TO_PEER {
+            self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(Overloaded);
+        }
+        Ok(())
+    }
+
+    /// Sends a client op to the client's owner; the receiver completes once the change is
+    /// readable (see `Shard::handle`).
+    pub fn submit_client(&mut self, client: ClientId, op: ClientOp) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
+        let owner = client_shard(&client, self.n);
+        self.admit(owner)?;
+        let (to, rx) = self.waiter();
+        self.route(owner, ShardMsg::Client { client, op, reply: Some(to) });
+        Ok(rx)
+    }
+
+    /// Sends a service op to the service's owner.
+    pub fn submit_service(&mut self, service: ServiceKey, op: ServiceOp) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
+        let owner = self.shared.index.owner_of(&service);
+        self.admit(owner)?;
+        let (to, rx) = self.waiter();
+        self.route(owner, ShardMsg::Service { service, op, reply: Some(to) });
+        Ok(rx)
+    }
+
+    fn waiter(&mut self) -> (ReplyTo, oneshot::Receiver<OpResult>) {
+        let (tx, rx) = oneshot::channel();
+        self.next_token += 1;
+        self.replies.insert(self.next_token, tx);
+        (ReplyTo { shard: self.id, token: self.next_token }, rx)
+    }
+
+    fn route(&mut self, owner: usize, msg: ShardMsg) {
+        if owner == self.id {
+            let now = self.now();
+            self.shard.handle(now, msg);
+            self.schedule_flush();
+        } else {
+            self.send_core(owner, CoreMsg::Shard(msg));
+        }
+    }
+
+    fn send_core(&mut self, peer: usize, msg: CoreMsg) {
+        self.outq[peer].push(msg);
+        if let Some(Some(bell)) = self.doorbells.get(peer) {
+            // Full means a ring is already pending: the sender will take this message too.
+            let _ = bell.try_send(());
+        }
+    }
+
+    fn on_core_msg(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Shard(msg) => {
+                let now = self.now();
+                self.shard.handle(now, msg);
+            }
+            CoreMsg::Reply { token, result } => self.complete(token, result),
+            CoreMsg::Push { subscriber, clusters, view } => self.deliver_push(subscriber, &clusters, &view),
+        }
+    }
+
+    fn complete(&mut self, token: u64, result: OpResult) {
+        if let Some(tx) = self.replies.remove(&token) {
+            // The requester may have gone (client hung up): nothing to do then.
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Flushes the shard behind the tasks already queued, so a burst is flushed once.
+    pub fn schedule_flush(&mut self) {
+        if self.flush_scheduled {
+            return;
+        }
+        self.flush_scheduled = true;
+        glommio::spawn_local(async {
+            futures_lite::future::yield_now().await;
+            with_core(|c| c.flush_now());
+        })
+        .detach();
+    }
+
+    fn flush_now(&mut self) {
+        self.flush_scheduled = false;
+        let now = self.now();
+        self.shard.flush(now);
+        self.execute_commands();
+    }
+
+    fn execute_commands(&mut self) {
+        while let Some(cmd) = self.shard.poll_command() {
+            match cmd {
+                Command::Send { shard, msg } => self.send_core(shard, CoreMsg::Shard(msg)),
+                Command::Reply { to, result } => {
+                    if to.shard == self.id {
+                        self.complete(to.token, result);
+                    } else {
+                        self.send_core(to.shard, CoreMsg::Reply { token: to.token, result });
+                    }
+                }
+                Command::Push { subscriber, clusters, view } => {
+                    let core = (subscriber % self.n as u64) as usize;
+                    if core == self.id {
+                        self.deliver_push(subscriber, &clusters, &view);
+                    } else {
+                        self.send_core(core, CoreMsg::Push { subscriber, clusters, view });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a server-to-client request on a connection's stream; closes the connection if
+    /// its queue is full (a client that does not read cannot make the server buffer forever).
+    pub fn send_to_client(&mut self, conn_id: u64, kind: &str, body_fields: &[u8]) -> Option<String> {
+        let conn = self.conns.get_mut(&conn_id)?;
+        let tx = conn.stream_tx.as_mut()?;
+        conn.next_request_id += 1;
+        let request_id = conn.next_request_id.to_string();
+        let mut json = Vec::with_capacity(64 + body_fields.len());
+        json.extend_from_slice(b"{\"headers\":{},\"requestId\":");
+        wire::payload::push_str(&mut json, &request_id);
+        if !body_fields.is_empty() {
+            json.push(b',');
+            json.extend_from_slice(body_fields);
+        }
+        json.extend_from_slice(b"}");
+        match tx.try_send(Ok(wire::payload::seal(kind, json))) {
+            Ok(()) => Some(request_id),
+            Err(e) if e.is_full() => {
+                self.metrics.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+                self.kill_conn(conn_id, "send queue full: the client does not read its stream");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn deliver_push(&mut self, subscriber: u64, clusters: &str, view: &ServiceView) {
+        if !self.conns.get(&subscriber).is_some_and(|c| c.stream_tx.is_some()) {
+            return;
+        }
+        let mut fields = Vec::with_capacity(256 + view.instance_count * 360);
+        fields.extend_from_slice(b"\"namespace\":");
+        wire::payload::push_str(&mut fields, view.key.namespace());
+        fields.extend_from_slice(b",\"serviceName\":");
+        wire::payload::push_str(&mut fields, view.key.name());
+        fields.extend_from_slice(b",\"groupName\":");
+        wire::payload::push_str(&mut fields, view.key.group());
+        fields.extend_from_slice(b",\"serviceInfo\":");
+        let query = Query { clusters, healthy_only: false };
+        service_info::with_service_info(&view.key, Some(view), NameStyle::Bare, query, view.last_ref_ms, |b| {
+            fields.extend_from_slice(b)
+        });
+        fields.extend_from_slice(b",\"module\":\"naming\"");
+        if self.send_to_client(subscriber, "NotifySubscriberRequest", &fields).is_some() {
+            self.metrics.pushes_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = self.now();
+        if self.shard.poll_timeout().is_some_and(|at| at <= now.mono_ms) {
+            self.shard.handle_timeout(now);
+            self.execute_commands();
+        }
+    }
+
+    /// Nacos's ClientDetection: ask idle connections whether they are alive; close those that
+    /// did not answer the previous question in time.
+    fn detect_idle_clients(&mut self) {
+        let now = self.now().mono_ms;
+        let idle_ms = self.shared.cfg.client_idle_ms;
+        let wait_ms = self.shared.cfg.client_detect_wait_ms;
+        let mut dead = Vec::new();
+        let mut ask = Vec::new();
+        for (id, conn) in &self.conns {
+            match &conn.detection {
+                Some((_, sent)) if now.saturating_sub(*sent) >= wait_ms => dead.push(*id),
+                Some(_) => {}
+                None if now.saturating_sub(conn.last_active_ms) >= idle_ms => ask.push(*id),
+                None => {}
+            }
+        }
+        for id in dead {
+            self.kill_conn(id, "no answer to ClientDetectionRequest");
+        }
+        for id in ask {
+            let has_stream = self.conns.get(&id).is_some_and(|c| c.stream_tx.is_some());
+            if !has_stream {
+                // A connection that never opened its stream and stays silent is half-open.
+                self.kill_conn(id, "idle without a bi-stream");
+                continue;
+            }
+            if let Some(rid) = self.send_to_client(id, "ClientDetectionRequest", b"\"module\":\"internal\"") {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.detection = Some((rid, now));
+                }
+            }
+        }
+    }
+
+    /// Notes that a connection showed life; `answered` is the request id it acknowledged.
+    pub fn touch_conn(&mut self, id: u64, answered: Option<&str>) {
+        let now = self.now().mono_ms;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.last_active_ms = now;
+            if answered.is_some() || conn.detection.is_some() {
+                // Any traffic proves the client alive, not only the matching answer.
+                conn.detection = None;
+            }
+        }
+    }
+
+    /// Periodic housekeeping.
+    pub fn collect_garbage(&mut self) {
+        self.shard.collect_garbage();
+        self.interner.collect_garbage();
+    }
+}
+
+async fn timer_loop() {
+    // Shard timers (push merge windows, heartbeat checks) are due within tens of ms; a 10 ms
+    // tick keeps pushes within a tick of their window at no measurable cost.
+    let tick = Duration::from_millis(10);
+    let mut since_detect = Duration::ZERO;
+    let mut since_gc = Duration::ZERO;
+    loop {
+        glommio::timer::sleep(tick).await;
+        since_detect += tick;
+        since_gc += tick;
+        with_core(|c| c.on_timer());
+        if since_detect >= Duration::from_secs(1) {
+            since_detect = Duration::ZERO;
+            with_core(|c| c.detect_idle_clients());
+        }
+        if since_gc >= Duration::from_secs(60) {
+            since_gc = Duration::ZERO;
+            with_core(|c| c.collect_garbage());
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The Nacos 2.x SDK protocol on the gRPC port: `/Request/request` (unary) and
+//! `/BiRequestStream/requestBiStream` (setup, pushes and their acks), served by tonic's
+//! generated services on hyper's HTTP/2, one connection per task on the accepting core.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use engine::model::{ClientId, Host, ServiceKey};
+use engine::shard::{ClientOp, OpError, OpOutcome, OpResult};
+use futures_channel::{mpsc, oneshot};
+use futures_lite::FutureExt;
+use glommio::net::TcpListener;
+use tracing::{debug, warn};
+use wire::naming::{ConnectionSetup, NamingRequest, StreamAck};
+use wire::payload::{self, code, json_str};
+use wire::proto::bi_request_stream_server::{BiRequestStream, BiRequestStreamServer};
+use wire::proto::request_server::{Request, RequestServer};
+use wire::proto::Payload;
+use wire::service_info::{self, NameStyle, Query};
+
+use crate::core::{unix_ms, with_core, Overloaded};
+use crate::metrics::Kind;
+use crate::rt::{hyper_io, LocalExec, LocalTimer};
+
+/// The connection a gRPC request arrived on (put into each request's extensions).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnCtx {
+    /// Our connection id.
+    pub id: u64,
+    /// Peer address.
+    pub remote: SocketAddr,
+}
+
+/// The tonic service implementation (stateless: state is per core).
+#[derive(Clone, Copy, Default)]
+pub struct NacosGrpc;
+
+/// Accepts gRPC connections on this core until the listener fails.
+pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
+    let routes = tonic::service::Routes::new(
+        RequestServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes),
+    )
+    .add_service(
+        BiRequestStreamServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes),
+    )
+    .prepare();
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "gRPC accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(remote) = stream.peer_addr() else { continue };
+        let routes = routes.clone();
+        glommio::spawn_local(async move {
+            let (kill_tx, kill_rx) = oneshot::channel::<()>();
+            let id = with_core(|c| c.open_conn(remote, kill_tx));
+            let ctx = ConnCtx { id, remote };
+            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ctx);
+                let mut routes = routes.clone();
+                tower_service::Service::call(&mut routes, req)
+            });
+            let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+                .timer(LocalTimer)
+                .max_frame_size(1 << 20)
+                .max_header_list_size(64 << 10)
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .serve_connection(hyper_io(stream), svc);
+            let killed = async {
+                let _ = kill_rx.await;
+                Ok::<(), hyper::Error>(())
+            };
+            if let Err(e) = conn.or(killed).await {
+                debug!(conn = id, error = %e, "gRPC connection ended with an error");
+            }
+            with_core(|c| c.close_conn(id, "transport closed"));
+        })
+        .detach();
+    }
+}
+
+#[tonic::async_trait]
+impl Request for NacosGrpc {
+    async fn request(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let Some(ctx) = req.extensions().get::<ConnCtx>().copied() else {
+            return Err(tonic::Status::internal("request without connection context"));
+        };
+        Ok(tonic::Response::new(unary(ctx, req.into_inner()).await))
+    }
+}
+
+#[tonic::async_trait]
+impl BiRequestStream for NacosGrpc {
+    type requestBiStreamStream = mpsc::Receiver<Result<Payload, tonic::Status>>;
+
+    async fn request_bi_stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<Payload>>,
+    ) -> Result<tonic::Response<Self::requestBiStreamStream>, tonic::Status> {
+        let Some(ctx) = req.extensions().get::<ConnCtx>().copied() else {
+            return Err(tonic::Status::internal("request without connection context"));
+        };
+        let inbound = req.into_inner();
+        let opened = with_core(|c| {
+            let queue = c.shared.cfg.conn_queue;
+            let conn = c.conns.get_mut(&ctx.id)?;
+            if conn.stream_tx.is_some() {
+                return None;
+            }
+            let (tx, rx) = mpsc::channel(queue);
+            conn.stream_tx = Some(tx);
+            Some(rx)
+        });
+        let Some(rx) = opened else {
+            return Err(tonic::Status::failed_precondition("this connection already has a bi-stream"));
+        };
+        glommio::spawn_local(read_stream(ctx, inbound)).detach();
+        Ok(tonic::Response::new(rx))
+    }
+}
+
+async fn read_stream(ctx: ConnCtx, mut inbound: tonic::Streaming<Payload>) {
+    loop {
+        match inbound.message().await {
+            Ok(Some(p)) => on_stream_payload(ctx, p),
+            Ok(None) => break,
+            Err(status) => {
+                debug!(conn = ctx.id, %status, "bi-stream error");
+                break;
+            }
+        }
+    }
+    with_core(|c| c.close_conn(ctx.id, "bi-stream ended"));
+}
+
+fn on_stream_payload(ctx: ConnCtx, p: Payload) {
+    let env = match payload::open(&p) {
+        Ok(e) => e,
+        Err(e) => {
+            with_core(|c| c.kill_conn(ctx.id, &format!("bad bi-stream payload: {e}")));
+            return;
+        }
+    };
+    match env.kind {
+        "ConnectionSetupRequest" => {
+            let setup: ConnectionSetup = match serde_json::from_slice(env.body) {
+                Ok(s) => s,
+                Err(e) => {
+                    with_core(|c| c.kill_conn(ctx.id, &format!("bad ConnectionSetupRequest: {e}")));
+                    return;
+                }
+            };
+            with_core(|c| {
+                c.touch_conn(ctx.id, None);
+                let Some(conn) = c.conns.get_mut(&ctx.id) else { return };
+                conn.registered = true;
+                conn.labels = setup.labels;
+                debug!(conn = %conn.nacos_id, version = ?setup.client_version, "connection set up");
+                if setup.ability_table.is_some() {
+                    c.send_to_client(ctx.id, "SetupAckRequest", b"\"abilityTable\":{},\"module\":\"internal\"");
+                }
+            });
+        }
+        kind if kind.ends_with("Response") => {
+            let ack: StreamAck = serde_json::from_slice(env.body).unwrap_or_default();
+            with_core(|c| {
+                c.touch_conn(ctx.id, ack.request_id.as_deref());
+                if kind == "NotifySubscriberResponse" {
+                    c.metrics.pushes_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        other => {
+            debug!(conn = ctx.id, kind = other, "ignoring unexpected bi-stream request");
+            with_core(|c| c.touch_conn(ctx.id, None));
+        }
+    }
+}
+
+fn error_payload(e: &OpError) -> Payload {
+    let code = match e {
+        OpError::NotFound(_) => code::NOT_FOUND,
+        OpError::Invalid(_) | OpError::Conflict(_) => code::INVALID_PARAM,
+    };
+    payload::error(code, &e.to_string())
+}
+
+fn overloaded() -> Payload {
+    payload::error(code::OVER_THRESHOLD, "server is over its threshold, retry later")
+}
+
+async fn await_op(rx: Result<oneshot::Receiver<OpResult>, Overloaded>) -> Result<OpOutcome, Payload> {
+    let rx = rx.map_err(|_| overloaded())?;
+    match rx.await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(error_payload(&e)),
+        Err(_) => Err(payload::error(code::SERVER_ERROR, "the request was dropped by the server")),
+    }
+}
+
+async fn unary(ctx: ConnCtx, p: Payload) -> Payload {
+    let started = Instant::now();
+    let env = match payload::open(&p) {
+        Ok(e) => e,
+        Err(e) => return payload::error(code::BAD_GATEWAY, &e.to_string()),
+    };
+    if env.kind == "ServerCheckRequest" {
+        let id = with_core(|c| {
+            c.touch_conn(ctx.id, None);
+            c.conns.get(&ctx.id).map(|c| c.nacos_id.clone())
+        });
+        let fields = format!("\"connectionId\":{},\"supportAbilityNegotiation\":true", json_str(&id.unwrap_or_default()));
+        return payload::ok("ServerCheckResponse", &fields, None);
+    }
+    let registered = with_core(|c| {
+        c.touch_conn(ctx.id, None);
+        c.conns.get(&ctx.id).is_some_and(|c| c.registered)
+    });
+    if !registered {
+        return payload::error(code::UN_REGISTER, "Connection is unregistered.");
+    }
+    let (kind, response) = match env.kind {
+        "HealthCheckRequest" => (Kind::GrpcInternal, payload::ok("HealthCheckResponse", "", None)),
+        "InstanceRequest" | "BatchInstanceRequest" => (Kind::GrpcInstance, instance(ctx, env.kind, env.body).await),
+        "PersistentInstanceRequest" => (
+            Kind::GrpcInstance,
+            payload::error(code::INVALID_PARAM, "persistent instances are not supported: Nacelle registers ephemeral instances only"),
+        ),
+        "ServiceQueryRequest" => (Kind::GrpcQuery, query(env.body)),
+        "SubscribeServiceRequest" => (Kind::GrpcSubscribe, subscribe(ctx, env.body).await),
+        "ServiceListRequest" => (Kind::GrpcServiceList, service_list(env.body)),
+        other => (
+            Kind::GrpcInternal,
+            payload::error(code::NO_HANDLER, &format!("{other} is not supported: Nacelle serves the naming module only")),
+        ),
+    };
+    let ok = response.metadata.as_ref().is_some_and(|m| m.r#type != "ErrorResponse");
+    with_core(|c| c.metrics.record(kind, started.elapsed(), ok));
+    response
+}
+
+fn parse(body: &[u8]) -> Result<(NamingRequest, ServiceKey), Payload> {
+    let req = NamingRequest::parse(body).map_err(|e| payload::error(code::INVALID_PARAM, &e.0))?;
+    let key = req.service_key().map_err(|e| payload::error(code::INVALID_PARAM, &e.0))?;
+    Ok((req, key))
+}
+
+async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
+    let (req, key) = match parse(body) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let op_type = req.kind.clone().unwrap_or_default();
+    let built: Result<ClientOp, String> = with_core(|c| match (kind, op_type.as_str()) {
+        ("InstanceRequest", "registerInstance") => {
+            let spec = req.instance.ok_or("instance is required")?.into_spec().map_err(|e| e.0)?;
+            let instance = spec.build(&mut c.interner).map_err(|e| e.0)?;
+            Ok(ClientOp::Register { service: key, instance })
+        }
+        ("InstanceRequest", "deregisterInstance") => {
+            let spec = req.instance.ok_or("instance is required")?.into_spec().map_err(|e| e.0)?;
+            let host = Host::parse(&spec.ip).map_err(|e| e.0)?;
+            let port = u16::try_from(spec.port).map_err(|_| format!("port {} is out of range", spec.port))?;
+            let cluster = c.interner.intern(spec.cluster.as_deref().filter(|s| !s.is_empty()).unwrap_or("DEFAULT"));
+            Ok(ClientOp::Deregister { service: key, host, port, cluster })
+        }
+        ("BatchInstanceRequest", "batchRegisterInstance") => {
+            let list = req.instances.ok_or("instances is required")?;
+            let mut instances = Vec::with_capacity(list.len());
+            for i in list {
+                instances.push(i.into_spec().and_then(|s| s.build(&mut c.interner)).map_err(|e| e.0)?);
+            }
+            Ok(ClientOp::BatchRegister { service: key, instances })
+        }
+        (_, other) => Err(format!("unknown {kind} type {other:?}")),
+    });
+    let op = match built {
+        Ok(op) => op,
+        Err(msg) => return payload::error(code::INVALID_PARAM, &msg),
+    };
+    let rx = with_core(|c| c.submit_client(ClientId::Conn(ctx.id), op));
+    let response_kind = if kind == "BatchInstanceRequest" { "BatchInstanceResponse" } else { "InstanceResponse" };
+    match await_op(rx).await {
+        Ok(_) => payload::ok(response_kind, &format!("\"type\":{}", json_str(&op_type)), None),
+        Err(e) => e,
+    }
+}
+
+fn service_info_response(kind: &str, key: &ServiceKey, query: Query<'_>) -> Payload {
+    let now = unix_ms();
+    let mut json = Vec::with_capacity(1024);
+    json.extend_from_slice(b"{\"resultCode\":200,\"errorCode\":0,\"message\":\"success\",\"serviceInfo\":");
+    with_core(|c| c.shared.index.clone()).read(key, |view| {
+        service_info::with_service_info(key, view, NameStyle::Bare, query, now, |b| json.extend_from_slice(b))
+    });
+    json.extend_from_slice(b",\"success\":true}");
+    payload::seal(kind, json)
+}
+
+fn query(body: &[u8]) -> Payload {
+    let (req, key) = match parse(body) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let clusters = req.cluster.as_deref().unwrap_or("");
+    service_info_response("QueryServiceResponse", &key, Query { clusters, healthy_only: req.healthy_only.unwrap_or(false) })
+}
+
+async fn subscribe(ctx: ConnCtx, body: &[u8]) -> Payload {
+    let (req, key) = match parse(body) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let clusters = req.clusters.clone().unwrap_or_default();
+    let op = if req.subscribe.unwrap_or(true) {
+        ClientOp::Subscribe { service: key.clone(), clusters: clusters.as_str().into() }
+    } else {
+        ClientOp::Unsubscribe { service: key.clone() }
+    };
+    let rx = with_core(|c| c.submit_client(ClientId::Conn(ctx.id), op));
+    if let Err(e) = await_op(rx).await {
+        return e;
+    }
+    service_info_response("SubscribeServiceResponse", &key, Query { clusters: &clusters, healthy_only: false })
+}
+
+fn service_list(body: &[u8]) -> Payload {
+    let req = match NamingRequest::parse(body) {
+        Ok(r) => r,
+        Err(e) => return payload::error(code::INVALID_PARAM, &e.0),
+    };
+    let namespace = req.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or("public");
+    let group = req.group_name.as_deref().filter(|s| !s.is_empty()).unwrap_or("DEFAULT_GROUP");
+    let page_no = req.page_no.unwrap_or(1).max(1) as usize;
+    let page_size = req.page_size.unwrap_or(10).clamp(1, 10_000) as usize;
+    let (count, page) = crate::http::list_services(namespace, Some(group), page_no, page_size, true);
+    let names: Vec<String> = page.iter().map(|n| json_str(n)).collect();
+    let fields = format!("\"message\":\"success\",\"count\":{count},\"serviceNames\":[{}]", names.join(","));
+    payload::ok("ServiceListResponse", &fields, None)
+}

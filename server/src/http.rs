@@ -1,0 +1,558 @@
+//! The Nacos HTTP OpenAPI (v1 and v2 naming) and Prometheus `/metrics`, on hyper HTTP/1.1.
+//!
+//! HTTP instances belong to `ip:port` heartbeat clients: their writes go to the core owning
+//! that client; reads come from the published views of whatever core accepted the request.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::model::{ClientId, Host, InstanceSpec, Metadata, ServiceKey, DEFAULT_CLUSTER};
+use engine::shard::{ClientOp, InstancePatch, OpError, OpOutcome, ServiceOp};
+use glommio::net::TcpListener;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use tracing::{debug, warn};
+use wire::payload::json_str;
+use wire::service_info::{self, NameStyle, Query};
+
+use crate::core::{unix_ms, with_core, Overloaded};
+use crate::metrics::Kind;
+use crate::rt::{hyper_io, LocalTimer};
+
+type Resp = Response<Full<Bytes>>;
+
+/// Accepts HTTP connections on this core.
+pub async fn serve(listener: TcpListener, max_body: usize) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "HTTP accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        glommio::spawn_local(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, max_body));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(LocalTimer)
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(1 << 20)
+                .serve_connection(hyper_io(stream), svc);
+            if let Err(e) = conn.await {
+                debug!(error = %e, "HTTP connection ended with an error");
+            }
+        })
+        .detach();
+    }
+}
+
+/// API version of a request: v1 answers bare values, v2 wraps them as `{code,message,data}`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    V1,
+    V2,
+}
+
+/// An HTTP error: status, Nacos v2 code and message.
+struct Failure {
+    status: StatusCode,
+    code: i32,
+    message: String,
+}
+
+fn bad(message: impl Into<String>) -> Failure {
+    Failure { status: StatusCode::BAD_REQUEST, code: 20002, message: message.into() }
+}
+
+fn missing(name: &str) -> Failure {
+    Failure { status: StatusCode::BAD_REQUEST, code: 10000, message: format!("Required parameter '{name}' is missing") }
+}
+
+impl From<OpError> for Failure {
+    fn from(e: OpError) -> Failure {
+        match e {
+            OpError::NotFound(m) => Failure { status: StatusCode::NOT_FOUND, code: 20004, message: m },
+            OpError::Invalid(m) => bad(m),
+            OpError::Conflict(m) => Failure { status: StatusCode::BAD_REQUEST, code: 20005, message: m },
+        }
+    }
+}
+
+impl From<Overloaded> for Failure {
+    fn from(_: Overloaded) -> Failure {
+        Failure { status: StatusCode::SERVICE_UNAVAILABLE, code: 503, message: "server is over its threshold, retry later".into() }
+    }
+}
+
+/// The parameters of a request: query string and form body, query first (as Nacos reads them).
+struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+impl Params {
+    fn parse(query: Option<&str>, body: &[u8]) -> Params {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        if let Some(q) = query {
+            pairs.extend(form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())));
+        }
+        pairs.extend(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+        Params { pairs }
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+    fn any(&self, names: &[&str]) -> Option<&str> {
+        names.iter().find_map(|n| self.get(n))
+    }
+    fn required(&self, name: &str) -> Result<&str, Failure> {
+        self.get(name).ok_or_else(|| missing(name))
+    }
+    fn bool(&self, names: &[&str]) -> Result<Option<bool>, Failure> {
+        match self.any(names) {
+            None => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
+            Some(v) => Err(bad(format!("parameter {} must be true or false, got {v:?}", names[0]))),
+        }
+    }
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, Failure> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v.trim().parse().map(Some).map_err(|_| bad(format!("parameter {name} is not a valid number: {v:?}"))),
+        }
+    }
+    fn service_key(&self) -> Result<ServiceKey, Failure> {
+        let name = self.required("serviceName")?;
+        ServiceKey::new(
+            self.any(&["namespaceId", "tenant"]).unwrap_or(""),
+            self.get("groupName").unwrap_or(""),
+            name,
+        )
+        .map_err(|e| bad(e.0))
+    }
+    fn port(&self) -> Result<u16, Failure> {
+        let port: i64 = self.number("port")?.ok_or_else(|| missing("port"))?;
+        u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))
+    }
+    fn cluster(&self) -> &str {
+        self.any(&["clusterName", "cluster"]).unwrap_or(DEFAULT_CLUSTER)
+    }
+    fn metadata(&self) -> Result<Option<Metadata>, Failure> {
+        self.get("metadata").map(|m| Metadata::parse_param(m).map_err(|e| bad(e.0))).transpose()
+    }
+    fn instance_spec(&self) -> Result<InstanceSpec, Failure> {
+        Ok(InstanceSpec {
+            ip: self.required("ip")?.to_owned(),
+            port: i64::from(self.port()?),
+            weight: self.number("weight")?,
+            healthy: self.bool(&["healthy"])?,
+            enabled: self.bool(&["enabled", "enable"])?,
+            ephemeral: self.bool(&["ephemeral"])?,
+            cluster: Some(self.cluster().to_owned()),
+            metadata: self.metadata()?.unwrap_or_default(),
+            instance_id: None,
+        })
+    }
+}
+
+async fn handle(req: http::Request<hyper::body::Incoming>, max_body: usize) -> Result<Resp, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let msg = format!("request body rejected: {e}");
+            return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, msg));
+        }
+    };
+    let params = Params::parse(query.as_deref(), &body);
+    let (api, route) = if let Some(r) = path.strip_prefix("/nacos/v1/ns") {
+        (Api::V1, r)
+    } else if let Some(r) = path.strip_prefix("/nacos/v2/ns") {
+        (Api::V2, r)
+    } else {
+        let resp = match (&method, path.as_str()) {
+            (&Method::GET, "/metrics") => prometheus(),
+            (&Method::GET, "/nacos/v1/console/health/liveness" | "/nacos/v1/console/health/readiness") => text(StatusCode::OK, "OK"),
+            _ => text(StatusCode::NOT_FOUND, format!("no route for {method} {path}")),
+        };
+        return Ok(resp);
+    };
+    let kind = match route {
+        "/instance" if method != Method::GET => Kind::HttpInstance,
+        "/instance/beat" => Kind::HttpBeat,
+        "/instance" | "/instance/list" => Kind::HttpQuery,
+        _ => Kind::HttpOther,
+    };
+    let result = route_naming(api, &method, route, &params).await;
+    let ok = result.is_ok();
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(f) => match api {
+            Api::V1 => text(f.status, f.message),
+            Api::V2 => json(f.status, wrap_v2(f.code, &f.message, "null")),
+        },
+    };
+    with_core(|c| c.metrics.record(kind, started.elapsed(), ok));
+    Ok(resp)
+}
+
+async fn route_naming(api: Api, method: &Method, route: &str, p: &Params) -> Result<Resp, Failure> {
+    match (method, route) {
+        (&Method::POST, "/instance") => register(api, p, false).await,
+        (&Method::PUT, "/instance") => register(api, p, true).await,
+        (&Method::PATCH, "/instance") => patch(api, p).await,
+        (&Method::DELETE, "/instance") => deregister(api, p).await,
+        (&Method::GET, "/instance") => instance_detail(api, p),
+        (&Method::PUT, "/instance/beat") => beat(api, p).await,
+        (&Method::GET, "/instance/list") => instance_list(api, p),
+        (&Method::GET, "/service/list") => service_list(api, p),
+        (&Method::GET, "/service") => service_detail(api, p),
+        (&Method::POST, "/service") => configure_service(api, p, Some(false)).await,
+        (&Method::PUT, "/service") => configure_service(api, p, Some(true)).await,
+        (&Method::DELETE, "/service") => delete_service(api, p).await,
+        (&Method::GET, "/operator/metrics") => Ok(operator_metrics(api)),
+        _ => Err(Failure { status: StatusCode::NOT_FOUND, code: 20004, message: format!("no route for {method} {route}") }),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn wrap_v2(code: i32, message: &str, data: &str) -> String {
+    format!("{{\"code\":{code},\"message\":{},\"data\":{data}}}", json_str(message))
+}
+
+fn ok_answer(api: Api) -> Resp {
+    match api {
+        Api::V1 => text(StatusCode::OK, "ok"),
+        Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", "\"ok\"")),
+    }
+}
+
+async fn submit(client: ClientId, op: ClientOp) -> Result<OpOutcome, Failure> {
+    let rx = with_core(|c| c.submit_client(client, op))?;
+    match rx.await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Failure { status: StatusCode::INTERNAL_SERVER_ERROR, code: 30000, message: "request dropped".into() }),
+    }
+}
+
+async fn register(api: Api, p: &Params, _update: bool) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let spec = p.instance_spec()?;
+    let instance = with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?;
+    let client = ClientId::for_address(&instance.host, instance.port);
+    submit(client, ClientOp::Register { service: key, instance }).await?;
+    Ok(ok_answer(api))
+}
+
+async fn patch(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let host = Host::parse(p.required("ip")?).map_err(|e| bad(e.0))?;
+    let port = p.port()?;
+    let cluster = p.cluster().into();
+    let patch = InstancePatch {
+        weight: p.number("weight")?,
+        enabled: p.bool(&["enabled", "enable"])?,
+        healthy: p.bool(&["healthy"])?,
+        metadata: p.metadata()?,
+    };
+    let client = ClientId::for_address(&host, port);
+    submit(client, ClientOp::Update { service: key, host, port, cluster, patch }).await?;
+    Ok(ok_answer(api))
+}
+
+async fn deregister(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let host = Host::parse(p.required("ip")?).map_err(|e| bad(e.0))?;
+    let port = p.port()?;
+    let cluster = p.cluster().into();
+    let client = ClientId::for_address(&host, port);
+    submit(client, ClientOp::Deregister { service: key, host, port, cluster }).await?;
+    Ok(ok_answer(api))
+}
+
+/// The RsInfo JSON of a v1 beat.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct BeatInfo {
+    ip: Option<String>,
+    port: Option<i64>,
+    cluster: Option<String>,
+    weight: Option<f64>,
+    metadata: Option<serde_json::Value>,
+    ephemeral: Option<bool>,
+}
+
+async fn beat(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let info: Option<BeatInfo> = match p.get("beat") {
+        Some(b) => Some(serde_json::from_str(b).map_err(|e| bad(format!("beat is not valid JSON: {e}")))?),
+        None => None,
+    };
+    let ip = p.get("ip").map(str::to_owned).or_else(|| info.as_ref().and_then(|b| b.ip.clone())).ok_or_else(|| missing("ip"))?;
+    let port = match p.number::<i64>("port")? {
+        Some(port) => port,
+        None => info.as_ref().and_then(|b| b.port).ok_or_else(|| missing("port"))?,
+    };
+    let port = u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))?;
+    let cluster = p
+        .any(&["clusterName", "cluster"])
+        .map(str::to_owned)
+        .or_else(|| info.as_ref().and_then(|b| b.cluster.clone()).filter(|c| !c.is_empty()))
+        .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
+    let host = Host::parse(&ip).map_err(|e| bad(e.0))?;
+    let reregister = match info {
+        Some(b) => {
+            let metadata = match &b.metadata {
+                Some(v) => Metadata::from_json(v).map_err(|e| bad(e.0))?,
+                None => Metadata::default(),
+            };
+            let spec = InstanceSpec {
+                ip: ip.clone(),
+                port: i64::from(port),
+                weight: b.weight,
+                ephemeral: b.ephemeral,
+                cluster: Some(cluster.clone()),
+                metadata,
+                ..Default::default()
+            };
+            Some(with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?)
+        }
+        None => None,
+    };
+    let client = ClientId::for_address(&host, port);
+    let op = ClientOp::Beat { service: key, host, port, cluster: cluster.as_str().into(), reregister };
+    let body = match submit(client, op).await {
+        Ok(OpOutcome::Beat { interval_ms }) => {
+            format!("{{\"clientBeatInterval\":{interval_ms},\"code\":10200,\"lightBeatEnabled\":true}}")
+        }
+        Ok(_) => "{\"clientBeatInterval\":5000,\"code\":10200,\"lightBeatEnabled\":true}".to_owned(),
+        Err(f) if f.status == StatusCode::NOT_FOUND => {
+            "{\"clientBeatInterval\":5000,\"code\":20404,\"lightBeatEnabled\":true}".to_owned()
+        }
+        Err(f) => return Err(f),
+    };
+    Ok(match api {
+        // The v2 beat answers the same bare object as v1 (Nacos InstanceControllerV2.beat).
+        Api::V1 | Api::V2 => json(StatusCode::OK, body),
+    })
+}
+
+fn instance_list(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let clusters = p.any(&["clusters", "clusterName"]).unwrap_or("");
+    let healthy_only = p.bool(&["healthyOnly"])?.unwrap_or(false);
+    let query = Query { clusters, healthy_only };
+    let index = with_core(|c| c.shared.index.clone());
+    let now = unix_ms();
+    let bytes = index.read(&key, |view| {
+        service_info::with_service_info(&key, view, NameStyle::Grouped, query, now, |b| match api {
+            Api::V1 => Bytes::copy_from_slice(b),
+            Api::V2 => {
+                let mut out = Vec::with_capacity(b.len() + 48);
+                out.extend_from_slice(b"{\"code\":0,\"message\":\"success\",\"data\":");
+                out.extend_from_slice(b);
+                out.push(b'}');
+                Bytes::from(out)
+            }
+        })
+    });
+    Ok(json(StatusCode::OK, bytes))
+}
+
+fn instance_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let host = Host::parse(p.required("ip")?).map_err(|e| bad(e.0))?;
+    let port = p.port()?;
+    let cluster = p.cluster().to_owned();
+    let index = with_core(|c| c.shared.index.clone());
+    let found = index.read(&key, |view| {
+        let inst = view?.instances().find(|i| i.host == host && i.port == port && *i.cluster == *cluster)?;
+        let mut out = String::with_capacity(256);
+        let _ = write!(
+            out,
+            "{{\"service\":{},\"ip\":{},\"port\":{},\"clusterName\":{},\"weight\":{},\"healthy\":{},\"enabled\":{},\"ephemeral\":true,\"instanceId\":{},\"metadata\":{}}}",
+            json_str(&key.grouped_name()),
+            json_str(&inst.host.to_string()),
+            inst.port,
+            json_str(&inst.cluster),
+            serde_json::to_string(&inst.weight).unwrap_or_else(|_| "1.0".into()),
+            inst.healthy,
+            inst.enabled,
+            json_str(&inst.id_for(&key)),
+            inst.metadata.json()
+        );
+        Some(out)
+    });
+    let body = found.ok_or_else(|| Failure {
+        status: StatusCode::NOT_FOUND,
+        code: 20004,
+        message: format!("no matched ip found: {host}:{port} in cluster {cluster} of {}", key.grouped_name()),
+    })?;
+    Ok(match api {
+        Api::V1 => json(StatusCode::OK, body),
+        Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
+    })
+}
+
+/// Services of a namespace (and group), sorted, one page of them, plus the total count.
+/// `grouped` names them `group@@name`.
+pub fn list_services(namespace: &str, group: Option<&str>, page_no: usize, page_size: usize, grouped: bool) -> (usize, Vec<String>) {
+    let index = with_core(|c| c.shared.index.clone());
+    let mut names = Vec::new();
+    index.for_each(|view| {
+        let k = &view.key;
+        if k.namespace() == namespace && group.is_none_or(|g| k.group() == g) {
+            names.push(if grouped { k.grouped_name() } else { k.name().to_owned() });
+        }
+    });
+    names.sort_unstable();
+    let count = names.len();
+    let start = (page_no.saturating_sub(1)).saturating_mul(page_size).min(count);
+    let end = start.saturating_add(page_size).min(count);
+    (count, names[start..end].to_vec())
+}
+
+fn service_list(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let namespace = p.any(&["namespaceId", "tenant"]).unwrap_or("public");
+    let group = p.get("groupName").unwrap_or("DEFAULT_GROUP");
+    let (default_no, default_size) = match api {
+        Api::V1 => (None, None),
+        Api::V2 => (Some(1), Some(20)),
+    };
+    let page_no: i64 = p.number("pageNo")?.or(default_no).ok_or_else(|| missing("pageNo"))?;
+    let page_size: i64 = p.number("pageSize")?.or(default_size).ok_or_else(|| missing("pageSize"))?;
+    if page_no < 1 || !(1..=10_000).contains(&page_size) {
+        return Err(bad("pageNo must be >= 1 and pageSize within 1..=10000"));
+    }
+    let (count, names) = list_services(namespace, Some(group), page_no as usize, page_size as usize, api == Api::V1);
+    let names: Vec<String> = names.iter().map(|n| json_str(n)).collect();
+    Ok(match api {
+        Api::V1 => json(StatusCode::OK, format!("{{\"count\":{count},\"doms\":[{}]}}", names.join(","))),
+        Api::V2 => json(
+            StatusCode::OK,
+            wrap_v2(0, "success", &format!("{{\"count\":{count},\"services\":[{}]}}", names.join(","))),
+        ),
+    })
+}
+
+fn service_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let index = with_core(|c| c.shared.index.clone());
+    let body = index.read(&key, |view| {
+        let view = view?;
+        let mut clusters: Vec<&str> = view.instances().map(|i| &*i.cluster).collect();
+        clusters.sort_unstable();
+        clusters.dedup();
+        let clusters: Vec<String> = clusters
+            .iter()
+            .map(|c| format!("{{\"name\":{},\"healthChecker\":{{\"type\":\"TCP\"}},\"metadata\":{{}}}}", json_str(c)))
+            .collect();
+        Some(format!(
+            "{{\"namespaceId\":{},\"groupName\":{},\"name\":{},\"protectThreshold\":{},\"metadata\":{},\"selector\":{{\"type\":\"none\"}},\"clusters\":[{}],\"ephemeral\":true}}",
+            json_str(key.namespace()),
+            json_str(key.group()),
+            json_str(key.name()),
+            view.protect_threshold,
+            view.metadata.json(),
+            clusters.join(",")
+        ))
+    });
+    let body = body.ok_or_else(|| Failure {
+        status: StatusCode::NOT_FOUND,
+        code: 21008,
+        message: format!("service {} not found", key.grouped_name()),
+    })?;
+    Ok(match api {
+        Api::V1 => json(StatusCode::OK, body),
+        Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
+    })
+}
+
+async fn service_op(service: ServiceKey, op: ServiceOp) -> Result<OpOutcome, Failure> {
+    let rx = with_core(|c| c.submit_service(service, op))?;
+    match rx.await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Failure { status: StatusCode::INTERNAL_SERVER_ERROR, code: 30000, message: "request dropped".into() }),
+    }
+}
+
+async fn configure_service(api: Api, p: &Params, must_exist: Option<bool>) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let protect_threshold: Option<f32> = p.number("protectThreshold")?;
+    let metadata = p.metadata()?;
+    service_op(key, ServiceOp::Configure { protect_threshold, metadata, must_exist }).await?;
+    Ok(ok_answer(api))
+}
+
+async fn delete_service(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    service_op(key, ServiceOp::Delete).await?;
+    Ok(ok_answer(api))
+}
+
+fn operator_metrics(api: Api) -> Resp {
+    let body = with_core(|c| {
+        let s = &c.shared;
+        let conns: u64 = s.metrics.iter().map(|m| m.connections.load(Ordering::Relaxed)).sum();
+        let clients = s.stat(|x| x.clients.load(Ordering::Relaxed));
+        format!(
+            "{{\"status\":\"UP\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{},\"connectionBasedClientCount\":{},\"ephemeralIpPortClientCount\":{},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0}}",
+            s.stat(|x| x.services.load(Ordering::Relaxed)),
+            s.stat(|x| x.instances.load(Ordering::Relaxed)),
+            s.stat(|x| x.subscriptions.load(Ordering::Relaxed)),
+            clients,
+            conns,
+            (clients - conns as i64).max(0),
+            clients,
+        )
+    });
+    match api {
+        Api::V1 => json(StatusCode::OK, body),
+        Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
+    }
+}
+
+fn prometheus() -> Resp {
+    let mut out = String::with_capacity(8192);
+    with_core(|c| {
+        let s = &c.shared;
+        let gauges: [(&str, &str, i64); 4] = [
+            ("nacelle_instances", "Registered instances.", s.stat(|x| x.instances.load(Ordering::Relaxed))),
+            ("nacelle_services", "Services.", s.stat(|x| x.services.load(Ordering::Relaxed))),
+            ("nacelle_clients", "Clients (gRPC connections and HTTP ip:port clients).", s.stat(|x| x.clients.load(Ordering::Relaxed))),
+            ("nacelle_subscriptions", "Subscriptions.", s.stat(|x| x.subscriptions.load(Ordering::Relaxed))),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let expired = s.stat(|x| x.expired_instances.load(Ordering::Relaxed) as i64);
+        let _ = writeln!(out, "# HELP nacelle_expired_instances_total HTTP instances removed after their beats stopped.\n# TYPE nacelle_expired_instances_total counter\nnacelle_expired_instances_total {expired}");
+        let cache = s.index.budget().used();
+        let _ = writeln!(out, "# HELP nacelle_answer_cache_bytes Bytes of cached encoded answers.\n# TYPE nacelle_answer_cache_bytes gauge\nnacelle_answer_cache_bytes {cache}");
+        crate::metrics::render_requests(&mut out, &s.metrics);
+    });
+    let mut r = Response::new(Full::new(Bytes::from(out)));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}

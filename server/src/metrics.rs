@@ -1,0 +1,132 @@
+//! Counters and latency histograms, one set per core so recording is an uncontended relaxed
+//! atomic add; `/metrics` sums the cores when scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Kinds of requests we count and time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Kind {
+    /// gRPC register / deregister / batch.
+    GrpcInstance,
+    /// gRPC query.
+    GrpcQuery,
+    /// gRPC subscribe / unsubscribe.
+    GrpcSubscribe,
+    /// gRPC service list.
+    GrpcServiceList,
+    /// gRPC handshake and health checks.
+    GrpcInternal,
+    /// HTTP instance writes (register, deregister, update).
+    HttpInstance,
+    /// HTTP heartbeats.
+    HttpBeat,
+    /// HTTP instance list / detail.
+    HttpQuery,
+    /// Other HTTP requests.
+    HttpOther,
+}
+
+const KINDS: [(&str, Kind); 9] = [
+    ("grpc_instance", Kind::GrpcInstance),
+    ("grpc_query", Kind::GrpcQuery),
+    ("grpc_subscribe", Kind::GrpcSubscribe),
+    ("grpc_service_list", Kind::GrpcServiceList),
+    ("grpc_internal", Kind::GrpcInternal),
+    ("http_instance", Kind::HttpInstance),
+    ("http_beat", Kind::HttpBeat),
+    ("http_query", Kind::HttpQuery),
+    ("http_other", Kind::HttpOther),
+];
+
+/// Upper bounds (seconds) of the latency buckets.
+const BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Series {
+    count: AtomicU64,
+    errors: AtomicU64,
+    sum_us: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+/// One core's counters.
+#[derive(Default)]
+pub struct CoreMetrics {
+    series: [Series; KINDS.len()],
+    /// Pushes sent to subscribers.
+    pub pushes_sent: AtomicU64,
+    /// Pushes acknowledged by subscribers.
+    pub pushes_acked: AtomicU64,
+    /// Pushes dropped because the subscriber's queue was full (the connection is closed).
+    pub pushes_dropped: AtomicU64,
+    /// gRPC connections open on this core.
+    pub connections: AtomicU64,
+    /// Connections closed by the server (idle, slow reader, bad input).
+    pub connections_closed_by_server: AtomicU64,
+    /// Requests refused because the core was overloaded.
+    pub overloaded: AtomicU64,
+}
+
+impl CoreMetrics {
+    /// Records one request.
+    pub fn record(&self, kind: Kind, took: Duration, ok: bool) {
+        let s = &self.series[kind as usize];
+        s.count.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = took.as_micros() as u64;
+        s.sum_us.fetch_add(us, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes the request series of all cores in Prometheus text format.
+pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
+    let sum = |f: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+    out.push_str("# HELP nacelle_requests_total Requests served, by kind.\n# TYPE nacelle_requests_total counter\n");
+    for (name, kind) in KINDS {
+        let n = sum(&|c| c.series[kind as usize].count.load(Ordering::Relaxed));
+        let _ = writeln!(out, "nacelle_requests_total{{kind=\"{name}\"}} {n}");
+    }
+    out.push_str("# HELP nacelle_request_errors_total Requests answered with an error, by kind.\n# TYPE nacelle_request_errors_total counter\n");
+    for (name, kind) in KINDS {
+        let n = sum(&|c| c.series[kind as usize].errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "nacelle_request_errors_total{{kind=\"{name}\"}} {n}");
+    }
+    out.push_str("# HELP nacelle_request_duration_seconds Request latency inside the server, by kind.\n# TYPE nacelle_request_duration_seconds histogram\n");
+    for (name, kind) in KINDS {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += sum(&|c| c.series[kind as usize].buckets[i].load(Ordering::Relaxed));
+            let _ = writeln!(out, "nacelle_request_duration_seconds_bucket{{kind=\"{name}\",le=\"{bound}\"}} {cumulative}");
+        }
+        let count = sum(&|c| c.series[kind as usize].count.load(Ordering::Relaxed));
+        let sum_us = sum(&|c| c.series[kind as usize].sum_us.load(Ordering::Relaxed));
+        let _ = writeln!(out, "nacelle_request_duration_seconds_bucket{{kind=\"{name}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "nacelle_request_duration_seconds_sum{{kind=\"{name}\"}} {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "nacelle_request_duration_seconds_count{{kind=\"{name}\"}} {count}");
+    }
+    let counters: [(&str, &str, fn(&CoreMetrics) -> &AtomicU64); 5] = [
+        ("nacelle_pushes_sent_total", "Pushes sent to subscribers.", |c| &c.pushes_sent),
+        ("nacelle_pushes_acked_total", "Pushes acknowledged by subscribers.", |c| &c.pushes_acked),
+        ("nacelle_pushes_dropped_total", "Pushes dropped: the subscriber's send queue was full.", |c| &c.pushes_dropped),
+        ("nacelle_connections_closed_by_server_total", "Connections closed by the server.", |c| &c.connections_closed_by_server),
+        ("nacelle_overloaded_total", "Requests refused with 503 because a core was overloaded.", |c| &c.overloaded),
+    ];
+    for (name, help, get) in counters {
+        let n = sum(&|c| get(c).load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+    }
+    let conns = sum(&|c| c.connections.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP nacelle_connections gRPC connections open.\n# TYPE nacelle_connections gauge\nnacelle_connections {conns}");
+}

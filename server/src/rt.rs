@@ -1,0 +1,59 @@
+//! The glue that lets hyper (and tonic on top of it) run on a glommio executor: an executor that
+//! spawns on the current core, a timer on glommio timers, and IO through tokio-util's compat
+//! layer over glommio's futures-io sockets.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use send_wrapper::SendWrapper;
+
+/// Spawns hyper's background tasks (HTTP/2 streams) on the current glommio core.
+#[derive(Clone, Copy, Default)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        glommio::spawn_local(fut).detach();
+    }
+}
+
+/// hyper's timer on glommio timers.
+///
+/// hyper wants `Send + Sync` sleeps; glommio timers are bound to their core. Everything of a
+/// connection runs on the core that accepted it, so the wrapper's thread check never fires.
+#[derive(Clone, Copy, Default)]
+pub struct LocalTimer;
+
+struct LocalSleep(SendWrapper<glommio::timer::Timer>);
+
+impl Future for LocalSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut *self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for LocalSleep {}
+
+impl hyper::rt::Timer for LocalTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(LocalSleep(SendWrapper::new(glommio::timer::Timer::new(duration))))
+    }
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// A glommio TCP stream as hyper IO.
+pub type HyperIo = hyper_util::rt::TokioIo<tokio_util::compat::Compat<glommio::net::TcpStream>>;
+
+/// Wraps a glommio TCP stream for hyper.
+pub fn hyper_io(stream: glommio::net::TcpStream) -> HyperIo {
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    hyper_util::rt::TokioIo::new(stream.compat())
+}
