@@ -25,5 +25,8 @@ pub mod shard;
 pub mod view;
 
 pub use model::{ClientId, Host, Instance, InstanceSpec, Interner, Metadata, ServiceKey, Str};
-pub use shard::{ClientOp, Command, Now, OpError, OpOutcome, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig, ShardMsg};
+pub use shard::{
+    ClientOp, Command, Now, OpError, OpOutcome, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
+    ShardMsg,
+};
 pub use view::{ReadIndex, ServiceView};

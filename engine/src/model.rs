@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -92,13 +92,23 @@ impl ServiceKey {
             return Err(invalid("serviceName is required"));
         }
         if name.contains("@@") {
-            return Err(invalid(format!("service name {service:?} has more than one '@@'")));
+            return Err(invalid(format!(
+                "service name {service:?} has more than one '@@'"
+            )));
         }
         if name.len() > 512 || group.len() > 128 || namespace.len() > 128 {
             return Err(invalid("namespace, group or service name is too long"));
         }
-        let group = if group.trim().is_empty() { DEFAULT_GROUP } else { group.trim() };
-        let namespace = if namespace.trim().is_empty() { DEFAULT_NAMESPACE } else { namespace.trim() };
+        let group = if group.trim().is_empty() {
+            DEFAULT_GROUP
+        } else {
+            group.trim()
+        };
+        let namespace = if namespace.trim().is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            namespace.trim()
+        };
         Ok(ServiceKey(Arc::new(ServiceName {
             namespace: namespace.into(),
             group: group.into(),
@@ -208,7 +218,10 @@ impl Metadata {
         }
         let text = serde_json::to_string(map).map_err(|e| invalid(format!("metadata: {e}")))?;
         if text.len() > Self::MAX_BYTES {
-            return Err(invalid(format!("metadata is larger than {} bytes", Self::MAX_BYTES)));
+            return Err(invalid(format!(
+                "metadata is larger than {} bytes",
+                Self::MAX_BYTES
+            )));
         }
         Ok(Metadata(Some(text.into_boxed_str())))
     }
@@ -341,10 +354,11 @@ impl HeartbeatTiming {
         let map = metadata.to_map();
         let read = |key: &str, into: &mut u32| -> Result<(), InvalidInput> {
             if let Some(v) = map.get(key) {
-                let ms: u64 = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid(format!("metadata {key}={v:?} is not a number of milliseconds")))?;
+                let ms: u64 = v.trim().parse().map_err(|_| {
+                    invalid(format!(
+                        "metadata {key}={v:?} is not a number of milliseconds"
+                    ))
+                })?;
                 *into = u32::try_from(ms).unwrap_or(u32::MAX).max(1);
             }
             Ok(())
@@ -366,7 +380,9 @@ impl HeartbeatTiming {
 pub fn validate_cluster_name(cluster: &str) -> Result<(), InvalidInput> {
     if cluster.is_empty()
         || cluster.len() > 128
-        || !cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        || !cluster
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
     {
         return Err(invalid(format!(
             "Param 'cluster' is illegal, Cluster name {cluster:?} does not match [0-9a-zA-Z-.]+"
@@ -403,7 +419,10 @@ impl InstanceSpec {
     pub fn build(self, interner: &mut Interner) -> Result<Instance, InvalidInput> {
         let host = Host::parse(&self.ip)?;
         if !(0..=65535).contains(&self.port) {
-            return Err(invalid(format!("port {} is out of range 0..65535", self.port)));
+            return Err(invalid(format!(
+                "port {} is out of range 0..65535",
+                self.port
+            )));
         }
         if self.ephemeral == Some(false) {
             return Err(invalid(
@@ -466,7 +485,10 @@ impl Instance {
 
     /// A copy with another health flag.
     pub fn with_health(&self, healthy: bool) -> Instance {
-        Instance { healthy, ..self.clone() }
+        Instance {
+            healthy,
+            ..self.clone()
+        }
     }
 }
 
@@ -513,15 +535,14 @@ pub struct StableHasher;
 impl BuildHasher for StableHasher {
     type Hasher = ahash::AHasher;
     fn build_hasher(&self) -> ahash::AHasher {
-        ahash::RandomState::with_seeds(0x6e61_6365, 0x6c6c_6521, 0x7265_6769, 0x7374_7279).build_hasher()
+        ahash::RandomState::with_seeds(0x6e61_6365, 0x6c6c_6521, 0x7265_6769, 0x7374_7279)
+            .build_hasher()
     }
 }
 
 /// Hash of a value with [`StableHasher`].
 pub fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
-    let mut h = StableHasher.build_hasher();
-    value.hash(&mut h);
-    h.finish()
+    StableHasher.hash_one(value)
 }
 
 /// Interns the few distinct strings that repeat across instances (cluster names) and service
@@ -560,13 +581,17 @@ impl Interner {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn grouped_service_names_split_and_default() {
         let k = ServiceKey::new("", "", "g1@@svc").unwrap();
-        assert_eq!((k.namespace(), k.group(), k.name()), ("public", "g1", "svc"));
+        assert_eq!(
+            (k.namespace(), k.group(), k.name()),
+            ("public", "g1", "svc")
+        );
         let k = ServiceKey::new("ns", "", "svc").unwrap();
         assert_eq!(k.grouped_name(), "DEFAULT_GROUP@@svc");
         assert!(ServiceKey::new("", "", "  ").is_err());
@@ -588,10 +613,16 @@ mod tests {
 
     #[test]
     fn preserved_keys_set_timing_and_are_validated() {
-        let m = Metadata::from_pairs([(PRESERVED_HEART_BEAT_TIMEOUT, "1000"), (PRESERVED_HEART_BEAT_INTERVAL, "500")])
-            .unwrap();
+        let m = Metadata::from_pairs([
+            (PRESERVED_HEART_BEAT_TIMEOUT, "1000"),
+            (PRESERVED_HEART_BEAT_INTERVAL, "500"),
+        ])
+        .unwrap();
         let t = HeartbeatTiming::from_metadata(&m).unwrap();
-        assert_eq!((t.interval_ms, t.timeout_ms, t.delete_ms), (500, 1000, 30_000));
+        assert_eq!(
+            (t.interval_ms, t.timeout_ms, t.delete_ms),
+            (500, 1000, 30_000)
+        );
         let bad = Metadata::from_pairs([(PRESERVED_HEART_BEAT_TIMEOUT, "100")]).unwrap();
         assert!(HeartbeatTiming::from_metadata(&bad).is_err());
         let nan = Metadata::from_pairs([(PRESERVED_IP_DELETE_TIMEOUT, "soon")]).unwrap();
@@ -601,23 +632,50 @@ mod tests {
     #[test]
     fn instance_spec_validation() {
         let mut i = Interner::default();
-        let ok = InstanceSpec { ip: "10.0.0.1".into(), port: 80, ..Default::default() };
+        let ok = InstanceSpec {
+            ip: "10.0.0.1".into(),
+            port: 80,
+            ..Default::default()
+        };
         let inst = ok.clone().build(&mut i).unwrap();
         assert_eq!(inst.host, Host::V4("10.0.0.1".parse().unwrap()));
         assert_eq!(&*inst.cluster, "DEFAULT");
         let svc = ServiceKey::new("", "", "s").unwrap();
         assert_eq!(inst.id_for(&svc), "10.0.0.1#80#DEFAULT#DEFAULT_GROUP@@s");
         for bad in [
-            InstanceSpec { port: 70000, ..ok.clone() },
-            InstanceSpec { port: -1, ..ok.clone() },
-            InstanceSpec { ip: "".into(), ..ok.clone() },
-            InstanceSpec { cluster: Some("bad_name".into()), ..ok.clone() },
-            InstanceSpec { weight: Some(f64::NAN), ..ok.clone() },
-            InstanceSpec { ephemeral: Some(false), ..ok.clone() },
+            InstanceSpec {
+                port: 70000,
+                ..ok.clone()
+            },
+            InstanceSpec {
+                port: -1,
+                ..ok.clone()
+            },
+            InstanceSpec {
+                ip: "".into(),
+                ..ok.clone()
+            },
+            InstanceSpec {
+                cluster: Some("bad_name".into()),
+                ..ok.clone()
+            },
+            InstanceSpec {
+                weight: Some(f64::NAN),
+                ..ok.clone()
+            },
+            InstanceSpec {
+                ephemeral: Some(false),
+                ..ok.clone()
+            },
         ] {
             assert!(bad.build(&mut i).is_err());
         }
-        let heavy = InstanceSpec { weight: Some(1e9), ..ok }.build(&mut i).unwrap();
+        let heavy = InstanceSpec {
+            weight: Some(1e9),
+            ..ok
+        }
+        .build(&mut i)
+        .unwrap();
         assert_eq!(heavy.weight, MAX_WEIGHT);
     }
 

@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::model::{stable_hash, ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str};
-use crate::view::{Publish, ReadIndex, ServiceCell, ServiceView};
+use crate::model::{
+    stable_hash, ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str,
+};
+use crate::view::{DirectoryChange, Publish, ReadIndex, ServiceCell, ServiceView};
 
 /// The time as the driver sees it. Both clocks are inputs so the shard stays deterministic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -320,7 +322,11 @@ struct Client {
 
 impl Client {
     fn new() -> Client {
-        Client { revision: 0, publishes: SmallVec::new(), subscriptions: Vec::new() }
+        Client {
+            revision: 0,
+            publishes: SmallVec::new(),
+            subscriptions: Vec::new(),
+        }
     }
     fn entry(&self, service: &ServiceKey) -> Option<usize> {
         self.publishes.iter().position(|e| &e.service == service)
@@ -358,7 +364,7 @@ pub struct Shard {
     clients: HashMap<ClientId, Client, StableHasher>,
     services: HashMap<ServiceKey, ServiceState, StableHasher>,
     dirty: Vec<ServiceKey>,
-    directory_changes: Vec<(ServiceKey, Option<Arc<ServiceCell>>)>,
+    directory_changes: Vec<DirectoryChange>,
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
     out: VecDeque<Command>,
     stats: Arc<ShardStats>,
@@ -372,7 +378,11 @@ pub struct Shard {
 impl Shard {
     /// Shard `id` of `cfg.shard_count`, publishing into `index`.
     pub fn new(id: usize, cfg: ShardConfig, index: Arc<ReadIndex>, now: Now) -> Shard {
-        assert_eq!(cfg.shard_count, index.shard_count(), "index and config disagree on shard count");
+        assert_eq!(
+            cfg.shard_count,
+            index.shard_count(),
+            "index and config disagree on shard count"
+        );
         let mut shard = Shard {
             id,
             index,
@@ -389,7 +399,10 @@ impl Shard {
             reply_slot: None,
             deferred_replies: Vec::new(),
         };
-        shard.set_timer(now.mono_ms + shard.cfg.beat_check_interval_ms, Timer::BeatCheck);
+        shard.set_timer(
+            now.mono_ms + shard.cfg.beat_check_interval_ms,
+            Timer::BeatCheck,
+        );
         shard
     }
 
@@ -430,11 +443,17 @@ impl Shard {
             ShardMsg::Client { client, op, reply } => {
                 let travels = matches!(
                     op,
-                    ClientOp::Register { .. } | ClientOp::BatchRegister { .. } | ClientOp::Deregister { .. } | ClientOp::Update { .. }
+                    ClientOp::Register { .. }
+                        | ClientOp::BatchRegister { .. }
+                        | ClientOp::Deregister { .. }
+                        | ClientOp::Update { .. }
                 );
                 self.reply_slot = if travels { reply } else { None };
                 let result = if client_shard(&client, self.cfg.shard_count) != self.id {
-                    Err(OpError::Invalid(format!("client {client} is not owned by shard {}", self.id)))
+                    Err(OpError::Invalid(format!(
+                        "client {client} is not owned by shard {}",
+                        self.id
+                    )))
                 } else {
                     self.apply_client_op(client, op)
                 };
@@ -444,7 +463,14 @@ impl Shard {
                 }
             }
             ShardMsg::Service { service, op, reply } => {
-                let result = self.apply_service_op(service, op);
+                let result = if self.index.owner_of(&service) != self.id {
+                    Err(OpError::Invalid(format!(
+                        "service {service:?} is not owned by shard {}",
+                        self.id
+                    )))
+                } else {
+                    self.apply_service_op(service, op)
+                };
                 if let Some(to) = reply {
                     self.deferred_replies.push((to, result));
                 }
@@ -459,11 +485,16 @@ impl Shard {
             if *at > now.mono_ms {
                 break;
             }
-            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
             match timer {
                 Timer::BeatCheck => {
                     self.check_heartbeats();
-                    self.set_timer(now.mono_ms + self.cfg.beat_check_interval_ms, Timer::BeatCheck);
+                    self.set_timer(
+                        now.mono_ms + self.cfg.beat_check_interval_ms,
+                        Timer::BeatCheck,
+                    );
                 }
                 Timer::Push(service) => self.push(&service),
             }
@@ -477,12 +508,17 @@ impl Shard {
         self.now = now;
         let dirty = std::mem::take(&mut self.dirty);
         for key in dirty {
-            let Some(state) = self.services.get_mut(&key) else { continue };
+            let Some(state) = self.services.get_mut(&key) else {
+                continue;
+            };
             state.in_dirty_list = false;
-            let gone = state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
+            let gone =
+                state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
             if gone {
                 if let Some(state) = self.services.remove(&key) {
-                    self.stats.instances.fetch_sub(state.instance_count as i64, Ordering::Relaxed);
+                    self.stats
+                        .instances
+                        .fetch_sub(state.instance_count as i64, Ordering::Relaxed);
                     self.stats.services.fetch_sub(1, Ordering::Relaxed);
                 }
                 self.directory_changes.push((key, None));
@@ -490,10 +526,13 @@ impl Shard {
             }
             state.revision += 1;
             let publishes: Vec<Publish> = state.publishers.values().cloned().collect();
+            // SDKs drop an answer whose lastRefTime is not newer than the one they hold
+            // (nacos-sdk-python), so two changes within one millisecond still get two times.
+            let last_ref_ms = now.unix_ms.max(state.view.last_ref_ms + 1);
             let view = Arc::new(ServiceView::new(
                 key.clone(),
                 state.revision,
-                now.unix_ms,
+                last_ref_ms,
                 state.protect_threshold,
                 state.metadata.clone(),
                 publishes,
@@ -531,7 +570,7 @@ impl Shard {
         self.timers.push(Reverse((at, timer)));
     }
 
-    fn to_service(&mut self, service: ServiceKey, op: ServiceOp) {
+    fn send_service_op(&mut self, service: ServiceKey, op: ServiceOp) {
         let owner = self.index.owner_of(&service);
         if owner == self.id {
             // Local: apply at once; the outcome only matters to remote callers.
@@ -541,7 +580,10 @@ impl Shard {
                 ServiceOp::Upsert { .. } | ServiceOp::Remove { .. } => self.reply_slot.take(),
                 _ => None,
             };
-            self.out.push_back(Command::Send { shard: owner, msg: ShardMsg::Service { service, op, reply } });
+            self.out.push_back(Command::Send {
+                shard: owner,
+                msg: ShardMsg::Service { service, op, reply },
+            });
         }
     }
 
@@ -559,7 +601,9 @@ impl Shard {
             }
             ClientOp::BatchRegister { service, instances } => {
                 if instances.is_empty() {
-                    return Err(OpError::Invalid("a batch registration needs at least one instance".into()));
+                    return Err(OpError::Invalid(
+                        "a batch registration needs at least one instance".into(),
+                    ));
                 }
                 if instances.len() > self.cfg.max_batch_instances {
                     return Err(OpError::Invalid(format!(
@@ -567,12 +611,24 @@ impl Shard {
                         self.cfg.max_batch_instances
                     )));
                 }
-                let instances: Vec<Instance> = instances.into_iter().map(|i| self.intern_instance(i)).collect();
+                let instances: Vec<Instance> = instances
+                    .into_iter()
+                    .map(|i| self.intern_instance(i))
+                    .collect();
                 self.set_publish(client_id, service, Arc::from(instances))
             }
-            ClientOp::Deregister { service, host, port, cluster } => {
-                let Some(client) = self.clients.get_mut(&client_id) else { return Ok(OpOutcome::Unchanged) };
-                let Some(pos) = client.entry(&service) else { return Ok(OpOutcome::Unchanged) };
+            ClientOp::Deregister {
+                service,
+                host,
+                port,
+                cluster,
+            } => {
+                let Some(client) = self.clients.get_mut(&client_id) else {
+                    return Ok(OpOutcome::Unchanged);
+                };
+                let Some(pos) = client.entry(&service) else {
+                    return Ok(OpOutcome::Unchanged);
+                };
                 let publish = &client.publishes[pos].publish;
                 // A client holds one publish per service (Nacos): withdrawing a single-instance
                 // publish removes it whatever cluster the request names; from a batch, only the
@@ -580,7 +636,11 @@ impl Shard {
                 let remaining: Vec<Instance> = if publish.len() <= 1 {
                     Vec::new()
                 } else {
-                    publish.iter().filter(|i| !i.is_at(&host, port, &cluster)).cloned().collect()
+                    publish
+                        .iter()
+                        .filter(|i| !i.is_at(&host, port, &cluster))
+                        .cloned()
+                        .collect()
                 };
                 if remaining.len() == publish.len() {
                     return Ok(OpOutcome::Unchanged);
@@ -589,25 +649,48 @@ impl Shard {
                 let service = client.publishes[pos].service.clone();
                 if remaining.is_empty() {
                     client.publishes.remove(pos);
-                    self.to_service(service, ServiceOp::Remove { client: client_id.clone() });
+                    self.send_service_op(
+                        service,
+                        ServiceOp::Remove {
+                            client: client_id.clone(),
+                        },
+                    );
                 } else {
                     let publish: Publish = Arc::from(remaining);
                     client.publishes[pos].publish = publish.clone();
-                    self.to_service(service, ServiceOp::Upsert { client: client_id.clone(), publish });
+                    self.send_service_op(
+                        service,
+                        ServiceOp::Upsert {
+                            client: client_id.clone(),
+                            publish,
+                        },
+                    );
                 }
                 self.drop_client_if_empty(&client_id);
                 Ok(OpOutcome::Changed)
             }
-            ClientOp::Update { service, host, port, cluster, patch } => {
+            ClientOp::Update {
+                service,
+                host,
+                port,
+                cluster,
+                patch,
+            } => {
                 let Some(client) = self.clients.get_mut(&client_id) else {
-                    return Err(OpError::NotFound(format!("no instance {host}:{port} in {service:?}")));
+                    return Err(OpError::NotFound(format!(
+                        "no instance {host}:{port} in {service:?}"
+                    )));
                 };
                 let found = client.entry(&service).and_then(|pos| {
                     let p = &client.publishes[pos].publish;
-                    p.iter().position(|i| i.is_at(&host, port, &cluster)).map(|ipos| (pos, ipos))
+                    p.iter()
+                        .position(|i| i.is_at(&host, port, &cluster))
+                        .map(|ipos| (pos, ipos))
                 });
                 let Some((pos, ipos)) = found else {
-                    return Err(OpError::NotFound(format!("no instance {host}:{port} in cluster {cluster} of {service:?}")));
+                    return Err(OpError::NotFound(format!(
+                        "no instance {host}:{port} in cluster {cluster} of {service:?}"
+                    )));
                 };
                 let mut instances: Vec<Instance> = client.publishes[pos].publish.to_vec();
                 let inst = &mut instances[ipos];
@@ -628,11 +711,20 @@ impl Shard {
                 let service = client.publishes[pos].service.clone();
                 self.set_publish(client_id, service, Arc::from(instances))
             }
-            ClientOp::Beat { service, host, port, cluster, reregister } => {
+            ClientOp::Beat {
+                service,
+                host,
+                port,
+                cluster,
+                reregister,
+            } => {
                 let found = self.clients.get_mut(&client_id).and_then(|client| {
                     let pos = client.entry(&service)?;
                     let entry = &mut client.publishes[pos];
-                    let inst = entry.publish.iter().find(|i| i.is_at(&host, port, &cluster))?;
+                    let inst = entry
+                        .publish
+                        .iter()
+                        .find(|i| i.is_at(&host, port, &cluster))?;
                     entry.last_beat_ms = now_ms;
                     Some((inst.healthy, inst.timing.interval_ms))
                 });
@@ -654,6 +746,11 @@ impl Shard {
                 }
             }
             ClientOp::Subscribe { service, clusters } => {
+                let ClientId::Conn(subscriber) = client_id else {
+                    return Err(OpError::Invalid(
+                        "only connection clients can subscribe".into(),
+                    ));
+                };
                 let service = self.interner.service(service);
                 let limit = self.cfg.max_services_per_client;
                 let client = self.clients.entry(client_id.clone()).or_insert_with(|| {
@@ -662,38 +759,52 @@ impl Shard {
                 });
                 if !client.subscriptions.contains(&service) {
                     if client.subscriptions.len() >= limit {
-                        return Err(OpError::Invalid(format!("a client may subscribe to at most {limit} services")));
+                        return Err(OpError::Invalid(format!(
+                            "a client may subscribe to at most {limit} services"
+                        )));
                     }
                     client.subscriptions.push(service.clone());
                 }
-                let ClientId::Conn(subscriber) = client_id else {
-                    return Err(OpError::Invalid("only connection clients can subscribe".into()));
-                };
-                self.to_service(service, ServiceOp::Subscribe { subscriber, clusters });
+                self.send_service_op(
+                    service,
+                    ServiceOp::Subscribe {
+                        subscriber,
+                        clusters,
+                    },
+                );
                 Ok(OpOutcome::Changed)
             }
             ClientOp::Unsubscribe { service } => {
-                let Some(client) = self.clients.get_mut(&client_id) else { return Ok(OpOutcome::Unchanged) };
+                let Some(client) = self.clients.get_mut(&client_id) else {
+                    return Ok(OpOutcome::Unchanged);
+                };
                 let before = client.subscriptions.len();
                 client.subscriptions.retain(|s| s != &service);
                 if client.subscriptions.len() == before {
                     return Ok(OpOutcome::Unchanged);
                 }
                 if let ClientId::Conn(subscriber) = client_id {
-                    self.to_service(service, ServiceOp::Unsubscribe { subscriber });
+                    self.send_service_op(service, ServiceOp::Unsubscribe { subscriber });
                 }
                 self.drop_client_if_empty(&client_id);
                 Ok(OpOutcome::Changed)
             }
             ClientOp::Disconnect => {
-                let Some(client) = self.clients.remove(&client_id) else { return Ok(OpOutcome::Unchanged) };
+                let Some(client) = self.clients.remove(&client_id) else {
+                    return Ok(OpOutcome::Unchanged);
+                };
                 self.stats.clients.fetch_sub(1, Ordering::Relaxed);
                 for entry in client.publishes {
-                    self.to_service(entry.service, ServiceOp::Remove { client: client_id.clone() });
+                    self.send_service_op(
+                        entry.service,
+                        ServiceOp::Remove {
+                            client: client_id.clone(),
+                        },
+                    );
                 }
                 if let ClientId::Conn(subscriber) = client_id {
                     for service in client.subscriptions {
-                        self.to_service(service, ServiceOp::Unsubscribe { subscriber });
+                        self.send_service_op(service, ServiceOp::Unsubscribe { subscriber });
                     }
                 }
                 Ok(OpOutcome::Changed)
@@ -702,7 +813,12 @@ impl Shard {
     }
 
     /// Replaces the client's publish in `service`; the heart of register, batch and update.
-    fn set_publish(&mut self, client_id: ClientId, service: ServiceKey, publish: Publish) -> OpResult {
+    fn set_publish(
+        &mut self,
+        client_id: ClientId,
+        service: ServiceKey,
+        publish: Publish,
+    ) -> OpResult {
         let now_ms = self.now.mono_ms;
         let limit = self.cfg.max_services_per_client;
         let service = self.interner.service(service);
@@ -721,32 +837,62 @@ impl Shard {
             }
             None => {
                 if client.publishes.len() >= limit {
-                    return Err(OpError::Invalid(format!("a client may publish in at most {limit} services")));
+                    return Err(OpError::Invalid(format!(
+                        "a client may publish in at most {limit} services"
+                    )));
                 }
-                client.publishes.push(PublishEntry { service: service.clone(), publish: publish.clone(), last_beat_ms: now_ms });
+                client.publishes.push(PublishEntry {
+                    service: service.clone(),
+                    publish: publish.clone(),
+                    last_beat_ms: now_ms,
+                });
             }
         }
         client.revision += 1;
-        self.to_service(service, ServiceOp::Upsert { client: client_id, publish });
+        self.send_service_op(
+            service,
+            ServiceOp::Upsert {
+                client: client_id,
+                publish,
+            },
+        );
         Ok(OpOutcome::Changed)
     }
 
     fn set_health(&mut self, client_id: &ClientId, service: &ServiceKey, healthy: bool) {
-        let Some(client) = self.clients.get_mut(client_id) else { return };
-        let Some(pos) = client.entry(service) else { return };
+        let Some(client) = self.clients.get_mut(client_id) else {
+            return;
+        };
+        let Some(pos) = client.entry(service) else {
+            return;
+        };
         let entry = &mut client.publishes[pos];
         if entry.publish.iter().all(|i| i.healthy == healthy) {
             return;
         }
-        let publish: Publish = entry.publish.iter().map(|i| i.with_health(healthy)).collect::<Vec<_>>().into();
+        let publish: Publish = entry
+            .publish
+            .iter()
+            .map(|i| i.with_health(healthy))
+            .collect::<Vec<_>>()
+            .into();
         entry.publish = publish.clone();
         client.revision += 1;
         let service = entry.service.clone();
-        self.to_service(service, ServiceOp::Upsert { client: client_id.clone(), publish });
+        self.send_service_op(
+            service,
+            ServiceOp::Upsert {
+                client: client_id.clone(),
+                publish,
+            },
+        );
     }
 
     fn drop_client_if_empty(&mut self, client_id: &ClientId) {
-        let empty = self.clients.get(client_id).is_some_and(|c| c.publishes.is_empty() && c.subscriptions.is_empty());
+        let empty = self
+            .clients
+            .get(client_id)
+            .is_some_and(|c| c.publishes.is_empty() && c.subscriptions.is_empty());
         if empty {
             self.clients.remove(client_id);
             self.stats.clients.fetch_sub(1, Ordering::Relaxed);
@@ -765,10 +911,14 @@ impl Shard {
             }
             for entry in &client.publishes {
                 let silent = now_ms.saturating_sub(entry.last_beat_ms);
-                let Some(timing) = entry.publish.first().map(|i| i.timing) else { continue };
+                let Some(timing) = entry.publish.first().map(|i| i.timing) else {
+                    continue;
+                };
                 if silent > u64::from(timing.delete_ms) {
                     expired.push((id.clone(), entry.service.clone()));
-                } else if silent > u64::from(timing.timeout_ms) && entry.publish.iter().any(|i| i.healthy) {
+                } else if silent > u64::from(timing.timeout_ms)
+                    && entry.publish.iter().any(|i| i.healthy)
+                {
                     unhealthy.push((id.clone(), entry.service.clone()));
                 }
             }
@@ -778,12 +928,18 @@ impl Shard {
             self.set_health(&id, &service, false);
         }
         for (id, service) in expired {
-            let Some(client) = self.clients.get_mut(&id) else { continue };
-            let Some(pos) = client.entry(&service) else { continue };
+            let Some(client) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            let Some(pos) = client.entry(&service) else {
+                continue;
+            };
             let entry = client.publishes.remove(pos);
             client.revision += 1;
-            self.stats.expired_instances.fetch_add(entry.publish.len() as u64, Ordering::Relaxed);
-            self.to_service(entry.service, ServiceOp::Remove { client: id.clone() });
+            self.stats
+                .expired_instances
+                .fetch_add(entry.publish.len() as u64, Ordering::Relaxed);
+            self.send_service_op(entry.service, ServiceOp::Remove { client: id.clone() });
             self.drop_client_if_empty(&id);
         }
     }
@@ -793,7 +949,8 @@ impl Shard {
         if !self.services.contains_key(&service) {
             let view = Arc::new(ServiceView::empty(service.clone(), self.now.unix_ms));
             let cell = ServiceCell::new(view.clone());
-            self.directory_changes.push((service.clone(), Some(cell.clone())));
+            self.directory_changes
+                .push((service.clone(), Some(cell.clone())));
             self.stats.services.fetch_add(1, Ordering::Relaxed);
             self.services.insert(
                 service.clone(),
@@ -840,13 +997,18 @@ impl Shard {
                 OpOutcome::Changed
             }
             ServiceOp::Remove { client } => {
-                let Some(state) = self.services.get_mut(&service) else { return Ok(OpOutcome::Unchanged) };
+                let Some(state) = self.services.get_mut(&service) else {
+                    return Ok(OpOutcome::Unchanged);
+                };
                 if state.publishers.remove(&client).is_none() {
                     return Ok(OpOutcome::Unchanged);
                 }
                 OpOutcome::Changed
             }
-            ServiceOp::Subscribe { subscriber, clusters } => {
+            ServiceOp::Subscribe {
+                subscriber,
+                clusters,
+            } => {
                 let state = self.service_state(service);
                 if state.subscribers.insert(subscriber, clusters).is_none() {
                     self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -856,29 +1018,48 @@ impl Shard {
                 return Ok(OpOutcome::Changed);
             }
             ServiceOp::Unsubscribe { subscriber } => {
-                let Some(state) = self.services.get_mut(&service) else { return Ok(OpOutcome::Unchanged) };
+                let Some(state) = self.services.get_mut(&service) else {
+                    return Ok(OpOutcome::Unchanged);
+                };
                 if state.subscribers.remove(&subscriber).is_none() {
                     return Ok(OpOutcome::Unchanged);
                 }
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-                let removable = state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
+                let removable =
+                    state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
                 if !removable {
                     return Ok(OpOutcome::Changed);
                 }
                 // Dirty only so that `flush` drops the now unused service.
                 OpOutcome::Changed
             }
-            ServiceOp::Configure { protect_threshold, metadata, must_exist } => {
+            ServiceOp::Configure {
+                protect_threshold,
+                metadata,
+                must_exist,
+            } => {
                 match must_exist {
-                    Some(true) if !exists => return Err(OpError::NotFound(format!("service {service:?} not found"))),
-                    Some(false) if exists && self.services.get(&service).is_some_and(|s| s.explicit || !s.publishers.is_empty()) => {
-                        return Err(OpError::Conflict(format!("service {service:?} already exists")))
+                    Some(true) if !exists => {
+                        return Err(OpError::NotFound(format!("service {service:?} not found")))
+                    }
+                    Some(false)
+                        if exists
+                            && self
+                                .services
+                                .get(&service)
+                                .is_some_and(|s| s.explicit || !s.publishers.is_empty()) =>
+                    {
+                        return Err(OpError::Conflict(format!(
+                            "service {service:?} already exists"
+                        )))
                     }
                     _ => {}
                 }
                 if let Some(t) = protect_threshold {
                     if !(0.0..=1.0).contains(&t) {
-                        return Err(OpError::Invalid(format!("protectThreshold {t} must be within [0, 1]")));
+                        return Err(OpError::Invalid(format!(
+                            "protectThreshold {t} must be within [0, 1]"
+                        )));
                     }
                 }
                 let state = self.service_state(service.clone());
@@ -910,7 +1091,9 @@ impl Shard {
     }
 
     fn push(&mut self, service: &ServiceKey) {
-        let Some(state) = self.services.get_mut(service) else { return };
+        let Some(state) = self.services.get_mut(service) else {
+            return;
+        };
         state.push_timer_set = false;
         if state.view.revision <= state.pushed_revision {
             return;
@@ -918,7 +1101,11 @@ impl Shard {
         state.pushed_revision = state.view.revision;
         for (subscriber, clusters) in &state.subscribers {
             self.stats.pushes.fetch_add(1, Ordering::Relaxed);
-            self.out.push_back(Command::Push { subscriber: *subscriber, clusters: clusters.clone(), view: state.view.clone() });
+            self.out.push_back(Command::Push {
+                subscriber: *subscriber,
+                clusters: clusters.clone(),
+                view: state.view.clone(),
+            });
         }
     }
 }

@@ -30,7 +30,10 @@ pub struct CacheBudget {
 impl CacheBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<CacheBudget> {
-        Arc::new(CacheBudget { limit, used: AtomicUsize::new(0) })
+        Arc::new(CacheBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        })
     }
     /// Bytes held now.
     pub fn used(&self) -> usize {
@@ -42,7 +45,12 @@ impl CacheBudget {
             if cur + n > self.limit {
                 return false;
             }
-            match self.used.compare_exchange_weak(cur, cur + n, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.used.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
@@ -86,7 +94,12 @@ impl std::fmt::Debug for ServiceView {
 impl Drop for ServiceView {
     fn drop(&mut self) {
         if let Some(budget) = &self.budget {
-            let held: usize = self.cache.iter().filter_map(|c| c.get()).map(|b| b.len()).sum();
+            let held: usize = self
+                .cache
+                .iter()
+                .filter_map(|c| c.get())
+                .map(|b| b.len())
+                .sum();
             budget.give_back(held);
         }
     }
@@ -132,7 +145,15 @@ impl ServiceView {
 
     /// An empty view of a service that does not exist (yet).
     pub fn empty(key: ServiceKey, now_unix_ms: u64) -> ServiceView {
-        ServiceView::new(key, 0, now_unix_ms, 0.0, Default::default(), Vec::new(), None)
+        ServiceView::new(
+            key,
+            0,
+            now_unix_ms,
+            0.0,
+            Default::default(),
+            Vec::new(),
+            None,
+        )
     }
 
     /// Every instance.
@@ -148,7 +169,12 @@ impl ServiceView {
     /// Nacos's `selectInstancesWithHealthyProtection`: filter by cluster (empty = all), enabled
     /// and health; then, if the healthy share of the result is at or below the protect
     /// threshold, answer every selected instance as healthy.
-    pub fn select(&self, clusters: &[&str], healthy_only: bool, enabled_only: bool) -> Selection<'_> {
+    pub fn select(
+        &self,
+        clusters: &[&str],
+        healthy_only: bool,
+        enabled_only: bool,
+    ) -> Selection<'_> {
         let instances: Vec<&Instance> = self
             .instances()
             .filter(|i| clusters.is_empty() || clusters.contains(&&*i.cluster))
@@ -159,12 +185,20 @@ impl ServiceView {
         let healthy = instances.iter().filter(|i| i.healthy).count();
         let threshold = self.protect_threshold.max(0.0);
         let reach_protection = total > 0 && (healthy as f32 / total as f32) <= threshold;
-        Selection { instances, reach_protection }
+        Selection {
+            instances,
+            reach_protection,
+        }
     }
 
     /// The encoded answer in `slot`, encoding it with `encode` the first time. Kept only while
     /// the cache budget allows; otherwise `encode` runs on every call.
-    pub fn cached<R>(&self, slot: usize, encode: impl FnOnce(&ServiceView) -> Vec<u8>, use_bytes: impl FnOnce(&[u8]) -> R) -> R {
+    pub fn cached<R>(
+        &self,
+        slot: usize,
+        encode: impl FnOnce(&ServiceView) -> Vec<u8>,
+        use_bytes: impl FnOnce(&[u8]) -> R,
+    ) -> R {
         let Some(cell) = self.cache.get(slot) else {
             return use_bytes(&encode(self));
         };
@@ -195,7 +229,9 @@ pub struct ServiceCell {
 
 impl ServiceCell {
     pub(crate) fn new(view: Arc<ServiceView>) -> Arc<ServiceCell> {
-        Arc::new(ServiceCell { view: Atomic::new(view) })
+        Arc::new(ServiceCell {
+            view: Atomic::new(view),
+        })
     }
 
     /// Replaces the view; only the owner shard calls this.
@@ -247,6 +283,9 @@ impl Drop for ServiceCell {
     }
 }
 
+/// A service appearing (`Some(cell)`) in or leaving (`None`) the directory.
+pub(crate) type DirectoryChange = (ServiceKey, Option<Arc<ServiceCell>>);
+
 type Bucket = std::collections::HashMap<ServiceKey, Arc<ServiceCell>, StableHasher>;
 
 /// Buckets per owner shard; a bucket is copied when one of its services appears or goes.
@@ -279,8 +318,14 @@ impl ReadIndex {
     /// An empty index for `shard_count` owner shards, with `cache_bytes` for encoded answers.
     pub fn new(shard_count: usize, cache_bytes: usize) -> Arc<ReadIndex> {
         let shard_count = shard_count.max(1);
-        let buckets = (0..shard_count * BUCKETS_PER_SHARD).map(|_| Atomic::new(Bucket::default())).collect();
-        Arc::new(ReadIndex { shard_count, buckets, budget: CacheBudget::new(cache_bytes) })
+        let buckets = (0..shard_count * BUCKETS_PER_SHARD)
+            .map(|_| Atomic::new(Bucket::default()))
+            .collect();
+        Arc::new(ReadIndex {
+            shard_count,
+            buckets,
+            budget: CacheBudget::new(cache_bytes),
+        })
     }
 
     /// Number of owner shards.
@@ -341,7 +386,9 @@ impl ReadIndex {
             let bucket = b.load(Ordering::Acquire, &guard);
             // SAFETY: as in `read`.
             #[allow(unsafe_code)]
-            let Some(bucket) = (unsafe { bucket.as_ref() }) else { continue };
+            let Some(bucket) = (unsafe { bucket.as_ref() }) else {
+                continue;
+            };
             for cell in bucket.values() {
                 cell.with(&mut f);
             }
@@ -350,13 +397,16 @@ impl ReadIndex {
 
     /// Applies inserts (`Some`) and removals (`None`) to the buckets; called by the owner shard
     /// only, once per flush, so a burst of new services copies each bucket once.
-    pub(crate) fn update_directory(&self, changes: Vec<(ServiceKey, Option<Arc<ServiceCell>>)>) {
+    pub(crate) fn update_directory(&self, changes: Vec<DirectoryChange>) {
         if changes.is_empty() {
             return;
         }
-        let mut by_bucket: ahash::HashMap<usize, Vec<(ServiceKey, Option<Arc<ServiceCell>>)>> = Default::default();
+        let mut by_bucket: ahash::HashMap<usize, Vec<DirectoryChange>> = Default::default();
         for (k, c) in changes {
-            by_bucket.entry(self.bucket_of(&k)).or_default().push((k, c));
+            by_bucket
+                .entry(self.bucket_of(&k))
+                .or_default()
+                .push((k, c));
         }
         let guard = epoch::pin();
         for (idx, changes) in by_bucket {

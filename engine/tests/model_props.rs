@@ -48,8 +48,20 @@ struct Shape {
 }
 
 fn shape() -> impl Strategy<Value = Shape> {
-    (0..2usize, 80..82u16, 0..2usize, prop::bool::weighted(0.8), any::<bool>())
-        .prop_map(|(ip, port, cluster, healthy, fast)| Shape { ip, port, cluster, healthy, fast })
+    (
+        0..2usize,
+        80..82u16,
+        0..2usize,
+        prop::bool::weighted(0.8),
+        any::<bool>(),
+    )
+        .prop_map(|(ip, port, cluster, healthy, fast)| Shape {
+            ip,
+            port,
+            cluster,
+            healthy,
+            fast,
+        })
 }
 
 fn build(ip: &str, port: u16, shape: &Shape) -> Instance {
@@ -86,14 +98,41 @@ fn instance_of(c: usize, shape: &Shape) -> Instance {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Register { client: usize, service: usize, shape: Shape },
-    Batch { conn: usize, service: usize, shapes: Vec<Shape> },
-    Deregister { client: usize, service: usize, shape: Shape },
-    Beat { http: usize, service: usize, shape: Shape, reregister: bool },
-    Subscribe { conn: usize, service: usize },
-    Unsubscribe { conn: usize, service: usize },
-    Disconnect { client: usize },
-    Advance { ms: u64 },
+    Register {
+        client: usize,
+        service: usize,
+        shape: Shape,
+    },
+    Batch {
+        conn: usize,
+        service: usize,
+        shapes: Vec<Shape>,
+    },
+    Deregister {
+        client: usize,
+        service: usize,
+        shape: Shape,
+    },
+    Beat {
+        http: usize,
+        service: usize,
+        shape: Shape,
+        reregister: bool,
+    },
+    Subscribe {
+        conn: usize,
+        service: usize,
+    },
+    Unsubscribe {
+        conn: usize,
+        service: usize,
+    },
+    Disconnect {
+        client: usize,
+    },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -132,11 +171,19 @@ struct Model {
 
 impl Model {
     fn new() -> Model {
-        Model { clients: BTreeMap::new(), now: 0, next_check: BEAT_CHECK_MS }
+        Model {
+            clients: BTreeMap::new(),
+            now: 0,
+            next_check: BEAT_CHECK_MS,
+        }
     }
 
     fn drop_if_empty(&mut self, c: usize) {
-        if self.clients.get(&c).is_some_and(|m| m.publishes.is_empty() && m.subscriptions.is_empty()) {
+        if self
+            .clients
+            .get(&c)
+            .is_some_and(|m| m.publishes.is_empty() && m.subscriptions.is_empty())
+        {
             self.clients.remove(&c);
         }
     }
@@ -154,17 +201,34 @@ impl Model {
                 e.publish = publish;
             }
             None => {
-                client.publishes.insert(s, Entry { publish, last_beat_ms: now });
+                client.publishes.insert(
+                    s,
+                    Entry {
+                        publish,
+                        last_beat_ms: now,
+                    },
+                );
             }
         }
         true
     }
 
     fn deregister(&mut self, c: usize, s: usize, host: &Host, port: u16, cluster: &str) -> bool {
-        let Some(client) = self.clients.get_mut(&c) else { return false };
-        let Some(e) = client.publishes.get_mut(&s) else { return false };
-        let remaining: Vec<Instance> =
-            if e.publish.len() <= 1 { Vec::new() } else { e.publish.iter().filter(|i| !i.is_at(host, port, cluster)).cloned().collect() };
+        let Some(client) = self.clients.get_mut(&c) else {
+            return false;
+        };
+        let Some(e) = client.publishes.get_mut(&s) else {
+            return false;
+        };
+        let remaining: Vec<Instance> = if e.publish.len() <= 1 {
+            Vec::new()
+        } else {
+            e.publish
+                .iter()
+                .filter(|i| !i.is_at(host, port, cluster))
+                .cloned()
+                .collect()
+        };
         if remaining.len() == e.publish.len() {
             return false;
         }
@@ -178,9 +242,21 @@ impl Model {
     }
 
     /// `Some(true)` found, `Some(false)` reregistered, `None` unknown.
-    fn beat(&mut self, c: usize, s: usize, host: &Host, port: u16, cluster: &str, rereg: Option<Instance>) -> Option<bool> {
+    fn beat(
+        &mut self,
+        c: usize,
+        s: usize,
+        host: &Host,
+        port: u16,
+        cluster: &str,
+        rereg: Option<Instance>,
+    ) -> Option<bool> {
         let now = self.now;
-        if let Some(e) = self.clients.get_mut(&c).and_then(|m| m.publishes.get_mut(&s)) {
+        if let Some(e) = self
+            .clients
+            .get_mut(&c)
+            .and_then(|m| m.publishes.get_mut(&s))
+        {
             if let Some(found) = e.publish.iter().find(|i| i.is_at(host, port, cluster)) {
                 e.last_beat_ms = now;
                 if !found.healthy {
@@ -208,7 +284,12 @@ impl Model {
 
     fn check_heartbeats(&mut self) {
         let now = self.now;
-        let http: Vec<usize> = self.clients.keys().copied().filter(|&c| c >= CONNS).collect();
+        let http: Vec<usize> = self
+            .clients
+            .keys()
+            .copied()
+            .filter(|&c| c >= CONNS)
+            .collect();
         for c in http {
             let client = self.clients.get_mut(&c).unwrap();
             client.publishes.retain(|_, e| {
@@ -241,50 +322,113 @@ impl Model {
     }
 
     fn service_exists(&self, s: usize) -> bool {
-        self.clients.values().any(|m| m.publishes.contains_key(&s) || m.subscriptions.contains(&s))
+        self.clients
+            .values()
+            .any(|m| m.publishes.contains_key(&s) || m.subscriptions.contains(&s))
     }
 }
 
 fn changed(b: bool) -> OpResult {
-    Ok(if b { OpOutcome::Changed } else { OpOutcome::Unchanged })
+    Ok(if b {
+        OpOutcome::Changed
+    } else {
+        OpOutcome::Unchanged
+    })
 }
 
 /// Applies `op` to both, checking the reply where the model predicts it.
 fn step(sim: &mut Sim, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     match op {
-        Op::Register { client, service: s, shape } => {
+        Op::Register {
+            client,
+            service: s,
+            shape,
+        } => {
             let inst = instance_of(*client, shape);
             let r = sim.register(&client_id(*client), &service(*s), inst.clone());
             prop_assert_eq!(r, changed(model.set_publish(*client, *s, vec![inst])));
         }
-        Op::Batch { conn, service: s, shapes } => {
+        Op::Batch {
+            conn,
+            service: s,
+            shapes,
+        } => {
             let insts: Vec<Instance> = shapes.iter().map(|sh| instance_of(*conn, sh)).collect();
             let r = sim.batch(&client_id(*conn), &service(*s), insts.clone());
             prop_assert_eq!(r, changed(model.set_publish(*conn, *s, insts)));
         }
-        Op::Deregister { client, service: s, shape } => {
+        Op::Deregister {
+            client,
+            service: s,
+            shape,
+        } => {
             let inst = instance_of(*client, shape);
-            let r = sim.deregister(&client_id(*client), &service(*s), &inst.host.to_string(), inst.port, &inst.cluster);
-            prop_assert_eq!(r, changed(model.deregister(*client, *s, &inst.host, inst.port, &inst.cluster)));
+            let r = sim.deregister(
+                &client_id(*client),
+                &service(*s),
+                &inst.host.to_string(),
+                inst.port,
+                &inst.cluster,
+            );
+            prop_assert_eq!(
+                r,
+                changed(model.deregister(*client, *s, &inst.host, inst.port, &inst.cluster))
+            );
         }
-        Op::Beat { http, service: s, shape, reregister } => {
+        Op::Beat {
+            http,
+            service: s,
+            shape,
+            reregister,
+        } => {
             let c = CONNS + http;
             let inst = instance_of(c, shape);
             let r = sim.beat(&service(*s), &inst, *reregister);
-            let expected = model.beat(c, *s, &inst.host, inst.port, &inst.cluster, reregister.then(|| inst.clone()));
+            let expected = model.beat(
+                c,
+                *s,
+                &inst.host,
+                inst.port,
+                &inst.cluster,
+                reregister.then(|| inst.clone()),
+            );
             match expected {
-                Some(true) => prop_assert!(matches!(r, Ok(OpOutcome::Beat { .. })), "beat of a known instance: {:?}", r),
-                Some(false) => prop_assert_eq!(r, Ok(OpOutcome::Beat { interval_ms: inst.timing.interval_ms })),
-                None => prop_assert!(matches!(r, Err(OpError::NotFound(_))), "beat of an unknown instance: {:?}", r),
+                Some(true) => prop_assert!(
+                    matches!(r, Ok(OpOutcome::Beat { .. })),
+                    "beat of a known instance: {:?}",
+                    r
+                ),
+                Some(false) => prop_assert_eq!(
+                    r,
+                    Ok(OpOutcome::Beat {
+                        interval_ms: inst.timing.interval_ms
+                    })
+                ),
+                None => prop_assert!(
+                    matches!(r, Err(OpError::NotFound(_))),
+                    "beat of an unknown instance: {:?}",
+                    r
+                ),
             }
         }
         Op::Subscribe { conn, service: s } => {
-            prop_assert_eq!(sim.subscribe(*conn as u64 + 1, &service(*s), ""), Ok(OpOutcome::Changed));
-            model.clients.entry(*conn).or_default().subscriptions.insert(*s);
+            prop_assert_eq!(
+                sim.subscribe(*conn as u64 + 1, &service(*s), ""),
+                Ok(OpOutcome::Changed)
+            );
+            model
+                .clients
+                .entry(*conn)
+                .or_default()
+                .subscriptions
+                .insert(*s);
         }
         Op::Unsubscribe { conn, service: s } => {
             let r = sim.unsubscribe(*conn as u64 + 1, &service(*s));
-            let was = model.clients.get_mut(conn).is_some_and(|m| m.subscriptions.remove(s));
+            let was = model
+                .clients
+                .get_mut(conn)
+                .is_some_and(|m| m.subscriptions.remove(s));
             model.drop_if_empty(*conn);
             prop_assert_eq!(r, changed(was));
         }
@@ -301,20 +445,42 @@ fn step(sim: &mut Sim, model: &mut Model, op: &Op) -> Result<(), TestCaseError> 
 }
 
 fn compare(sim: &Sim, model: &Model) -> Result<(), TestCaseError> {
-    prop_assert!(sim.misroutes.is_empty(), "sends to a non-owner shard: {:?}", sim.misroutes);
+    prop_assert!(
+        sim.misroutes.is_empty(),
+        "sends to a non-owner shard: {:?}",
+        sim.misroutes
+    );
     for s in 0..SERVICES {
         let key = service(s);
-        prop_assert_eq!(sim.instances(&key), model.instances_of(s), "instances of service {}", s);
-        prop_assert_eq!(sim.view(&key).is_some(), model.service_exists(s), "existence of service {}", s);
+        prop_assert_eq!(
+            sim.instances(&key),
+            model.instances_of(s),
+            "instances of service {}",
+            s
+        );
+        prop_assert_eq!(
+            sim.view(&key).is_some(),
+            model.service_exists(s),
+            "existence of service {}",
+            s
+        );
         if let Some(v) = sim.view(&key) {
             prop_assert_eq!(v.instance_count, v.instances().count());
         }
     }
     let dir = sim.directory();
     let t = sim.totals();
-    prop_assert_eq!(t.instances, dir.values().sum::<usize>() as i64, "stats.instances vs views");
+    prop_assert_eq!(
+        t.instances,
+        dir.values().sum::<usize>() as i64,
+        "stats.instances vs views"
+    );
     prop_assert_eq!(t.services, dir.len() as i64, "stats.services vs directory");
-    prop_assert_eq!(t.clients, model.clients.len() as i64, "stats.clients vs model");
+    prop_assert_eq!(
+        t.clients,
+        model.clients.len() as i64,
+        "stats.clients vs model"
+    );
     prop_assert_eq!(sim.client_count(), model.clients.len());
     let subs: usize = model.clients.values().map(|m| m.subscriptions.len()).sum();
     prop_assert_eq!(t.subscriptions, subs as i64, "stats.subscriptions vs model");

@@ -75,21 +75,31 @@ impl Args {
     pub fn resolve(self) -> Result<Config, String> {
         let grpc_port = match self.grpc_port {
             Some(p) => p,
-            None => self
-                .http_port
-                .checked_add(1000)
-                .ok_or_else(|| format!("--http-port {} + 1000 is not a port: set --grpc-port", self.http_port))?,
+            None => self.http_port.checked_add(1000).ok_or_else(|| {
+                format!(
+                    "--http-port {} + 1000 is not a port: set --grpc-port",
+                    self.http_port
+                )
+            })?,
         };
         if grpc_port == self.http_port {
             return Err("--grpc-port must differ from --http-port".into());
         }
-        let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let online = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let cores = self.cores.unwrap_or(online);
         if cores == 0 || cores > 1024 {
             return Err(format!("--cores {cores} must be between 1 and 1024"));
         }
-        if self.push_delay_ms > 60_000 || self.beat_check_interval_ms == 0 || self.beat_check_interval_ms > 60_000 {
-            return Err("--push-delay-ms must be <= 60000 and --beat-check-interval-ms within 1..=60000".into());
+        if self.push_delay_ms > 60_000
+            || self.beat_check_interval_ms == 0
+            || self.beat_check_interval_ms > 60_000
+        {
+            return Err(
+                "--push-delay-ms must be <= 60000 and --beat-check-interval-ms within 1..=60000"
+                    .into(),
+            );
         }
         Ok(Config {
             bind: self.bind,

@@ -15,7 +15,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::model::{ClientId, Interner, ServiceKey, Str};
-use engine::shard::{client_shard, ClientOp, Command, Now, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig, ShardMsg, ShardStats};
+use engine::shard::{
+    client_shard, ClientOp, Command, Now, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
+    ShardMsg, ShardStats,
+};
 use engine::view::{ReadIndex, ServiceView};
 use futures_channel::{mpsc, oneshot};
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -81,18 +84,28 @@ impl Shared {
 
     /// The current time for shards.
     pub fn now(&self) -> Now {
-        Now { mono_ms: self.mono_origin.elapsed().as_millis() as u64, unix_ms: unix_ms() }
+        Now {
+            mono_ms: self.mono_origin.elapsed().as_millis() as u64,
+            unix_ms: unix_ms(),
+        }
     }
 
     /// Sum of one shard counter over the cores.
     pub fn stat(&self, get: impl Fn(&ShardStats) -> i64) -> i64 {
-        self.shard_stats.iter().filter_map(|s| s.get()).map(|s| get(s)).sum()
+        self.shard_stats
+            .iter()
+            .filter_map(|s| s.get())
+            .map(|s| get(s))
+            .sum()
     }
 }
 
 /// Wall-clock unix milliseconds.
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Returned when a core refuses work because its queues to other cores are full.
@@ -164,7 +177,12 @@ const MAX_PENDING_TO_PEER: usize = 200_000;
 
 impl Core {
     /// Installs the core on this thread and starts its background tasks.
-    pub async fn install(id: usize, shared: Arc<Shared>, senders: Senders<MeshBatch>, mut receivers: Receivers<MeshBatch>) {
+    pub async fn install(
+        id: usize,
+        shared: Arc<Shared>,
+        senders: Senders<MeshBatch>,
+        mut receivers: Receivers<MeshBatch>,
+    ) {
         let n = shared.cfg.cores;
         let cfg = ShardConfig {
             shard_count: n,
@@ -263,13 +281,19 @@ impl Core {
 
     /// Forgets a connection and withdraws everything it published or subscribed.
     pub fn close_conn(&mut self, id: u64, why: &str) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
         if let Some(kill) = conn.kill.take() {
             let _ = kill.send(());
         }
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-        debug!(conn = %conn.nacos_id, why, "connection closed");
-        let msg = ShardMsg::Client { client: ClientId::Conn(id), op: ClientOp::Disconnect, reply: None };
+        debug!(conn = %conn.nacos_id, remote = %conn.remote, why, "connection closed");
+        let msg = ShardMsg::Client {
+            client: ClientId::Conn(id),
+            op: ClientOp::Disconnect,
+            reply: None,
+        };
         let now = self.now();
         self.shard.handle(now, msg);
         self.schedule_flush();
@@ -279,7 +303,9 @@ impl Core {
     pub fn kill_conn(&mut self, id: u64, why: &str) {
         if self.conns.contains_key(&id) {
             info!(conn = id, why, "closing connection");
-            self.metrics.connections_closed_by_server.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .connections_closed_by_server
+                .fetch_add(1, Ordering::Relaxed);
             self.close_conn(id, why);
         }
     }
@@ -294,20 +320,42 @@ impl Core {
 
     /// Sends a client op to the client's owner; the receiver completes once the change is
     /// readable (see `Shard::handle`).
-    pub fn submit_client(&mut self, client: ClientId, op: ClientOp) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
+    pub fn submit_client(
+        &mut self,
+        client: ClientId,
+        op: ClientOp,
+    ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
         let owner = client_shard(&client, self.n);
         self.admit(owner)?;
         let (to, rx) = self.waiter();
-        self.route(owner, ShardMsg::Client { client, op, reply: Some(to) });
+        self.route(
+            owner,
+            ShardMsg::Client {
+                client,
+                op,
+                reply: Some(to),
+            },
+        );
         Ok(rx)
     }
 
     /// Sends a service op to the service's owner.
-    pub fn submit_service(&mut self, service: ServiceKey, op: ServiceOp) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
+    pub fn submit_service(
+        &mut self,
+        service: ServiceKey,
+        op: ServiceOp,
+    ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
         let owner = self.shared.index.owner_of(&service);
         self.admit(owner)?;
         let (to, rx) = self.waiter();
-        self.route(owner, ShardMsg::Service { service, op, reply: Some(to) });
+        self.route(
+            owner,
+            ShardMsg::Service {
+                service,
+                op,
+                reply: Some(to),
+            },
+        );
         Ok(rx)
     }
 
@@ -315,7 +363,13 @@ impl Core {
         let (tx, rx) = oneshot::channel();
         self.next_token += 1;
         self.replies.insert(self.next_token, tx);
-        (ReplyTo { shard: self.id, token: self.next_token }, rx)
+        (
+            ReplyTo {
+                shard: self.id,
+                token: self.next_token,
+            },
+            rx,
+        )
     }
 
     fn route(&mut self, owner: usize, msg: ShardMsg) {
@@ -343,7 +397,11 @@ impl Core {
                 self.shard.handle(now, msg);
             }
             CoreMsg::Reply { token, result } => self.complete(token, result),
-            CoreMsg::Push { subscriber, clusters, view } => self.deliver_push(subscriber, &clusters, &view),
+            CoreMsg::Push {
+                subscriber,
+                clusters,
+                view,
+            } => self.deliver_push(subscriber, &clusters, &view),
         }
     }
 
@@ -382,15 +440,32 @@ impl Core {
                     if to.shard == self.id {
                         self.complete(to.token, result);
                     } else {
-                        self.send_core(to.shard, CoreMsg::Reply { token: to.token, result });
+                        self.send_core(
+                            to.shard,
+                            CoreMsg::Reply {
+                                token: to.token,
+                                result,
+                            },
+                        );
                     }
                 }
-                Command::Push { subscriber, clusters, view } => {
+                Command::Push {
+                    subscriber,
+                    clusters,
+                    view,
+                } => {
                     let core = (subscriber % self.n as u64) as usize;
                     if core == self.id {
                         self.deliver_push(subscriber, &clusters, &view);
                     } else {
-                        self.send_core(core, CoreMsg::Push { subscriber, clusters, view });
+                        self.send_core(
+                            core,
+                            CoreMsg::Push {
+                                subscriber,
+                                clusters,
+                                view,
+                            },
+                        );
                     }
                 }
             }
@@ -399,7 +474,12 @@ impl Core {
 
     /// Sends a server-to-client request on a connection's stream; closes the connection if
     /// its queue is full (a client that does not read cannot make the server buffer forever).
-    pub fn send_to_client(&mut self, conn_id: u64, kind: &str, body_fields: &[u8]) -> Option<String> {
+    pub fn send_to_client(
+        &mut self,
+        conn_id: u64,
+        kind: &str,
+        body_fields: &[u8],
+    ) -> Option<String> {
         let conn = self.conns.get_mut(&conn_id)?;
         let tx = conn.stream_tx.as_mut()?;
         conn.next_request_id += 1;
@@ -416,7 +496,10 @@ impl Core {
             Ok(()) => Some(request_id),
             Err(e) if e.is_full() => {
                 self.metrics.pushes_dropped.fetch_add(1, Ordering::Relaxed);
-                self.kill_conn(conn_id, "send queue full: the client does not read its stream");
+                self.kill_conn(
+                    conn_id,
+                    "send queue full: the client does not read its stream",
+                );
                 None
             }
             Err(_) => None,
@@ -424,7 +507,11 @@ impl Core {
     }
 
     fn deliver_push(&mut self, subscriber: u64, clusters: &str, view: &ServiceView) {
-        if !self.conns.get(&subscriber).is_some_and(|c| c.stream_tx.is_some()) {
+        if self
+            .conns
+            .get(&subscriber)
+            .is_none_or(|c| c.stream_tx.is_none())
+        {
             return;
         }
         let mut fields = Vec::with_capacity(256 + view.instance_count * 360);
@@ -435,19 +522,34 @@ impl Core {
         fields.extend_from_slice(b",\"groupName\":");
         wire::payload::push_str(&mut fields, view.key.group());
         fields.extend_from_slice(b",\"serviceInfo\":");
-        let query = Query { clusters, healthy_only: false };
-        service_info::with_service_info(&view.key, Some(view), NameStyle::Bare, query, view.last_ref_ms, |b| {
-            fields.extend_from_slice(b)
-        });
+        let query = Query {
+            clusters,
+            healthy_only: false,
+        };
+        service_info::with_service_info(
+            &view.key,
+            Some(view),
+            NameStyle::Bare,
+            query,
+            view.last_ref_ms,
+            |b| fields.extend_from_slice(b),
+        );
         fields.extend_from_slice(b",\"module\":\"naming\"");
-        if self.send_to_client(subscriber, "NotifySubscriberRequest", &fields).is_some() {
+        if self
+            .send_to_client(subscriber, "NotifySubscriberRequest", &fields)
+            .is_some()
+        {
             self.metrics.pushes_sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn on_timer(&mut self) {
         let now = self.now();
-        if self.shard.poll_timeout().is_some_and(|at| at <= now.mono_ms) {
+        if self
+            .shard
+            .poll_timeout()
+            .is_some_and(|at| at <= now.mono_ms)
+        {
             self.shard.handle_timeout(now);
             self.execute_commands();
         }
@@ -479,7 +581,9 @@ impl Core {
                 self.kill_conn(id, "idle without a bi-stream");
                 continue;
             }
-            if let Some(rid) = self.send_to_client(id, "ClientDetectionRequest", b"\"module\":\"internal\"") {
+            if let Some(rid) =
+                self.send_to_client(id, "ClientDetectionRequest", b"\"module\":\"internal\"")
+            {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.detection = Some((rid, now));
                 }

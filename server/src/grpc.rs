@@ -1,8 +1,11 @@
 //! The Nacos 2.x SDK protocol on the gRPC port: `/Request/request` (unary) and
 //! `/BiRequestStream/requestBiStream` (setup, pushes and their acks), served by tonic's
 //! generated services on hyper's HTTP/2, one connection per task on the accepting core.
+//!
+//! Handlers answer errors as `ErrorResponse` payloads rather than gRPC statuses (that is what
+//! the SDKs parse), so `Result<_, Payload>` is the natural shape here.
+#![allow(clippy::result_large_err)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use engine::model::{ClientId, Host, ServiceKey};
@@ -27,8 +30,6 @@ use crate::rt::{hyper_io, LocalExec, LocalTimer};
 pub struct ConnCtx {
     /// Our connection id.
     pub id: u64,
-    /// Peer address.
-    pub remote: SocketAddr,
 }
 
 /// The tonic service implementation (stateless: state is per core).
@@ -40,9 +41,7 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
     let routes = tonic::service::Routes::new(
         RequestServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes),
     )
-    .add_service(
-        BiRequestStreamServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes),
-    )
+    .add_service(BiRequestStreamServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes))
     .prepare();
     loop {
         let stream = match listener.accept().await {
@@ -54,17 +53,20 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(remote) = stream.peer_addr() else { continue };
+        let Ok(remote) = stream.peer_addr() else {
+            continue;
+        };
         let routes = routes.clone();
         glommio::spawn_local(async move {
             let (kill_tx, kill_rx) = oneshot::channel::<()>();
             let id = with_core(|c| c.open_conn(remote, kill_tx));
-            let ctx = ConnCtx { id, remote };
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ctx);
-                let mut routes = routes.clone();
-                tower_service::Service::call(&mut routes, req)
-            });
+            let ctx = ConnCtx { id };
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ctx);
+                    let mut routes = routes.clone();
+                    tower_service::Service::call(&mut routes, req)
+                });
             let conn = hyper::server::conn::http2::Builder::new(LocalExec)
                 .timer(LocalTimer)
                 .max_frame_size(1 << 20)
@@ -87,9 +89,14 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
 
 #[tonic::async_trait]
 impl Request for NacosGrpc {
-    async fn request(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+    async fn request(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let Some(ctx) = req.extensions().get::<ConnCtx>().copied() else {
-            return Err(tonic::Status::internal("request without connection context"));
+            return Err(tonic::Status::internal(
+                "request without connection context",
+            ));
         };
         Ok(tonic::Response::new(unary(ctx, req.into_inner()).await))
     }
@@ -104,7 +111,9 @@ impl BiRequestStream for NacosGrpc {
         req: tonic::Request<tonic::Streaming<Payload>>,
     ) -> Result<tonic::Response<Self::requestBiStreamStream>, tonic::Status> {
         let Some(ctx) = req.extensions().get::<ConnCtx>().copied() else {
-            return Err(tonic::Status::internal("request without connection context"));
+            return Err(tonic::Status::internal(
+                "request without connection context",
+            ));
         };
         let inbound = req.into_inner();
         let opened = with_core(|c| {
@@ -118,7 +127,9 @@ impl BiRequestStream for NacosGrpc {
             Some(rx)
         });
         let Some(rx) = opened else {
-            return Err(tonic::Status::failed_precondition("this connection already has a bi-stream"));
+            return Err(tonic::Status::failed_precondition(
+                "this connection already has a bi-stream",
+            ));
         };
         glommio::spawn_local(read_stream(ctx, inbound)).detach();
         Ok(tonic::Response::new(rx))
@@ -158,12 +169,18 @@ fn on_stream_payload(ctx: ConnCtx, p: Payload) {
             };
             with_core(|c| {
                 c.touch_conn(ctx.id, None);
-                let Some(conn) = c.conns.get_mut(&ctx.id) else { return };
+                let Some(conn) = c.conns.get_mut(&ctx.id) else {
+                    return;
+                };
                 conn.registered = true;
                 conn.labels = setup.labels;
                 debug!(conn = %conn.nacos_id, version = ?setup.client_version, "connection set up");
                 if setup.ability_table.is_some() {
-                    c.send_to_client(ctx.id, "SetupAckRequest", b"\"abilityTable\":{},\"module\":\"internal\"");
+                    c.send_to_client(
+                        ctx.id,
+                        "SetupAckRequest",
+                        b"\"abilityTable\":{},\"module\":\"internal\"",
+                    );
                 }
             });
         }
@@ -172,12 +189,18 @@ fn on_stream_payload(ctx: ConnCtx, p: Payload) {
             with_core(|c| {
                 c.touch_conn(ctx.id, ack.request_id.as_deref());
                 if kind == "NotifySubscriberResponse" {
-                    c.metrics.pushes_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    c.metrics
+                        .pushes_acked
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             });
         }
         other => {
-            debug!(conn = ctx.id, kind = other, "ignoring unexpected bi-stream request");
+            debug!(
+                conn = ctx.id,
+                kind = other,
+                "ignoring unexpected bi-stream request"
+            );
             with_core(|c| c.touch_conn(ctx.id, None));
         }
     }
@@ -192,15 +215,23 @@ fn error_payload(e: &OpError) -> Payload {
 }
 
 fn overloaded() -> Payload {
-    payload::error(code::OVER_THRESHOLD, "server is over its threshold, retry later")
+    payload::error(
+        code::OVER_THRESHOLD,
+        "server is over its threshold, retry later",
+    )
 }
 
-async fn await_op(rx: Result<oneshot::Receiver<OpResult>, Overloaded>) -> Result<OpOutcome, Payload> {
+async fn await_op(
+    rx: Result<oneshot::Receiver<OpResult>, Overloaded>,
+) -> Result<OpOutcome, Payload> {
     let rx = rx.map_err(|_| overloaded())?;
     match rx.await {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) => Err(error_payload(&e)),
-        Err(_) => Err(payload::error(code::SERVER_ERROR, "the request was dropped by the server")),
+        Err(_) => Err(payload::error(
+            code::SERVER_ERROR,
+            "the request was dropped by the server",
+        )),
     }
 }
 
@@ -215,7 +246,10 @@ async fn unary(ctx: ConnCtx, p: Payload) -> Payload {
             c.touch_conn(ctx.id, None);
             c.conns.get(&ctx.id).map(|c| c.nacos_id.clone())
         });
-        let fields = format!("\"connectionId\":{},\"supportAbilityNegotiation\":true", json_str(&id.unwrap_or_default()));
+        let fields = format!(
+            "\"connectionId\":{},\"supportAbilityNegotiation\":true",
+            json_str(&id.unwrap_or_default())
+        );
         return payload::ok("ServerCheckResponse", &fields, None);
     }
     let registered = with_core(|c| {
@@ -240,14 +274,19 @@ async fn unary(ctx: ConnCtx, p: Payload) -> Payload {
             payload::error(code::NO_HANDLER, &format!("{other} is not supported: Nacelle serves the naming module only")),
         ),
     };
-    let ok = response.metadata.as_ref().is_some_and(|m| m.r#type != "ErrorResponse");
+    let ok = response
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.r#type != "ErrorResponse");
     with_core(|c| c.metrics.record(kind, started.elapsed(), ok));
     response
 }
 
 fn parse(body: &[u8]) -> Result<(NamingRequest, ServiceKey), Payload> {
     let req = NamingRequest::parse(body).map_err(|e| payload::error(code::INVALID_PARAM, &e.0))?;
-    let key = req.service_key().map_err(|e| payload::error(code::INVALID_PARAM, &e.0))?;
+    let key = req
+        .service_key()
+        .map_err(|e| payload::error(code::INVALID_PARAM, &e.0))?;
     Ok((req, key))
 }
 
@@ -259,24 +298,53 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
     let op_type = req.kind.clone().unwrap_or_default();
     let built: Result<ClientOp, String> = with_core(|c| match (kind, op_type.as_str()) {
         ("InstanceRequest", "registerInstance") => {
-            let spec = req.instance.ok_or("instance is required")?.into_spec().map_err(|e| e.0)?;
+            let spec = req
+                .instance
+                .ok_or("instance is required")?
+                .into_spec()
+                .map_err(|e| e.0)?;
             let instance = spec.build(&mut c.interner).map_err(|e| e.0)?;
-            Ok(ClientOp::Register { service: key, instance })
+            Ok(ClientOp::Register {
+                service: key,
+                instance,
+            })
         }
         ("InstanceRequest", "deregisterInstance") => {
-            let spec = req.instance.ok_or("instance is required")?.into_spec().map_err(|e| e.0)?;
+            let spec = req
+                .instance
+                .ok_or("instance is required")?
+                .into_spec()
+                .map_err(|e| e.0)?;
             let host = Host::parse(&spec.ip).map_err(|e| e.0)?;
-            let port = u16::try_from(spec.port).map_err(|_| format!("port {} is out of range", spec.port))?;
-            let cluster = c.interner.intern(spec.cluster.as_deref().filter(|s| !s.is_empty()).unwrap_or("DEFAULT"));
-            Ok(ClientOp::Deregister { service: key, host, port, cluster })
+            let port = u16::try_from(spec.port)
+                .map_err(|_| format!("port {} is out of range", spec.port))?;
+            let cluster = c.interner.intern(
+                spec.cluster
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("DEFAULT"),
+            );
+            Ok(ClientOp::Deregister {
+                service: key,
+                host,
+                port,
+                cluster,
+            })
         }
         ("BatchInstanceRequest", "batchRegisterInstance") => {
             let list = req.instances.ok_or("instances is required")?;
             let mut instances = Vec::with_capacity(list.len());
             for i in list {
-                instances.push(i.into_spec().and_then(|s| s.build(&mut c.interner)).map_err(|e| e.0)?);
+                instances.push(
+                    i.into_spec()
+                        .and_then(|s| s.build(&mut c.interner))
+                        .map_err(|e| e.0)?,
+                );
             }
-            Ok(ClientOp::BatchRegister { service: key, instances })
+            Ok(ClientOp::BatchRegister {
+                service: key,
+                instances,
+            })
         }
         (_, other) => Err(format!("unknown {kind} type {other:?}")),
     });
@@ -285,9 +353,17 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
         Err(msg) => return payload::error(code::INVALID_PARAM, &msg),
     };
     let rx = with_core(|c| c.submit_client(ClientId::Conn(ctx.id), op));
-    let response_kind = if kind == "BatchInstanceRequest" { "BatchInstanceResponse" } else { "InstanceResponse" };
+    let response_kind = if kind == "BatchInstanceRequest" {
+        "BatchInstanceResponse"
+    } else {
+        "InstanceResponse"
+    };
     match await_op(rx).await {
-        Ok(_) => payload::ok(response_kind, &format!("\"type\":{}", json_str(&op_type)), None),
+        Ok(_) => payload::ok(
+            response_kind,
+            &format!("\"type\":{}", json_str(&op_type)),
+            None,
+        ),
         Err(e) => e,
     }
 }
@@ -295,9 +371,13 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
 fn service_info_response(kind: &str, key: &ServiceKey, query: Query<'_>) -> Payload {
     let now = unix_ms();
     let mut json = Vec::with_capacity(1024);
-    json.extend_from_slice(b"{\"resultCode\":200,\"errorCode\":0,\"message\":\"success\",\"serviceInfo\":");
+    json.extend_from_slice(
+        b"{\"resultCode\":200,\"errorCode\":0,\"message\":\"success\",\"serviceInfo\":",
+    );
     with_core(|c| c.shared.index.clone()).read(key, |view| {
-        service_info::with_service_info(key, view, NameStyle::Bare, query, now, |b| json.extend_from_slice(b))
+        service_info::with_service_info(key, view, NameStyle::Bare, query, now, |b| {
+            json.extend_from_slice(b)
+        })
     });
     json.extend_from_slice(b",\"success\":true}");
     payload::seal(kind, json)
@@ -309,7 +389,14 @@ fn query(body: &[u8]) -> Payload {
         Err(e) => return e,
     };
     let clusters = req.cluster.as_deref().unwrap_or("");
-    service_info_response("QueryServiceResponse", &key, Query { clusters, healthy_only: req.healthy_only.unwrap_or(false) })
+    service_info_response(
+        "QueryServiceResponse",
+        &key,
+        Query {
+            clusters,
+            healthy_only: req.healthy_only.unwrap_or(false),
+        },
+    )
 }
 
 async fn subscribe(ctx: ConnCtx, body: &[u8]) -> Payload {
@@ -319,15 +406,27 @@ async fn subscribe(ctx: ConnCtx, body: &[u8]) -> Payload {
     };
     let clusters = req.clusters.clone().unwrap_or_default();
     let op = if req.subscribe.unwrap_or(true) {
-        ClientOp::Subscribe { service: key.clone(), clusters: clusters.as_str().into() }
+        ClientOp::Subscribe {
+            service: key.clone(),
+            clusters: clusters.as_str().into(),
+        }
     } else {
-        ClientOp::Unsubscribe { service: key.clone() }
+        ClientOp::Unsubscribe {
+            service: key.clone(),
+        }
     };
     let rx = with_core(|c| c.submit_client(ClientId::Conn(ctx.id), op));
     if let Err(e) = await_op(rx).await {
         return e;
     }
-    service_info_response("SubscribeServiceResponse", &key, Query { clusters: &clusters, healthy_only: false })
+    service_info_response(
+        "SubscribeServiceResponse",
+        &key,
+        Query {
+            clusters: &clusters,
+            healthy_only: false,
+        },
+    )
 }
 
 fn service_list(body: &[u8]) -> Payload {
@@ -335,12 +434,24 @@ fn service_list(body: &[u8]) -> Payload {
         Ok(r) => r,
         Err(e) => return payload::error(code::INVALID_PARAM, &e.0),
     };
-    let namespace = req.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or("public");
-    let group = req.group_name.as_deref().filter(|s| !s.is_empty()).unwrap_or("DEFAULT_GROUP");
+    let namespace = req
+        .namespace
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("public");
+    let group = req
+        .group_name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("DEFAULT_GROUP");
     let page_no = req.page_no.unwrap_or(1).max(1) as usize;
     let page_size = req.page_size.unwrap_or(10).clamp(1, 10_000) as usize;
-    let (count, page) = crate::http::list_services(namespace, Some(group), page_no, page_size, true);
+    let (count, page) =
+        crate::http::list_services(namespace, Some(group), page_no, page_size, true);
     let names: Vec<String> = page.iter().map(|n| json_str(n)).collect();
-    let fields = format!("\"message\":\"success\",\"count\":{count},\"serviceNames\":[{}]", names.join(","));
+    let fields = format!(
+        "\"message\":\"success\",\"count\":{count},\"serviceNames\":[{}]",
+        names.join(",")
+    );
     payload::ok("ServiceListResponse", &fields, None)
 }

@@ -66,26 +66,46 @@ struct Failure {
 }
 
 fn bad(message: impl Into<String>) -> Failure {
-    Failure { status: StatusCode::BAD_REQUEST, code: 20002, message: message.into() }
+    Failure {
+        status: StatusCode::BAD_REQUEST,
+        code: 20002,
+        message: message.into(),
+    }
 }
 
 fn missing(name: &str) -> Failure {
-    Failure { status: StatusCode::BAD_REQUEST, code: 10000, message: format!("Required parameter '{name}' is missing") }
+    Failure {
+        status: StatusCode::BAD_REQUEST,
+        code: 10000,
+        message: format!("Required parameter '{name}' is missing"),
+    }
 }
 
 impl From<OpError> for Failure {
     fn from(e: OpError) -> Failure {
         match e {
-            OpError::NotFound(m) => Failure { status: StatusCode::NOT_FOUND, code: 20004, message: m },
+            OpError::NotFound(m) => Failure {
+                status: StatusCode::NOT_FOUND,
+                code: 20004,
+                message: m,
+            },
             OpError::Invalid(m) => bad(m),
-            OpError::Conflict(m) => Failure { status: StatusCode::BAD_REQUEST, code: 20005, message: m },
+            OpError::Conflict(m) => Failure {
+                status: StatusCode::BAD_REQUEST,
+                code: 20005,
+                message: m,
+            },
         }
     }
 }
 
 impl From<Overloaded> for Failure {
     fn from(_: Overloaded) -> Failure {
-        Failure { status: StatusCode::SERVICE_UNAVAILABLE, code: 503, message: "server is over its threshold, retry later".into() }
+        Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: 503,
+            message: "server is over its threshold, retry later".into(),
+        }
     }
 }
 
@@ -98,13 +118,19 @@ impl Params {
     fn parse(query: Option<&str>, body: &[u8]) -> Params {
         let mut pairs: Vec<(String, String)> = Vec::new();
         if let Some(q) = query {
-            pairs.extend(form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())));
+            pairs.extend(
+                form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())),
+            );
         }
         pairs.extend(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
         Params { pairs }
     }
     fn get(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
     fn any(&self, names: &[&str]) -> Option<&str> {
         names.iter().find_map(|n| self.get(n))
@@ -117,13 +143,20 @@ impl Params {
             None => Ok(None),
             Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
             Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(v) => Err(bad(format!("parameter {} must be true or false, got {v:?}", names[0]))),
+            Some(v) => Err(bad(format!(
+                "parameter {} must be true or false, got {v:?}",
+                names[0]
+            ))),
         }
     }
     fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, Failure> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| bad(format!("parameter {name} is not a valid number: {v:?}"))),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| bad(format!("parameter {name} is not a valid number: {v:?}"))),
         }
     }
     fn service_key(&self) -> Result<ServiceKey, Failure> {
@@ -140,10 +173,13 @@ impl Params {
         u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))
     }
     fn cluster(&self) -> &str {
-        self.any(&["clusterName", "cluster"]).unwrap_or(DEFAULT_CLUSTER)
+        self.any(&["clusterName", "cluster"])
+            .unwrap_or(DEFAULT_CLUSTER)
     }
     fn metadata(&self) -> Result<Option<Metadata>, Failure> {
-        self.get("metadata").map(|m| Metadata::parse_param(m).map_err(|e| bad(e.0))).transpose()
+        self.get("metadata")
+            .map(|m| Metadata::parse_param(m).map_err(|e| bad(e.0)))
+            .transpose()
     }
     fn instance_spec(&self) -> Result<InstanceSpec, Failure> {
         Ok(InstanceSpec {
@@ -160,7 +196,10 @@ impl Params {
     }
 }
 
-async fn handle(req: http::Request<hyper::body::Incoming>, max_body: usize) -> Result<Resp, Infallible> {
+async fn handle(
+    req: http::Request<hyper::body::Incoming>,
+    max_body: usize,
+) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -180,8 +219,14 @@ async fn handle(req: http::Request<hyper::body::Incoming>, max_body: usize) -> R
     } else {
         let resp = match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => prometheus(),
-            (&Method::GET, "/nacos/v1/console/health/liveness" | "/nacos/v1/console/health/readiness") => text(StatusCode::OK, "OK"),
-            _ => text(StatusCode::NOT_FOUND, format!("no route for {method} {path}")),
+            (
+                &Method::GET,
+                "/nacos/v1/console/health/liveness" | "/nacos/v1/console/health/readiness",
+            ) => text(StatusCode::OK, "OK"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {path}"),
+            ),
         };
         return Ok(resp);
     };
@@ -219,26 +264,39 @@ async fn route_naming(api: Api, method: &Method, route: &str, p: &Params) -> Res
         (&Method::PUT, "/service") => configure_service(api, p, Some(true)).await,
         (&Method::DELETE, "/service") => delete_service(api, p).await,
         (&Method::GET, "/operator/metrics") => Ok(operator_metrics(api)),
-        _ => Err(Failure { status: StatusCode::NOT_FOUND, code: 20004, message: format!("no route for {method} {route}") }),
+        _ => Err(Failure {
+            status: StatusCode::NOT_FOUND,
+            code: 20004,
+            message: format!("no route for {method} {route}"),
+        }),
     }
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn wrap_v2(code: i32, message: &str, data: &str) -> String {
-    format!("{{\"code\":{code},\"message\":{},\"data\":{data}}}", json_str(message))
+    format!(
+        "{{\"code\":{code},\"message\":{},\"data\":{data}}}",
+        json_str(message)
+    )
 }
 
 fn ok_answer(api: Api) -> Resp {
@@ -252,7 +310,11 @@ async fn submit(client: ClientId, op: ClientOp) -> Result<OpOutcome, Failure> {
     let rx = with_core(|c| c.submit_client(client, op))?;
     match rx.await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(Failure { status: StatusCode::INTERNAL_SERVER_ERROR, code: 30000, message: "request dropped".into() }),
+        Err(_) => Err(Failure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: 30000,
+            message: "request dropped".into(),
+        }),
     }
 }
 
@@ -261,7 +323,14 @@ async fn register(api: Api, p: &Params, _update: bool) -> Result<Resp, Failure> 
     let spec = p.instance_spec()?;
     let instance = with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?;
     let client = ClientId::for_address(&instance.host, instance.port);
-    submit(client, ClientOp::Register { service: key, instance }).await?;
+    submit(
+        client,
+        ClientOp::Register {
+            service: key,
+            instance,
+        },
+    )
+    .await?;
     Ok(ok_answer(api))
 }
 
@@ -277,7 +346,17 @@ async fn patch(api: Api, p: &Params) -> Result<Resp, Failure> {
         metadata: p.metadata()?,
     };
     let client = ClientId::for_address(&host, port);
-    submit(client, ClientOp::Update { service: key, host, port, cluster, patch }).await?;
+    submit(
+        client,
+        ClientOp::Update {
+            service: key,
+            host,
+            port,
+            cluster,
+            patch,
+        },
+    )
+    .await?;
     Ok(ok_answer(api))
 }
 
@@ -287,7 +366,16 @@ async fn deregister(api: Api, p: &Params) -> Result<Resp, Failure> {
     let port = p.port()?;
     let cluster = p.cluster().into();
     let client = ClientId::for_address(&host, port);
-    submit(client, ClientOp::Deregister { service: key, host, port, cluster }).await?;
+    submit(
+        client,
+        ClientOp::Deregister {
+            service: key,
+            host,
+            port,
+            cluster,
+        },
+    )
+    .await?;
     Ok(ok_answer(api))
 }
 
@@ -306,19 +394,33 @@ struct BeatInfo {
 async fn beat(api: Api, p: &Params) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let info: Option<BeatInfo> = match p.get("beat") {
-        Some(b) => Some(serde_json::from_str(b).map_err(|e| bad(format!("beat is not valid JSON: {e}")))?),
+        Some(b) => {
+            Some(serde_json::from_str(b).map_err(|e| bad(format!("beat is not valid JSON: {e}")))?)
+        }
         None => None,
     };
-    let ip = p.get("ip").map(str::to_owned).or_else(|| info.as_ref().and_then(|b| b.ip.clone())).ok_or_else(|| missing("ip"))?;
+    let ip = p
+        .get("ip")
+        .map(str::to_owned)
+        .or_else(|| info.as_ref().and_then(|b| b.ip.clone()))
+        .ok_or_else(|| missing("ip"))?;
     let port = match p.number::<i64>("port")? {
         Some(port) => port,
-        None => info.as_ref().and_then(|b| b.port).ok_or_else(|| missing("port"))?,
+        None => info
+            .as_ref()
+            .and_then(|b| b.port)
+            .ok_or_else(|| missing("port"))?,
     };
-    let port = u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))?;
+    let port =
+        u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))?;
     let cluster = p
         .any(&["clusterName", "cluster"])
         .map(str::to_owned)
-        .or_else(|| info.as_ref().and_then(|b| b.cluster.clone()).filter(|c| !c.is_empty()))
+        .or_else(|| {
+            info.as_ref()
+                .and_then(|b| b.cluster.clone())
+                .filter(|c| !c.is_empty())
+        })
         .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
     let host = Host::parse(&ip).map_err(|e| bad(e.0))?;
     let reregister = match info {
@@ -341,12 +443,22 @@ async fn beat(api: Api, p: &Params) -> Result<Resp, Failure> {
         None => None,
     };
     let client = ClientId::for_address(&host, port);
-    let op = ClientOp::Beat { service: key, host, port, cluster: cluster.as_str().into(), reregister };
+    let op = ClientOp::Beat {
+        service: key,
+        host,
+        port,
+        cluster: cluster.as_str().into(),
+        reregister,
+    };
     let body = match submit(client, op).await {
         Ok(OpOutcome::Beat { interval_ms }) => {
-            format!("{{\"clientBeatInterval\":{interval_ms},\"code\":10200,\"lightBeatEnabled\":true}}")
+            format!(
+                "{{\"clientBeatInterval\":{interval_ms},\"code\":10200,\"lightBeatEnabled\":true}}"
+            )
         }
-        Ok(_) => "{\"clientBeatInterval\":5000,\"code\":10200,\"lightBeatEnabled\":true}".to_owned(),
+        Ok(_) => {
+            "{\"clientBeatInterval\":5000,\"code\":10200,\"lightBeatEnabled\":true}".to_owned()
+        }
         Err(f) if f.status == StatusCode::NOT_FOUND => {
             "{\"clientBeatInterval\":5000,\"code\":20404,\"lightBeatEnabled\":true}".to_owned()
         }
@@ -362,7 +474,10 @@ fn instance_list(api: Api, p: &Params) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let clusters = p.any(&["clusters", "clusterName"]).unwrap_or("");
     let healthy_only = p.bool(&["healthyOnly"])?.unwrap_or(false);
-    let query = Query { clusters, healthy_only };
+    let query = Query {
+        clusters,
+        healthy_only,
+    };
     let index = with_core(|c| c.shared.index.clone());
     let now = unix_ms();
     let bytes = index.read(&key, |view| {
@@ -407,7 +522,10 @@ fn instance_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
     let body = found.ok_or_else(|| Failure {
         status: StatusCode::NOT_FOUND,
         code: 20004,
-        message: format!("no matched ip found: {host}:{port} in cluster {cluster} of {}", key.grouped_name()),
+        message: format!(
+            "no matched ip found: {host}:{port} in cluster {cluster} of {}",
+            key.grouped_name()
+        ),
     })?;
     Ok(match api {
         Api::V1 => json(StatusCode::OK, body),
@@ -417,18 +535,30 @@ fn instance_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
 
 /// Services of a namespace (and group), sorted, one page of them, plus the total count.
 /// `grouped` names them `group@@name`.
-pub fn list_services(namespace: &str, group: Option<&str>, page_no: usize, page_size: usize, grouped: bool) -> (usize, Vec<String>) {
+pub fn list_services(
+    namespace: &str,
+    group: Option<&str>,
+    page_no: usize,
+    page_size: usize,
+    grouped: bool,
+) -> (usize, Vec<String>) {
     let index = with_core(|c| c.shared.index.clone());
     let mut names = Vec::new();
     index.for_each(|view| {
         let k = &view.key;
         if k.namespace() == namespace && group.is_none_or(|g| k.group() == g) {
-            names.push(if grouped { k.grouped_name() } else { k.name().to_owned() });
+            names.push(if grouped {
+                k.grouped_name()
+            } else {
+                k.name().to_owned()
+            });
         }
     });
     names.sort_unstable();
     let count = names.len();
-    let start = (page_no.saturating_sub(1)).saturating_mul(page_size).min(count);
+    let start = (page_no.saturating_sub(1))
+        .saturating_mul(page_size)
+        .min(count);
     let end = start.saturating_add(page_size).min(count);
     (count, names[start..end].to_vec())
 }
@@ -440,18 +570,37 @@ fn service_list(api: Api, p: &Params) -> Result<Resp, Failure> {
         Api::V1 => (None, None),
         Api::V2 => (Some(1), Some(20)),
     };
-    let page_no: i64 = p.number("pageNo")?.or(default_no).ok_or_else(|| missing("pageNo"))?;
-    let page_size: i64 = p.number("pageSize")?.or(default_size).ok_or_else(|| missing("pageSize"))?;
+    let page_no: i64 = p
+        .number("pageNo")?
+        .or(default_no)
+        .ok_or_else(|| missing("pageNo"))?;
+    let page_size: i64 = p
+        .number("pageSize")?
+        .or(default_size)
+        .ok_or_else(|| missing("pageSize"))?;
     if page_no < 1 || !(1..=10_000).contains(&page_size) {
         return Err(bad("pageNo must be >= 1 and pageSize within 1..=10000"));
     }
-    let (count, names) = list_services(namespace, Some(group), page_no as usize, page_size as usize, api == Api::V1);
+    let (count, names) = list_services(
+        namespace,
+        Some(group),
+        page_no as usize,
+        page_size as usize,
+        api == Api::V1,
+    );
     let names: Vec<String> = names.iter().map(|n| json_str(n)).collect();
     Ok(match api {
-        Api::V1 => json(StatusCode::OK, format!("{{\"count\":{count},\"doms\":[{}]}}", names.join(","))),
+        Api::V1 => json(
+            StatusCode::OK,
+            format!("{{\"count\":{count},\"doms\":[{}]}}", names.join(",")),
+        ),
         Api::V2 => json(
             StatusCode::OK,
-            wrap_v2(0, "success", &format!("{{\"count\":{count},\"services\":[{}]}}", names.join(","))),
+            wrap_v2(
+                0,
+                "success",
+                &format!("{{\"count\":{count},\"services\":[{}]}}", names.join(",")),
+            ),
         ),
     })
 }
@@ -493,15 +642,31 @@ async fn service_op(service: ServiceKey, op: ServiceOp) -> Result<OpOutcome, Fai
     let rx = with_core(|c| c.submit_service(service, op))?;
     match rx.await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(Failure { status: StatusCode::INTERNAL_SERVER_ERROR, code: 30000, message: "request dropped".into() }),
+        Err(_) => Err(Failure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: 30000,
+            message: "request dropped".into(),
+        }),
     }
 }
 
-async fn configure_service(api: Api, p: &Params, must_exist: Option<bool>) -> Result<Resp, Failure> {
+async fn configure_service(
+    api: Api,
+    p: &Params,
+    must_exist: Option<bool>,
+) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let protect_threshold: Option<f32> = p.number("protectThreshold")?;
     let metadata = p.metadata()?;
-    service_op(key, ServiceOp::Configure { protect_threshold, metadata, must_exist }).await?;
+    service_op(
+        key,
+        ServiceOp::Configure {
+            protect_threshold,
+            metadata,
+            must_exist,
+        },
+    )
+    .await?;
     Ok(ok_answer(api))
 }
 
@@ -514,7 +679,11 @@ async fn delete_service(api: Api, p: &Params) -> Result<Resp, Failure> {
 fn operator_metrics(api: Api) -> Resp {
     let body = with_core(|c| {
         let s = &c.shared;
-        let conns: u64 = s.metrics.iter().map(|m| m.connections.load(Ordering::Relaxed)).sum();
+        let conns: u64 = s
+            .metrics
+            .iter()
+            .map(|m| m.connections.load(Ordering::Relaxed))
+            .sum();
         let clients = s.stat(|x| x.clients.load(Ordering::Relaxed));
         format!(
             "{{\"status\":\"UP\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{},\"connectionBasedClientCount\":{},\"ephemeralIpPortClientCount\":{},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0}}",
@@ -538,10 +707,26 @@ fn prometheus() -> Resp {
     with_core(|c| {
         let s = &c.shared;
         let gauges: [(&str, &str, i64); 4] = [
-            ("nacelle_instances", "Registered instances.", s.stat(|x| x.instances.load(Ordering::Relaxed))),
-            ("nacelle_services", "Services.", s.stat(|x| x.services.load(Ordering::Relaxed))),
-            ("nacelle_clients", "Clients (gRPC connections and HTTP ip:port clients).", s.stat(|x| x.clients.load(Ordering::Relaxed))),
-            ("nacelle_subscriptions", "Subscriptions.", s.stat(|x| x.subscriptions.load(Ordering::Relaxed))),
+            (
+                "nacelle_instances",
+                "Registered instances.",
+                s.stat(|x| x.instances.load(Ordering::Relaxed)),
+            ),
+            (
+                "nacelle_services",
+                "Services.",
+                s.stat(|x| x.services.load(Ordering::Relaxed)),
+            ),
+            (
+                "nacelle_clients",
+                "Clients (gRPC connections and HTTP ip:port clients).",
+                s.stat(|x| x.clients.load(Ordering::Relaxed)),
+            ),
+            (
+                "nacelle_subscriptions",
+                "Subscriptions.",
+                s.stat(|x| x.subscriptions.load(Ordering::Relaxed)),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -553,6 +738,9 @@ fn prometheus() -> Resp {
         crate::metrics::render_requests(&mut out, &s.metrics);
     });
     let mut r = Response::new(Full::new(Bytes::from(out)));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }

@@ -68,7 +68,8 @@ fn run(cfg: config::Config) -> Result<(), String> {
     let mesh = MeshBuilder::<MeshBatch, _>::full(n, 1024);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("cannot install signal handler: {e}"))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
     let placement = match CpuSet::online() {
         Ok(cpus) if cpus.len() >= n => PoolPlacement::MaxSpread(n, Some(cpus)),
@@ -87,8 +88,10 @@ fn run(cfg: config::Config) -> Result<(), String> {
                 };
                 let id = senders.peer_id();
                 Core::install(id, shared.clone(), senders, receivers).await;
-                let http = glommio::net::TcpListener::bind(http_addr).map_err(|e| format!("core {id}: HTTP bind: {e}"))?;
-                let grpc = glommio::net::TcpListener::bind(grpc_addr).map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
+                let http = glommio::net::TcpListener::bind(http_addr)
+                    .map_err(|e| format!("core {id}: HTTP bind: {e}"))?;
+                let grpc = glommio::net::TcpListener::bind(grpc_addr)
+                    .map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
                 glommio::spawn_local(http::serve(http, shared.cfg.max_message_bytes)).detach();
                 glommio::spawn_local(grpc::serve(grpc, shared.cfg.max_message_bytes)).detach();
                 if id == 0 {

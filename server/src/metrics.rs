@@ -44,7 +44,8 @@ const KINDS: [(&str, Kind); 9] = [
 
 /// Upper bounds (seconds) of the latency buckets.
 const BUCKETS: [f64; 14] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
 ];
 
 #[derive(Default)]
@@ -112,20 +113,54 @@ pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
         }
         let count = sum(&|c| c.series[kind as usize].count.load(Ordering::Relaxed));
         let sum_us = sum(&|c| c.series[kind as usize].sum_us.load(Ordering::Relaxed));
-        let _ = writeln!(out, "nacelle_request_duration_seconds_bucket{{kind=\"{name}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "nacelle_request_duration_seconds_sum{{kind=\"{name}\"}} {}", sum_us as f64 / 1e6);
-        let _ = writeln!(out, "nacelle_request_duration_seconds_count{{kind=\"{name}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "nacelle_request_duration_seconds_bucket{{kind=\"{name}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "nacelle_request_duration_seconds_sum{{kind=\"{name}\"}} {}",
+            sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "nacelle_request_duration_seconds_count{{kind=\"{name}\"}} {count}"
+        );
     }
-    let counters: [(&str, &str, fn(&CoreMetrics) -> &AtomicU64); 5] = [
-        ("nacelle_pushes_sent_total", "Pushes sent to subscribers.", |c| &c.pushes_sent),
-        ("nacelle_pushes_acked_total", "Pushes acknowledged by subscribers.", |c| &c.pushes_acked),
-        ("nacelle_pushes_dropped_total", "Pushes dropped: the subscriber's send queue was full.", |c| &c.pushes_dropped),
-        ("nacelle_connections_closed_by_server_total", "Connections closed by the server.", |c| &c.connections_closed_by_server),
-        ("nacelle_overloaded_total", "Requests refused with 503 because a core was overloaded.", |c| &c.overloaded),
+    type Counter = fn(&CoreMetrics) -> &AtomicU64;
+    let counters: [(&str, &str, Counter); 5] = [
+        (
+            "nacelle_pushes_sent_total",
+            "Pushes sent to subscribers.",
+            |c| &c.pushes_sent,
+        ),
+        (
+            "nacelle_pushes_acked_total",
+            "Pushes acknowledged by subscribers.",
+            |c| &c.pushes_acked,
+        ),
+        (
+            "nacelle_pushes_dropped_total",
+            "Pushes dropped: the subscriber's send queue was full.",
+            |c| &c.pushes_dropped,
+        ),
+        (
+            "nacelle_connections_closed_by_server_total",
+            "Connections closed by the server.",
+            |c| &c.connections_closed_by_server,
+        ),
+        (
+            "nacelle_overloaded_total",
+            "Requests refused with 503 because a core was overloaded.",
+            |c| &c.overloaded,
+        ),
     ];
     for (name, help, get) in counters {
         let n = sum(&|c| get(c).load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}"
+        );
     }
     let conns = sum(&|c| c.connections.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP nacelle_connections gRPC connections open.\n# TYPE nacelle_connections gauge\nnacelle_connections {conns}");

@@ -42,7 +42,9 @@ impl hyper::rt::Sleep for LocalSleep {}
 
 impl hyper::rt::Timer for LocalTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(LocalSleep(SendWrapper::new(glommio::timer::Timer::new(duration))))
+        Box::pin(LocalSleep(SendWrapper::new(glommio::timer::Timer::new(
+            duration,
+        ))))
     }
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         self.sleep(deadline.saturating_duration_since(Instant::now()))

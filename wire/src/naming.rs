@@ -42,7 +42,9 @@ impl InstanceJson {
         };
         Ok(InstanceSpec {
             ip: self.ip.unwrap_or_default(),
-            port: self.port.ok_or_else(|| InvalidInput("instance port is required".into()))?,
+            port: self
+                .port
+                .ok_or_else(|| InvalidInput("instance port is required".into()))?,
             weight: self.weight,
             healthy: self.healthy,
             enabled: self.enabled,
@@ -75,7 +77,8 @@ pub struct NamingRequest {
     pub cluster: Option<String>,
     /// SubscribeServiceRequest cluster filter.
     pub clusters: Option<String>,
-    /// ServiceQueryRequest.
+    /// ServiceQueryRequest (nacos-sdk-python spells it `healthOnly`).
+    #[serde(alias = "healthOnly")]
     pub healthy_only: Option<bool>,
     /// SubscribeServiceRequest: true = subscribe, false = unsubscribe.
     pub subscribe: Option<bool>,
@@ -129,6 +132,7 @@ pub struct StreamAck {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -149,7 +153,13 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
-        for body in [&b"{"[..], b"[]", b"{\"instance\":5}", b"\xff\xfe", b"{\"port\":\"x\"}"] {
+        for body in [
+            &b"{"[..],
+            b"[]",
+            b"{\"instance\":5}",
+            b"\xff\xfe",
+            b"{\"port\":\"x\"}",
+        ] {
             let _ = NamingRequest::parse(body).map(|r| r.instance.map(|i| i.into_spec()));
         }
         assert!(NamingRequest::parse(b"{").is_err());

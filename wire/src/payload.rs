@@ -43,8 +43,14 @@ pub fn open(payload: &Payload) -> Result<Envelope<'_>, EnvelopeError> {
     }
     Ok(Envelope {
         kind,
-        body: payload.body.as_ref().map(|b| b.value.as_slice()).unwrap_or(b"{}"),
-        headers: meta.map(|m| &m.headers).unwrap_or_else(|| NO_HEADERS.get_or_init(HashMap::new)),
+        body: payload
+            .body
+            .as_ref()
+            .map(|b| b.value.as_slice())
+            .unwrap_or(b"{}"),
+        headers: meta
+            .map(|m| &m.headers)
+            .unwrap_or_else(|| NO_HEADERS.get_or_init(HashMap::new)),
         client_ip: meta.map(|m| m.client_ip.as_str()).unwrap_or(""),
     })
 }
@@ -52,8 +58,15 @@ pub fn open(payload: &Payload) -> Result<Envelope<'_>, EnvelopeError> {
 /// Wraps a JSON body of class `kind` into a payload.
 pub fn seal(kind: &str, json: Vec<u8>) -> Payload {
     Payload {
-        metadata: Some(Metadata { r#type: kind.to_owned(), client_ip: String::new(), headers: HashMap::new() }),
-        body: Some(prost_types::Any { type_url: String::new(), value: json }),
+        metadata: Some(Metadata {
+            r#type: kind.to_owned(),
+            client_ip: String::new(),
+            headers: HashMap::new(),
+        }),
+        body: Some(prost_types::Any {
+            type_url: String::new(),
+            value: json,
+        }),
     }
 }
 
@@ -125,6 +138,7 @@ pub fn json_str(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -140,7 +154,11 @@ mod tests {
 
     #[test]
     fn ok_bodies_carry_extra_fields_and_request_id() {
-        let p = ok("InstanceResponse", "\"type\":\"registerInstance\"", Some("7"));
+        let p = ok(
+            "InstanceResponse",
+            "\"type\":\"registerInstance\"",
+            Some("7"),
+        );
         assert_eq!(p.metadata.as_ref().unwrap().r#type, "InstanceResponse");
         let v: serde_json::Value = serde_json::from_slice(&p.body.unwrap().value).unwrap();
         assert_eq!(v["type"], "registerInstance");
@@ -150,7 +168,10 @@ mod tests {
 
     #[test]
     fn an_envelope_without_type_is_refused() {
-        let p = Payload { metadata: None, body: None };
+        let p = Payload {
+            metadata: None,
+            body: None,
+        };
         assert_eq!(open(&p).unwrap_err(), EnvelopeError::MissingType);
     }
 }

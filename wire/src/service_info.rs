@@ -49,7 +49,11 @@ pub fn with_service_info<R>(
 ) -> R {
     match view {
         Some(view) => match query.cache_slot(style) {
-            Some(slot) => view.cached(slot, |v| encode(&v.key, Some(v), style, query, now_unix_ms), f),
+            Some(slot) => view.cached(
+                slot,
+                |v| encode(&v.key, Some(v), style, query, now_unix_ms),
+                f,
+            ),
             None => f(&encode(key, Some(view), style, query, now_unix_ms)),
         },
         None => f(&encode(key, None, style, query, now_unix_ms)),
@@ -57,8 +61,19 @@ pub fn with_service_info<R>(
 }
 
 /// Writes the `ServiceInfo` JSON.
-pub fn encode(key: &ServiceKey, view: Option<&ServiceView>, style: NameStyle, query: Query<'_>, now_unix_ms: u64) -> Vec<u8> {
-    let clusters: Vec<&str> = query.clusters.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+pub fn encode(
+    key: &ServiceKey,
+    view: Option<&ServiceView>,
+    style: NameStyle,
+    query: Query<'_>,
+    now_unix_ms: u64,
+) -> Vec<u8> {
+    let clusters: Vec<&str> = query
+        .clusters
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
     let selection = view.map(|v| v.select(&clusters, query.healthy_only, true));
     let count = selection.as_ref().map_or(0, |s| s.instances.len());
     let mut out = Vec::with_capacity(256 + count * 360);
@@ -76,13 +91,23 @@ pub fn encode(key: &ServiceKey, view: Option<&ServiceView>, style: NameStyle, qu
     out.extend_from_slice(itoa_u64(CACHE_MILLIS).as_bytes());
     out.extend_from_slice(b",\"hosts\":[");
     let mut reach = false;
-    if let Some(Selection { instances, reach_protection }) = &selection {
+    if let Some(Selection {
+        instances,
+        reach_protection,
+    }) = &selection
+    {
         reach = *reach_protection;
         for (n, inst) in instances.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            write_instance(&mut out, key, &grouped, inst, *reach_protection || inst.healthy);
+            write_instance(
+                &mut out,
+                key,
+                &grouped,
+                inst,
+                *reach_protection || inst.healthy,
+            );
         }
     }
     out.extend_from_slice(b"],\"lastRefTime\":");
@@ -99,7 +124,13 @@ fn itoa_u64(n: u64) -> String {
 }
 
 /// Writes one instance as Nacos's `Instance` JSON.
-pub fn write_instance(out: &mut Vec<u8>, key: &ServiceKey, grouped_name: &str, inst: &Instance, healthy: bool) {
+pub fn write_instance(
+    out: &mut Vec<u8>,
+    key: &ServiceKey,
+    grouped_name: &str,
+    inst: &Instance,
+    healthy: bool,
+) {
     out.extend_from_slice(b"{\"instanceId\":");
     match &inst.instance_id {
         Some(id) => push_str(out, id),
@@ -112,8 +143,16 @@ pub fn write_instance(out: &mut Vec<u8>, key: &ServiceKey, grouped_name: &str, i
     out.extend_from_slice(b",\"weight\":");
     // serde_json writes 1.0 as `1.0`, as Jackson does.
     let _ = serde_json::to_writer(&mut *out, &inst.weight);
-    out.extend_from_slice(if healthy { b",\"healthy\":true" } else { b",\"healthy\":false" });
-    out.extend_from_slice(if inst.enabled { b",\"enabled\":true" } else { b",\"enabled\":false" });
+    out.extend_from_slice(if healthy {
+        b",\"healthy\":true"
+    } else {
+        b",\"healthy\":false"
+    });
+    out.extend_from_slice(if inst.enabled {
+        b",\"enabled\":true"
+    } else {
+        b",\"enabled\":false"
+    });
     out.extend_from_slice(b",\"ephemeral\":true,\"clusterName\":");
     push_str(out, &inst.cluster);
     out.extend_from_slice(b",\"serviceName\":");
@@ -127,7 +166,11 @@ pub fn write_instance(out: &mut Vec<u8>, key: &ServiceKey, grouped_name: &str, i
     out.extend_from_slice(b",\"ipDeleteTimeout\":");
     out.extend_from_slice(inst.timing.delete_ms.to_string().as_bytes());
     out.extend_from_slice(b",\"instanceIdGenerator\":");
-    let generator = if inst.metadata.json().contains(PRESERVED_INSTANCE_ID_GENERATOR) {
+    let generator = if inst
+        .metadata
+        .json()
+        .contains(PRESERVED_INSTANCE_ID_GENERATOR)
+    {
         inst.metadata.get(PRESERVED_INSTANCE_ID_GENERATOR)
     } else {
         None
@@ -137,6 +180,7 @@ pub fn write_instance(out: &mut Vec<u8>, key: &ServiceKey, grouped_name: &str, i
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use engine::model::{InstanceSpec, Interner, Metadata};
@@ -162,9 +206,19 @@ mod tests {
         ServiceView::new(key, 1, 42, 0.0, Metadata::default(), publishes, None)
     }
 
-    fn parse(v: &ServiceView, style: NameStyle, clusters: &str, healthy_only: bool) -> serde_json::Value {
-        let q = Query { clusters, healthy_only };
-        with_service_info(&v.key, Some(v), style, q, 0, |b| serde_json::from_slice(b).unwrap())
+    fn parse(
+        v: &ServiceView,
+        style: NameStyle,
+        clusters: &str,
+        healthy_only: bool,
+    ) -> serde_json::Value {
+        let q = Query {
+            clusters,
+            healthy_only,
+        };
+        with_service_info(&v.key, Some(v), style, q, 0, |b| {
+            serde_json::from_slice(b).unwrap()
+        })
     }
 
     #[test]
@@ -178,19 +232,43 @@ mod tests {
         assert_eq!(j["valid"], true);
         let hosts = j["hosts"].as_array().unwrap();
         assert_eq!(hosts.len(), 2);
-        assert_eq!(hosts[0]["instanceId"], "10.0.0.0#8080#DEFAULT#DEFAULT_GROUP@@demo");
+        assert_eq!(
+            hosts[0]["instanceId"],
+            "10.0.0.0#8080#DEFAULT#DEFAULT_GROUP@@demo"
+        );
         assert_eq!(hosts[0]["serviceName"], "DEFAULT_GROUP@@demo");
         assert_eq!(hosts[0]["metadata"]["v"], "\"q\"");
         assert_eq!(hosts[1]["healthy"], false);
-        assert_eq!(parse(&v, NameStyle::Grouped, "", false)["name"], "DEFAULT_GROUP@@demo");
+        assert_eq!(
+            parse(&v, NameStyle::Grouped, "", false)["name"],
+            "DEFAULT_GROUP@@demo"
+        );
     }
 
     #[test]
     fn healthy_only_and_cluster_filters_apply() {
         let v = view(&[true, false]);
-        assert_eq!(parse(&v, NameStyle::Bare, "", true)["hosts"].as_array().unwrap().len(), 1);
-        assert_eq!(parse(&v, NameStyle::Bare, "other", false)["hosts"].as_array().unwrap().len(), 0);
-        assert_eq!(parse(&v, NameStyle::Bare, "DEFAULT,x", false)["hosts"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            parse(&v, NameStyle::Bare, "", true)["hosts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            parse(&v, NameStyle::Bare, "other", false)["hosts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            parse(&v, NameStyle::Bare, "DEFAULT,x", false)["hosts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -198,15 +276,23 @@ mod tests {
         let v = view(&[false, false]);
         let j = parse(&v, NameStyle::Bare, "", false);
         assert_eq!(j["reachProtectionThreshold"], true);
-        assert!(j["hosts"].as_array().unwrap().iter().all(|h| h["healthy"] == true));
+        assert!(j["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["healthy"] == true));
     }
 
     #[test]
     fn an_unknown_service_is_an_empty_valid_answer() {
         let key = ServiceKey::new("", "g", "none").unwrap();
-        let q = Query { clusters: "", healthy_only: false };
-        let j: serde_json::Value =
-            with_service_info(&key, None, NameStyle::Grouped, q, 7, |b| serde_json::from_slice(b).unwrap());
+        let q = Query {
+            clusters: "",
+            healthy_only: false,
+        };
+        let j: serde_json::Value = with_service_info(&key, None, NameStyle::Grouped, q, 7, |b| {
+            serde_json::from_slice(b).unwrap()
+        });
         assert_eq!(j["name"], "g@@none");
         assert_eq!(j["hosts"].as_array().unwrap().len(), 0);
         assert_eq!(j["lastRefTime"], 7);

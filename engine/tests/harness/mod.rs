@@ -18,8 +18,8 @@ use std::sync::Arc;
 use engine::model::{InstanceSpec, Interner};
 use engine::shard::{client_shard, InstancePatch};
 use engine::{
-    ClientId, ClientOp, Command, Host, Instance, Metadata, Now, OpResult, ReadIndex, ReplyTo, ServiceKey, ServiceOp,
-    ServiceView, Shard, ShardConfig, ShardMsg,
+    ClientId, ClientOp, Command, Host, Instance, Metadata, Now, OpResult, ReadIndex, ReplyTo,
+    ServiceKey, ServiceOp, ServiceView, Shard, ShardConfig, ShardMsg,
 };
 
 /// Wall-clock origin of the virtual clock (unix ms at mono 0).
@@ -68,14 +68,22 @@ pub struct Sim {
 impl Sim {
     /// `shard_count` shards with the default config.
     pub fn new(shard_count: usize) -> Sim {
-        Sim::with_config(ShardConfig { shard_count, ..ShardConfig::default() })
+        Sim::with_config(ShardConfig {
+            shard_count,
+            ..ShardConfig::default()
+        })
     }
 
     /// Shards built from `cfg` (one per `cfg.shard_count`), clock at mono 0.
     pub fn with_config(cfg: ShardConfig) -> Sim {
         let index = ReadIndex::new(cfg.shard_count, 1 << 20);
-        let now = Now { mono_ms: 0, unix_ms: UNIX_ORIGIN_MS };
-        let shards = (0..cfg.shard_count).map(|id| Shard::new(id, cfg.clone(), index.clone(), now)).collect();
+        let now = Now {
+            mono_ms: 0,
+            unix_ms: UNIX_ORIGIN_MS,
+        };
+        let shards = (0..cfg.shard_count)
+            .map(|id| Shard::new(id, cfg.clone(), index.clone(), now))
+            .collect();
         Sim {
             shards,
             index,
@@ -119,10 +127,23 @@ impl Sim {
     /// Like [`Sim::client`] but hands the message to shard `to`, owner or not.
     pub fn client_on(&mut self, to: usize, client: &ClientId, op: ClientOp) -> OpResult {
         let token = self.token();
-        let reply = Some(ReplyTo { shard: self.shard_count() - 1, token });
-        self.queue.push_back((usize::MAX, to, ShardMsg::Client { client: client.clone(), op, reply }));
+        let reply = Some(ReplyTo {
+            shard: self.shard_count() - 1,
+            token,
+        });
+        self.queue.push_back((
+            usize::MAX,
+            to,
+            ShardMsg::Client {
+                client: client.clone(),
+                op,
+                reply,
+            },
+        ));
         self.run();
-        self.replies.remove(&token).expect("a reply to every request")
+        self.replies
+            .remove(&token)
+            .expect("a reply to every request")
     }
 
     /// Runs a service op on the service's owner and returns the reply.
@@ -135,9 +156,19 @@ impl Sim {
     pub fn service_on(&mut self, to: usize, service: &ServiceKey, op: ServiceOp) -> OpResult {
         let token = self.token();
         let reply = Some(ReplyTo { shard: 0, token });
-        self.queue.push_back((usize::MAX, to, ShardMsg::Service { service: service.clone(), op, reply }));
+        self.queue.push_back((
+            usize::MAX,
+            to,
+            ShardMsg::Service {
+                service: service.clone(),
+                op,
+                reply,
+            },
+        ));
         self.run();
-        self.replies.remove(&token).expect("a reply to every request")
+        self.replies
+            .remove(&token)
+            .expect("a reply to every request")
     }
 
     /// Collects the commands of every shard: sends are queued (and checked), replies and
@@ -148,11 +179,15 @@ impl Sim {
                 match cmd {
                     Command::Send { shard, msg } => {
                         let expected = match &msg {
-                            ShardMsg::Client { client, .. } => client_shard(client, self.cfg.shard_count),
+                            ShardMsg::Client { client, .. } => {
+                                client_shard(client, self.cfg.shard_count)
+                            }
                             ShardMsg::Service { service, .. } => self.index.owner_of(service),
                         };
                         if shard != expected || shard == from || shard >= self.shards.len() {
-                            self.misroutes.push(format!("shard {from} sent to {shard} (owner {expected}): {msg:?}"));
+                            self.misroutes.push(format!(
+                                "shard {from} sent to {shard} (owner {expected}): {msg:?}"
+                            ));
                         }
                         self.queue.push_back((from, shard, msg));
                     }
@@ -160,7 +195,11 @@ impl Sim {
                         let prev = self.replies.insert(to.token, result);
                         assert!(prev.is_none(), "two replies for token {}", to.token);
                     }
-                    Command::Push { subscriber, clusters, view } => self.pushes.push(PushRecord {
+                    Command::Push {
+                        subscriber,
+                        clusters,
+                        view,
+                    } => self.pushes.push(PushRecord {
                         at_ms: self.now.mono_ms,
                         subscriber,
                         clusters: clusters.to_string(),
@@ -219,7 +258,10 @@ impl Sim {
     }
 
     fn set_clock(&mut self, mono_ms: u64) {
-        self.now = Now { mono_ms, unix_ms: UNIX_ORIGIN_MS + mono_ms };
+        self.now = Now {
+            mono_ms,
+            unix_ms: UNIX_ORIGIN_MS + mono_ms,
+        };
     }
 
     /// The published view of `service`, read through shard `via`'s handle on the index.
@@ -237,7 +279,11 @@ impl Sim {
         let mut v: Vec<_> = self
             .index
             .read(service, |view| {
-                view.map(|v| v.instances().map(|i| (i.host.to_string(), i.port, i.cluster.to_string(), i.healthy)).collect())
+                view.map(|v| {
+                    v.instances()
+                        .map(|i| (i.host.to_string(), i.port, i.cluster.to_string(), i.healthy))
+                        .collect()
+                })
             })
             .unwrap_or_default();
         v.sort();
@@ -281,22 +327,61 @@ impl Sim {
 
     // ---- conveniences for common operations ----
 
-    pub fn register(&mut self, client: &ClientId, service: &ServiceKey, instance: Instance) -> OpResult {
-        self.client(client, ClientOp::Register { service: service.clone(), instance })
-    }
-
-    pub fn batch(&mut self, client: &ClientId, service: &ServiceKey, instances: Vec<Instance>) -> OpResult {
-        self.client(client, ClientOp::BatchRegister { service: service.clone(), instances })
-    }
-
-    pub fn deregister(&mut self, client: &ClientId, service: &ServiceKey, ip: &str, port: u16, cluster: &str) -> OpResult {
+    pub fn register(
+        &mut self,
+        client: &ClientId,
+        service: &ServiceKey,
+        instance: Instance,
+    ) -> OpResult {
         self.client(
             client,
-            ClientOp::Deregister { service: service.clone(), host: Host::parse(ip).unwrap(), port, cluster: cluster.into() },
+            ClientOp::Register {
+                service: service.clone(),
+                instance,
+            },
         )
     }
 
-    pub fn beat(&mut self, service: &ServiceKey, instance: &Instance, reregister: bool) -> OpResult {
+    pub fn batch(
+        &mut self,
+        client: &ClientId,
+        service: &ServiceKey,
+        instances: Vec<Instance>,
+    ) -> OpResult {
+        self.client(
+            client,
+            ClientOp::BatchRegister {
+                service: service.clone(),
+                instances,
+            },
+        )
+    }
+
+    pub fn deregister(
+        &mut self,
+        client: &ClientId,
+        service: &ServiceKey,
+        ip: &str,
+        port: u16,
+        cluster: &str,
+    ) -> OpResult {
+        self.client(
+            client,
+            ClientOp::Deregister {
+                service: service.clone(),
+                host: Host::parse(ip).unwrap(),
+                port,
+                cluster: cluster.into(),
+            },
+        )
+    }
+
+    pub fn beat(
+        &mut self,
+        service: &ServiceKey,
+        instance: &Instance,
+        reregister: bool,
+    ) -> OpResult {
         let client = ClientId::for_address(&instance.host, instance.port);
         self.client(
             &client,
@@ -310,7 +395,13 @@ impl Sim {
         )
     }
 
-    pub fn update(&mut self, client: &ClientId, service: &ServiceKey, instance: &Instance, patch: InstancePatch) -> OpResult {
+    pub fn update(
+        &mut self,
+        client: &ClientId,
+        service: &ServiceKey,
+        instance: &Instance,
+        patch: InstancePatch,
+    ) -> OpResult {
         self.client(
             client,
             ClientOp::Update {
@@ -324,11 +415,22 @@ impl Sim {
     }
 
     pub fn subscribe(&mut self, conn: u64, service: &ServiceKey, clusters: &str) -> OpResult {
-        self.client(&ClientId::Conn(conn), ClientOp::Subscribe { service: service.clone(), clusters: clusters.into() })
+        self.client(
+            &ClientId::Conn(conn),
+            ClientOp::Subscribe {
+                service: service.clone(),
+                clusters: clusters.into(),
+            },
+        )
     }
 
     pub fn unsubscribe(&mut self, conn: u64, service: &ServiceKey) -> OpResult {
-        self.client(&ClientId::Conn(conn), ClientOp::Unsubscribe { service: service.clone() })
+        self.client(
+            &ClientId::Conn(conn),
+            ClientOp::Unsubscribe {
+                service: service.clone(),
+            },
+        )
     }
 
     pub fn disconnect(&mut self, client: &ClientId) -> OpResult {
@@ -348,19 +450,31 @@ pub fn inst(ip: &str, port: u16) -> Instance {
 
 /// A valid instance at `ip:port` in `cluster`.
 pub fn inst_in(ip: &str, port: u16, cluster: &str) -> Instance {
-    InstanceSpec { cluster: Some(cluster.into()), ..spec(ip, port) }.build(&mut Interner::default()).unwrap()
+    InstanceSpec {
+        cluster: Some(cluster.into()),
+        ..spec(ip, port)
+    }
+    .build(&mut Interner::default())
+    .unwrap()
 }
 
 /// An instance with metadata pairs (preserved keys set its timing).
 pub fn inst_with_meta(ip: &str, port: u16, meta: &[(&str, &str)]) -> Instance {
-    InstanceSpec { metadata: Metadata::from_pairs(meta.iter().copied()).unwrap(), ..spec(ip, port) }
-        .build(&mut Interner::default())
-        .unwrap()
+    InstanceSpec {
+        metadata: Metadata::from_pairs(meta.iter().copied()).unwrap(),
+        ..spec(ip, port)
+    }
+    .build(&mut Interner::default())
+    .unwrap()
 }
 
 /// The spec of a default instance at `ip:port`.
 pub fn spec(ip: &str, port: u16) -> InstanceSpec {
-    InstanceSpec { ip: ip.into(), port: i64::from(port), ..InstanceSpec::default() }
+    InstanceSpec {
+        ip: ip.into(),
+        port: i64::from(port),
+        ..InstanceSpec::default()
+    }
 }
 
 /// The HTTP (heartbeat) client of an instance.
