@@ -45,17 +45,9 @@ fn addr(i: u64) -> Ipv4Addr {
 }
 
 fn instance(ip: Ipv4Addr, port: u16, cluster: &Str, weight: f64) -> Instance {
-    Instance {
-        host: Host::V4(ip),
-        port,
-        weight,
-        healthy: true,
-        enabled: true,
-        cluster: cluster.clone(),
-        metadata: Metadata::default(),
-        instance_id: None,
-        timing: HeartbeatTiming::default(),
-    }
+    let mut i = Instance::new(Host::V4(ip), port, cluster.clone());
+    i.weight = weight;
+    i
 }
 
 /// Register messages of `n` distinct HTTP clients (one instance each at the client's address).

@@ -301,6 +301,9 @@ impl fmt::Debug for Metadata {
 }
 
 /// One registered instance, as stored and as answered.
+///
+/// Kept small (72 bytes): what most instances never set (an explicit id, non-default
+/// heartbeat timing) lives behind one optional box.
 #[derive(Clone, PartialEq, Debug)]
 pub struct Instance {
     /// Address.
@@ -316,11 +319,14 @@ pub struct Instance {
     /// Cluster name (`DEFAULT` by default), interned per shard.
     pub cluster: Str,
     /// Metadata, including any preserved keys.
-    pub metadata: Metadata,
-    /// Explicit instance id; `None` means the Nacos default `ip#port#cluster#group@@service`.
-    pub instance_id: Option<Box<str>>,
-    /// Timing read from the preserved metadata keys.
-    pub timing: HeartbeatTiming,
+    metadata: Metadata,
+    extras: Option<Box<Extras>>,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+struct Extras {
+    instance_id: Option<Box<str>>,
+    timing: HeartbeatTiming,
 }
 
 /// The heartbeat timing of an instance (from its preserved metadata keys).
@@ -448,21 +454,68 @@ impl InstanceSpec {
             }
             _ => None,
         };
-        Ok(Instance {
-            host,
-            port: self.port as u16,
-            weight: weight.min(MAX_WEIGHT),
-            healthy: self.healthy.unwrap_or(true),
-            enabled: self.enabled.unwrap_or(true),
-            cluster: interner.intern(cluster),
-            metadata: self.metadata,
-            instance_id,
-            timing,
-        })
+        let mut instance = Instance::new(host, self.port as u16, interner.intern(cluster));
+        instance.weight = weight.min(MAX_WEIGHT);
+        instance.healthy = self.healthy.unwrap_or(true);
+        instance.enabled = self.enabled.unwrap_or(true);
+        instance.metadata = self.metadata;
+        instance.set_extras(instance_id, timing);
+        Ok(instance)
     }
 }
 
 impl Instance {
+    /// An instance with Nacos defaults: weight 1, healthy, enabled, no metadata.
+    pub fn new(host: Host, port: u16, cluster: Str) -> Instance {
+        Instance {
+            host,
+            port,
+            weight: 1.0,
+            healthy: true,
+            enabled: true,
+            cluster,
+            metadata: Metadata::default(),
+            extras: None,
+        }
+    }
+
+    fn set_extras(&mut self, instance_id: Option<Box<str>>, timing: HeartbeatTiming) {
+        self.extras = if instance_id.is_none() && timing == HeartbeatTiming::default() {
+            None
+        } else {
+            Some(Box::new(Extras {
+                instance_id,
+                timing,
+            }))
+        };
+    }
+
+    /// Heartbeat timing (from the preserved metadata keys).
+    pub fn timing(&self) -> HeartbeatTiming {
+        self.extras
+            .as_ref()
+            .map_or_else(HeartbeatTiming::default, |e| e.timing)
+    }
+
+    /// The explicit instance id, if the client gave one.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.extras.as_ref().and_then(|e| e.instance_id.as_deref())
+    }
+
+    /// Metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Replaces the metadata, re-reading the preserved timing keys.
+    pub fn set_metadata(&mut self, metadata: Metadata) -> Result<(), InvalidInput> {
+        let timing = HeartbeatTiming::from_metadata(&metadata)?;
+        let id = self.extras.as_mut().and_then(|e| e.instance_id.take());
+        self.metadata = metadata;
+        self.set_extras(id, timing);
+        Ok(())
+    }
+
     /// Whether `self` is the instance at `host:port` in `cluster`.
     pub fn is_at(&self, host: &Host, port: u16, cluster: &str) -> bool {
         self.port == port && &self.host == host && &*self.cluster == cluster
@@ -470,7 +523,7 @@ impl Instance {
 
     /// The instance id as Nacos answers it: the explicit one, or `ip#port#cluster#group@@service`.
     pub fn id_for(&self, service: &ServiceKey) -> String {
-        match &self.instance_id {
+        match self.instance_id() {
             Some(id) => id.to_string(),
             None => format!(
                 "{}#{}#{}#{}@@{}",

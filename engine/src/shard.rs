@@ -12,10 +12,11 @@
 //! service costs one rebuild; pushes wait `push_delay_ms` so a burst costs one push.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use indexmap::IndexMap;
 use smallvec::SmallVec;
 
 use crate::model::{
@@ -314,10 +315,11 @@ struct PublishEntry {
     last_beat_ms: u64,
 }
 
+/// A client as its owner keeps it. Subscriptions live in their own map: most clients (all
+/// HTTP ones) never subscribe, and every byte here is paid per client.
 struct Client {
     revision: u64,
     publishes: SmallVec<[PublishEntry; 1]>,
-    subscriptions: Vec<ServiceKey>,
 }
 
 impl Client {
@@ -325,7 +327,6 @@ impl Client {
         Client {
             revision: 0,
             publishes: SmallVec::new(),
-            subscriptions: Vec::new(),
         }
     }
     fn entry(&self, service: &ServiceKey) -> Option<usize> {
@@ -335,7 +336,12 @@ impl Client {
 
 struct ServiceState {
     cell: Arc<ServiceCell>,
-    publishers: HashMap<ClientId, Publish, StableHasher>,
+    /// Clients publishing here, sorted; `view.publishes[i]` is the publish of `clients[i]`.
+    /// Sorted arrays instead of a map: no per-entry hashing slack, and the view needs the
+    /// publishes as an array anyway.
+    clients: Box<[ClientId]>,
+    /// Publishes changed since the last flush (`None` = withdrawn), merged in at flush.
+    pending: BTreeMap<ClientId, Option<Publish>>,
     subscribers: HashMap<u64, Str, StableHasher>,
     protect_threshold: f32,
     metadata: Metadata,
@@ -347,6 +353,55 @@ struct ServiceState {
     pushed_revision: u64,
     view: Arc<ServiceView>,
     instance_count: usize,
+}
+
+impl ServiceState {
+    /// The client's publish, including changes not yet flushed.
+    fn current(&self, client: &ClientId) -> Option<&Publish> {
+        if let Some(p) = self.pending.get(client) {
+            return p.as_ref();
+        }
+        let i = self.clients.binary_search(client).ok()?;
+        self.view.publishes.get(i)
+    }
+
+    /// Whether anyone publishes here, including changes not yet flushed.
+    fn has_publishers(&self) -> bool {
+        self.pending.values().any(Option::is_some)
+            || self.clients.iter().any(|c| !self.pending.contains_key(c))
+    }
+
+    /// Merges the pending changes into the sorted clients; returns the publishes in the same
+    /// order (one pass over both, no sort).
+    fn merge_pending(&mut self) -> Vec<Publish> {
+        let pending = std::mem::take(&mut self.pending);
+        let old_clients = std::mem::take(&mut self.clients);
+        let size = old_clients.len() + pending.len();
+        let mut clients = Vec::with_capacity(size);
+        let mut publishes = Vec::with_capacity(size);
+        let mut changes = pending.into_iter().peekable();
+        let mut keep = |c: ClientId, p: Option<Publish>| {
+            if let Some(p) = p {
+                clients.push(c);
+                publishes.push(p);
+            }
+        };
+        for (i, c) in old_clients.into_vec().into_iter().enumerate() {
+            while let Some((changed, publish)) = changes.next_if(|(changed, _)| *changed < c) {
+                keep(changed, publish);
+            }
+            match changes.next_if(|(changed, _)| *changed == c) {
+                Some((changed, publish)) => keep(changed, publish),
+                None => keep(c, self.view.publishes.get(i).cloned()),
+            }
+        }
+        for (changed, publish) in changes {
+            keep(changed, publish);
+        }
+        clients.shrink_to_fit();
+        self.clients = clients.into_boxed_slice();
+        publishes
+    }
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -361,7 +416,10 @@ pub struct Shard {
     cfg: ShardConfig,
     index: Arc<ReadIndex>,
     interner: Interner,
-    clients: HashMap<ClientId, Client, StableHasher>,
+    /// IndexMap: entries in one dense vector plus a table of indices, which costs far less
+    /// per client than a hash map's slack at a million clients.
+    clients: IndexMap<ClientId, Client, StableHasher>,
+    subscriptions: HashMap<u64, Vec<ServiceKey>, StableHasher>,
     services: HashMap<ServiceKey, ServiceState, StableHasher>,
     dirty: Vec<ServiceKey>,
     directory_changes: Vec<DirectoryChange>,
@@ -387,7 +445,8 @@ impl Shard {
             id,
             index,
             interner: Interner::default(),
-            clients: HashMap::default(),
+            clients: IndexMap::default(),
+            subscriptions: HashMap::default(),
             services: HashMap::default(),
             dirty: Vec::new(),
             directory_changes: Vec::new(),
@@ -512,8 +571,8 @@ impl Shard {
                 continue;
             };
             state.in_dirty_list = false;
-            let gone =
-                state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
+            let publishes = state.merge_pending();
+            let gone = state.clients.is_empty() && state.subscribers.is_empty() && !state.explicit;
             if gone {
                 if let Some(state) = self.services.remove(&key) {
                     self.stats
@@ -525,7 +584,6 @@ impl Shard {
                 continue;
             }
             state.revision += 1;
-            let publishes: Vec<Publish> = state.publishers.values().cloned().collect();
             // SDKs drop an answer whose lastRefTime is not newer than the one they hold
             // (nacos-sdk-python), so two changes within one millisecond still get two times.
             let last_ref_ms = now.unix_ms.max(state.view.last_ref_ms + 1);
@@ -704,9 +762,7 @@ impl Shard {
                     inst.healthy = h;
                 }
                 if let Some(m) = patch.metadata {
-                    inst.timing = crate::model::HeartbeatTiming::from_metadata(&m)
-                        .map_err(|e| OpError::Invalid(e.0))?;
-                    inst.metadata = m;
+                    inst.set_metadata(m).map_err(|e| OpError::Invalid(e.0))?;
                 }
                 let service = client.publishes[pos].service.clone();
                 self.set_publish(client_id, service, Arc::from(instances))
@@ -726,7 +782,7 @@ impl Shard {
                         .iter()
                         .find(|i| i.is_at(&host, port, &cluster))?;
                     entry.last_beat_ms = now_ms;
-                    Some((inst.healthy, inst.timing.interval_ms))
+                    Some((inst.healthy, inst.timing().interval_ms))
                 });
                 match (found, reregister) {
                     (Some((true, interval_ms)), _) => Ok(OpOutcome::Beat { interval_ms }),
@@ -735,7 +791,7 @@ impl Shard {
                         Ok(OpOutcome::Beat { interval_ms })
                     }
                     (None, Some(instance)) => {
-                        let interval_ms = instance.timing.interval_ms;
+                        let interval_ms = instance.timing().interval_ms;
                         let instance = self.intern_instance(instance);
                         self.set_publish(client_id, service, Arc::from(vec![instance]))?;
                         Ok(OpOutcome::Beat { interval_ms })
@@ -753,18 +809,19 @@ impl Shard {
                 };
                 let service = self.interner.service(service);
                 let limit = self.cfg.max_services_per_client;
-                let client = self.clients.entry(client_id.clone()).or_insert_with(|| {
-                    self.stats.clients.fetch_add(1, Ordering::Relaxed);
-                    Client::new()
-                });
-                if !client.subscriptions.contains(&service) {
-                    if client.subscriptions.len() >= limit {
+                let subscribed = self.subscriptions.entry(subscriber).or_default();
+                if !subscribed.contains(&service) {
+                    if subscribed.len() >= limit {
                         return Err(OpError::Invalid(format!(
                             "a client may subscribe to at most {limit} services"
                         )));
                     }
-                    client.subscriptions.push(service.clone());
+                    subscribed.push(service.clone());
                 }
+                self.clients.entry(client_id.clone()).or_insert_with(|| {
+                    self.stats.clients.fetch_add(1, Ordering::Relaxed);
+                    Client::new()
+                });
                 self.send_service_op(
                     service,
                     ServiceOp::Subscribe {
@@ -775,22 +832,26 @@ impl Shard {
                 Ok(OpOutcome::Changed)
             }
             ClientOp::Unsubscribe { service } => {
-                let Some(client) = self.clients.get_mut(&client_id) else {
+                let ClientId::Conn(subscriber) = client_id else {
                     return Ok(OpOutcome::Unchanged);
                 };
-                let before = client.subscriptions.len();
-                client.subscriptions.retain(|s| s != &service);
-                if client.subscriptions.len() == before {
+                let Some(subscribed) = self.subscriptions.get_mut(&subscriber) else {
+                    return Ok(OpOutcome::Unchanged);
+                };
+                let before = subscribed.len();
+                subscribed.retain(|s| s != &service);
+                if subscribed.len() == before {
                     return Ok(OpOutcome::Unchanged);
                 }
-                if let ClientId::Conn(subscriber) = client_id {
-                    self.send_service_op(service, ServiceOp::Unsubscribe { subscriber });
+                if subscribed.is_empty() {
+                    self.subscriptions.remove(&subscriber);
                 }
+                self.send_service_op(service, ServiceOp::Unsubscribe { subscriber });
                 self.drop_client_if_empty(&client_id);
                 Ok(OpOutcome::Changed)
             }
             ClientOp::Disconnect => {
-                let Some(client) = self.clients.remove(&client_id) else {
+                let Some(client) = self.clients.swap_remove(&client_id) else {
                     return Ok(OpOutcome::Unchanged);
                 };
                 self.stats.clients.fetch_sub(1, Ordering::Relaxed);
@@ -803,7 +864,7 @@ impl Shard {
                     );
                 }
                 if let ClientId::Conn(subscriber) = client_id {
-                    for service in client.subscriptions {
+                    for service in self.subscriptions.remove(&subscriber).unwrap_or_default() {
                         self.send_service_op(service, ServiceOp::Unsubscribe { subscriber });
                     }
                 }
@@ -889,12 +950,17 @@ impl Shard {
     }
 
     fn drop_client_if_empty(&mut self, client_id: &ClientId) {
-        let empty = self
-            .clients
-            .get(client_id)
-            .is_some_and(|c| c.publishes.is_empty() && c.subscriptions.is_empty());
+        let subscribes = match client_id {
+            ClientId::Conn(id) => self.subscriptions.contains_key(id),
+            _ => false,
+        };
+        let empty = !subscribes
+            && self
+                .clients
+                .get(client_id)
+                .is_some_and(|c| c.publishes.is_empty());
         if empty {
-            self.clients.remove(client_id);
+            self.clients.swap_remove(client_id);
             self.stats.clients.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -911,7 +977,7 @@ impl Shard {
             }
             for entry in &client.publishes {
                 let silent = now_ms.saturating_sub(entry.last_beat_ms);
-                let Some(timing) = entry.publish.first().map(|i| i.timing) else {
+                let Some(timing) = entry.publish.first().map(|i| i.timing()) else {
                     continue;
                 };
                 if silent > u64::from(timing.delete_ms) {
@@ -956,7 +1022,8 @@ impl Shard {
                 service.clone(),
                 ServiceState {
                     cell,
-                    publishers: HashMap::default(),
+                    clients: Box::default(),
+                    pending: BTreeMap::new(),
                     subscribers: HashMap::default(),
                     protect_threshold: 0.0,
                     metadata: Metadata::default(),
@@ -990,19 +1057,20 @@ impl Shard {
         let outcome = match op {
             ServiceOp::Upsert { client, publish } => {
                 let state = self.service_state(service.clone());
-                if state.publishers.get(&client) == Some(&publish) {
+                if state.current(&client) == Some(&publish) {
                     return Ok(OpOutcome::Unchanged);
                 }
-                state.publishers.insert(client, publish);
+                state.pending.insert(client, Some(publish));
                 OpOutcome::Changed
             }
             ServiceOp::Remove { client } => {
                 let Some(state) = self.services.get_mut(&service) else {
                     return Ok(OpOutcome::Unchanged);
                 };
-                if state.publishers.remove(&client).is_none() {
+                if state.current(&client).is_none() {
                     return Ok(OpOutcome::Unchanged);
                 }
+                state.pending.insert(client, None);
                 OpOutcome::Changed
             }
             ServiceOp::Subscribe {
@@ -1026,7 +1094,7 @@ impl Shard {
                 }
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 let removable =
-                    state.publishers.is_empty() && state.subscribers.is_empty() && !state.explicit;
+                    !state.has_publishers() && state.subscribers.is_empty() && !state.explicit;
                 if !removable {
                     return Ok(OpOutcome::Changed);
                 }
@@ -1047,7 +1115,7 @@ impl Shard {
                             && self
                                 .services
                                 .get(&service)
-                                .is_some_and(|s| s.explicit || !s.publishers.is_empty()) =>
+                                .is_some_and(|s| s.explicit || s.has_publishers()) =>
                     {
                         return Err(OpError::Conflict(format!(
                             "service {service:?} already exists"
@@ -1076,10 +1144,10 @@ impl Shard {
                 let Some(state) = self.services.get_mut(&service) else {
                     return Err(OpError::NotFound(format!("service {service:?} not found")));
                 };
-                if !state.publishers.is_empty() {
+                if state.has_publishers() {
                     return Err(OpError::Conflict(format!(
                         "service {service:?} has {} instance(s); deregister them first",
-                        state.publishers.values().map(|p| p.len()).sum::<usize>()
+                        state.view.instance_count
                     )));
                 }
                 state.explicit = false;

@@ -73,7 +73,7 @@ pub struct ServiceView {
     pub protect_threshold: f32,
     /// Service metadata (JSON object text, `{}` when empty).
     pub metadata: crate::model::Metadata,
-    /// Every publish, sorted by the address of its first instance.
+    /// Every publish (in no particular order).
     pub publishes: Box<[Publish]>,
     /// Total number of instances.
     pub instance_count: usize,
@@ -121,14 +121,11 @@ impl ServiceView {
         last_ref_ms: u64,
         protect_threshold: f32,
         metadata: crate::model::Metadata,
-        mut publishes: Vec<Publish>,
+        publishes: Vec<Publish>,
         budget: Option<Arc<CacheBudget>>,
     ) -> ServiceView {
-        publishes.sort_by(|a, b| {
-            let ka = a.first().map(|i| (&i.host, i.port, &i.cluster));
-            let kb = b.first().map(|i| (&i.host, i.port, &i.cluster));
-            ka.cmp(&kb)
-        });
+        // No sorting: Nacos gives no order either, SDKs compare sorted copies, and sorting was
+        // the largest cost of republishing a busy service.
         let instance_count = publishes.iter().map(|p| p.len()).sum();
         ServiceView {
             key,

@@ -293,7 +293,7 @@ impl Model {
         for c in http {
             let client = self.clients.get_mut(&c).unwrap();
             client.publishes.retain(|_, e| {
-                let timing = e.publish[0].timing;
+                let timing = e.publish[0].timing();
                 let silent = now - e.last_beat_ms;
                 if silent > u64::from(timing.delete_ms) {
                     return false;
@@ -401,7 +401,7 @@ fn step(sim: &mut Sim, model: &mut Model, op: &Op) -> Result<(), TestCaseError> 
                 Some(false) => prop_assert_eq!(
                     r,
                     Ok(OpOutcome::Beat {
-                        interval_ms: inst.timing.interval_ms
+                        interval_ms: inst.timing().interval_ms
                     })
                 ),
                 None => prop_assert!(

@@ -473,7 +473,7 @@ fn preserved_metadata_keys_set_each_instances_own_timeouts(n: usize) {
             ("preserved.ip.delete.timeout", "6000"),
         ],
     );
-    assert_eq!(fast.timing.interval_ms, 1000);
+    assert_eq!(fast.timing().interval_ms, 1000);
     let slow = inst("10.0.0.2", 80);
     sim.register(&http_client(&fast), &s, fast.clone()).unwrap();
     sim.register(&http_client(&slow), &s, slow.clone()).unwrap();

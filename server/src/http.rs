@@ -515,7 +515,7 @@ fn instance_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
             inst.healthy,
             inst.enabled,
             json_str(&inst.id_for(&key)),
-            inst.metadata.json()
+            inst.metadata().json()
         );
         Some(out)
     });

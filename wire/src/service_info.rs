@@ -132,7 +132,7 @@ pub fn write_instance(
     healthy: bool,
 ) {
     out.extend_from_slice(b"{\"instanceId\":");
-    match &inst.instance_id {
+    match inst.instance_id() {
         Some(id) => push_str(out, id),
         None => push_str(out, &inst.id_for(key)),
     }
@@ -158,20 +158,20 @@ pub fn write_instance(
     out.extend_from_slice(b",\"serviceName\":");
     push_str(out, grouped_name);
     out.extend_from_slice(b",\"metadata\":");
-    out.extend_from_slice(inst.metadata.json().as_bytes());
+    out.extend_from_slice(inst.metadata().json().as_bytes());
     out.extend_from_slice(b",\"instanceHeartBeatInterval\":");
-    out.extend_from_slice(inst.timing.interval_ms.to_string().as_bytes());
+    out.extend_from_slice(inst.timing().interval_ms.to_string().as_bytes());
     out.extend_from_slice(b",\"instanceHeartBeatTimeOut\":");
-    out.extend_from_slice(inst.timing.timeout_ms.to_string().as_bytes());
+    out.extend_from_slice(inst.timing().timeout_ms.to_string().as_bytes());
     out.extend_from_slice(b",\"ipDeleteTimeout\":");
-    out.extend_from_slice(inst.timing.delete_ms.to_string().as_bytes());
+    out.extend_from_slice(inst.timing().delete_ms.to_string().as_bytes());
     out.extend_from_slice(b",\"instanceIdGenerator\":");
     let generator = if inst
-        .metadata
+        .metadata()
         .json()
         .contains(PRESERVED_INSTANCE_ID_GENERATOR)
     {
-        inst.metadata.get(PRESERVED_INSTANCE_ID_GENERATOR)
+        inst.metadata().get(PRESERVED_INSTANCE_ID_GENERATOR)
     } else {
         None
     };

@@ -58,8 +58,11 @@ async def test_register_one_instance_visible_to_other_client():
         )
         assert ok is True
 
-        info = await wait_until(
-            lambda: _nonempty(query_direct(b, svc)), PUSH_TIMEOUT, what="non-empty ServiceQuery result")
+        async def got():
+            s = await b.get_service(GetServiceParam(service_name=svc, group_name=GROUP))
+            return s if s.hosts else None
+
+        info = await wait_until(got, PUSH_TIMEOUT, what="instance visible via get_service (subscribe)")
         assert info.name == svc, f"gRPC ServiceInfo.name must be the bare service name, got {info.name!r}"
         assert info.groupName == GROUP
         assert len(info.hosts) == 1
@@ -83,6 +86,51 @@ async def _nonempty(coro):
     return info if info is not None and info.hosts else None
 
 
+async def hosts_via(client, svc, group=GROUP):
+    """Instances as seen by `client` through the SDK's subscribe path.
+
+    The first call sends SubscribeServiceRequest; later calls read the SDK cache, which the
+    server keeps current with NotifySubscriberRequest pushes."""
+    return await client.list_instances(ListInstanceParam(service_name=svc, group_name=group, healthy_only=None))
+
+
+async def fresh_hosts(svc, group=GROUP):
+    """Instances as seen by a brand-new client (fresh SubscribeServiceRequest, no cache)."""
+    c = await new_client("fresh")
+    try:
+        return await hosts_via(c, svc, group)
+    finally:
+        await _close(c)
+
+
+async def _len_is(coro, n):
+    v = await coro
+    return v if len(v) == n else None
+
+
+@rnacos_deviation("QueryServiceResponse carries \"message\": null, which the SDK's pydantic model rejects")
+@async_test
+async def test_service_query_request():
+    """ServiceQueryRequest (used by the SDK's cache updater) answers with the bare name."""
+    svc = unique_service("query")
+    a = await new_client()
+    try:
+        await a.batch_register_instances(BatchRegisterInstanceParam(service_name=svc, instances=[
+            RegisterInstanceParam(service_name=svc, ip="10.9.0.1", port=1, healthy=True),
+            RegisterInstanceParam(service_name=svc, ip="10.9.0.2", port=2, healthy=False),
+        ]))
+        info = await wait_until(lambda: _nonempty(query_direct(a, svc)), PUSH_TIMEOUT, what="ServiceQuery result")
+        assert info.name == svc and info.groupName == GROUP
+        assert addrs(info.hosts) == [("10.9.0.1", 1), ("10.9.0.2", 2)]
+        assert info.lastRefTime > 0 and info.cacheMillis > 0
+        # nacos-sdk-python sends the flag misspelt as "healthOnly", so a Nacos server sees
+        # healthyOnly=false; accept both lists, but never a wrong one.
+        h = await query_direct(a, svc, healthy_only=True)
+        assert addrs(h.hosts) in ([("10.9.0.1", 1)], [("10.9.0.1", 1), ("10.9.0.2", 2)])
+    finally:
+        await _close(a)
+
+
 @rnacos_deviation("instanceId format differs from Nacos' ip#port#cluster#group@@service")
 @async_test
 async def test_default_instance_id_format():
@@ -90,14 +138,14 @@ async def test_default_instance_id_format():
     a = await new_client()
     try:
         await a.register_instance(RegisterInstanceParam(service_name=svc, ip="10.1.0.9", port=9000))
-        info = await wait_until(lambda: _nonempty(query_direct(a, svc)), PUSH_TIMEOUT, what="instance")
-        assert info.hosts[0].instanceId == f"10.1.0.9#9000#DEFAULT#{GROUP}@@{svc}"
+        hosts = await wait_until(lambda: hosts_via(a, svc), PUSH_TIMEOUT, what="instance")
+        assert hosts[0].instanceId == f"10.1.0.9#9000#DEFAULT#{GROUP}@@{svc}"
     finally:
         await _close(a)
 
 
 @async_test
-async def test_batch_register_and_replace():
+async def test_batch_register():
     svc = unique_service("batch")
     a, b = await new_client("batch-a"), await new_client("batch-b")
     try:
@@ -105,26 +153,37 @@ async def test_batch_register_and_replace():
                                        metadata={"idx": str(i)}) for i in (1, 2, 3)]
         assert await a.batch_register_instances(
             BatchRegisterInstanceParam(service_name=svc, group_name=GROUP, instances=three)) is True
-        info = await wait_until(lambda: _nonempty(query_direct(b, svc)), PUSH_TIMEOUT, what="batch instances")
-        assert addrs(info.hosts) == [("10.2.0.1", 7001), ("10.2.0.2", 7002), ("10.2.0.3", 7003)]
-        # Batch instances sent with clusterName "" must come back in the DEFAULT cluster.
-        assert {h.clusterName for h in info.hosts} == {"DEFAULT"}
-        assert {h.metadata.get("idx") for h in info.hosts} == {"1", "2", "3"}
-
-        # A second batch from the same connection replaces the first one (one publish per service).
-        assert await a.batch_register_instances(
-            BatchRegisterInstanceParam(service_name=svc, group_name=GROUP, instances=three[:2])) is True
-
-        async def two_left():
-            i = await query_direct(b, svc)
-            return i if i is not None and len(i.hosts) == 2 else None
-
-        info = await wait_until(two_left, PUSH_TIMEOUT, what="batch replacement to 2 instances")
-        assert addrs(info.hosts) == [("10.2.0.1", 7001), ("10.2.0.2", 7002)]
+        hosts = await wait_until(lambda: _len_is(hosts_via(b, svc), 3), PUSH_TIMEOUT, what="batch instances")
+        assert addrs(hosts) == [("10.2.0.1", 7001), ("10.2.0.2", 7002), ("10.2.0.3", 7003)]
+        # Batch instances are sent with clusterName "": they must come back in the DEFAULT cluster.
+        assert {h.clusterName for h in hosts} == {"DEFAULT"}
+        assert {h.metadata.get("idx") for h in hosts} == {"1", "2", "3"}
     finally:
         await _close(a, b)
 
 
+@rnacos_deviation("a second batch register adds to the first instead of replacing it")
+@async_test
+async def test_batch_register_replaces_previous_batch():
+    """Nacos keeps one publish per (connection, service): a new batch replaces the old one.
+    nacos-sdk-python's batch_deregister_instances relies on this (it re-sends the remainder)."""
+    svc = unique_service("batchrep")
+    a, b = await new_client("batchrep-a"), await new_client("batchrep-b")
+    try:
+        three = [RegisterInstanceParam(service_name=svc, ip=f"10.2.1.{i}", port=7000 + i) for i in (1, 2, 3)]
+        await a.batch_register_instances(BatchRegisterInstanceParam(service_name=svc, instances=three))
+        await wait_until(lambda: _len_is(hosts_via(b, svc), 3), PUSH_TIMEOUT, what="batch instances")
+        assert await a.batch_deregister_instances(BatchRegisterInstanceParam(service_name=svc, instances=[
+            RegisterInstanceParam(service_name=svc, ip="10.2.1.3", port=7003)])) is True
+        hosts = await wait_until(lambda: _len_is(hosts_via(b, svc), 2), PUSH_TIMEOUT,
+                                 what="push of the batch replacement (2 instances)")
+        assert addrs(hosts) == [("10.2.1.1", 7001), ("10.2.1.2", 7002)]
+        assert addrs(await fresh_hosts(svc)) == [("10.2.1.1", 7001), ("10.2.1.2", 7002)]
+    finally:
+        await _close(a, b)
+
+
+@rnacos_deviation("instances registered with healthy=false are not returned at all")
 @async_test
 async def test_list_healthy_only_and_all():
     svc = unique_service("health")
@@ -136,22 +195,9 @@ async def test_list_healthy_only_and_all():
             RegisterInstanceParam(service_name=svc, ip="10.3.0.3", port=80, healthy=False),
         ]))
 
-        async def all_three():
-            i = await query_direct(b, svc)
-            return i if i is not None and len(i.hosts) == 3 else None
-
-        info = await wait_until(all_three, PUSH_TIMEOUT, what="3 instances")
-        health = {h.ip: h.healthy for h in info.hosts}
+        hosts = await wait_until(lambda: _len_is(hosts_via(b, svc), 3), PUSH_TIMEOUT, what="3 instances")
+        health = {h.ip: h.healthy for h in hosts}
         assert health == {"10.3.0.1": True, "10.3.0.2": True, "10.3.0.3": False}
-
-        # healthyOnly on the wire: the server must drop the unhealthy instance.
-        healthy_info = await query_direct(b, svc, healthy_only=True)
-        # nacos-sdk-python sends the field misspelt as "healthOnly"; a Nacos server therefore
-        # sees healthyOnly=false.  Accept either behaviour here, but never a wrong list.
-        assert addrs(healthy_info.hosts) in (
-            [("10.3.0.1", 80), ("10.3.0.2", 80)],
-            [("10.3.0.1", 80), ("10.3.0.2", 80), ("10.3.0.3", 80)],
-        )
 
         all_insts = await b.list_instances(ListInstanceParam(service_name=svc, healthy_only=None))
         assert addrs(all_insts) == [("10.3.0.1", 80), ("10.3.0.2", 80), ("10.3.0.3", 80)]
@@ -204,15 +250,15 @@ async def test_deregister_removes_instance():
     a, b = await new_client("d-a"), await new_client("d-b")
     try:
         await a.register_instance(RegisterInstanceParam(service_name=svc, ip="10.5.0.1", port=5000))
-        await wait_until(lambda: _nonempty(query_direct(b, svc)), PUSH_TIMEOUT, what="instance registered")
+        await wait_until(lambda: hosts_via(b, svc), PUSH_TIMEOUT, what="instance registered")
         # Deregister with default (empty) cluster name, exactly as the SDK sends it.
         assert await a.deregister_instance(DeregisterInstanceParam(service_name=svc, ip="10.5.0.1", port=5000))
 
         async def gone():
-            i = await query_direct(b, svc)
-            return i is not None and len(i.hosts) == 0
+            return len(await hosts_via(b, svc)) == 0
 
-        await wait_until(gone, PUSH_TIMEOUT, what="instance removed after deregister")
+        await wait_until(gone, PUSH_TIMEOUT, what="empty push after deregister")
+        assert await fresh_hosts(svc) == []
     finally:
         await _close(a, b)
 
@@ -239,11 +285,7 @@ async def test_shutdown_client_removes_its_instances():
         await wait_until(lambda: seen[-1] == [("10.6.0.2", 6002)], DISCONNECT_TIMEOUT,
                          what="push without the closed client's instance")
 
-        async def only_survivor():
-            i = await query_direct(watcher, svc)
-            return i is not None and addrs(i.hosts) == [("10.6.0.2", 6002)]
-
-        await wait_until(only_survivor, PUSH_TIMEOUT, what="query without the closed client's instance")
+        assert addrs(await fresh_hosts(svc)) == [("10.6.0.2", 6002)]
     finally:
         await _close(survivor, watcher)
 

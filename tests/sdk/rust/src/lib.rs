@@ -128,3 +128,22 @@ impl Recorder {
         self.events.lock().unwrap().clone()
     }
 }
+
+/// Run a test body whose *Nacos* expectation r-nacos is known not to meet.
+///
+/// Against Nacelle (or any SERVER_KIND other than `rnacos`) this is a normal test.  Against
+/// r-nacos the body still runs; a failure is printed as a KNOWN DEVIATION instead of failing
+/// the suite, and an unexpected pass is reported too, so the difference stays visible.
+pub async fn rnacos_deviation<F>(reason: &str, body: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if server_kind() != "rnacos" {
+        body.await;
+        return;
+    }
+    match tokio::spawn(body).await {
+        Ok(()) => eprintln!("XPASS (r-nacos deviation no longer observed): {reason}"),
+        Err(e) => eprintln!("XFAIL known r-nacos deviation: {reason}: {e}"),
+    }
+}

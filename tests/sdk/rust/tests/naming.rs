@@ -44,28 +44,51 @@ async fn register_and_get_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_register_and_replace() {
+async fn batch_register() {
     let svc = unique_service("batch");
     let a = new_naming("batch-a").await;
     let b = new_naming("batch-b").await;
-    let three: Vec<_> = (1..=3).map(|i| instance(&format!("10.22.0.{i}"), 7000 + i)).collect();
-    a.batch_register_instance(svc.clone(), Some(GROUP.into()), three.clone())
+    let three: Vec<_> = (1..=3)
+        .map(|i| instance_md(&format!("10.22.0.{i}"), 7000 + i, &[("idx", &i.to_string())]))
+        .collect();
+    a.batch_register_instance(svc.clone(), Some(GROUP.into()), three)
         .await
         .expect("batch_register_instance");
-    let got = wait_until(PUSH_TIMEOUT, "3 batch instances", || async {
-        let v = query(&b, &svc, GROUP).await;
+    let list = wait_until(PUSH_TIMEOUT, "3 batch instances", || async {
+        let v = b.get_all_instances(svc.clone(), Some(GROUP.into()), vec![], false).await.ok()?;
         (v.len() == 3).then_some(v)
     })
     .await;
-    assert_eq!(got, vec!["10.22.0.1:7001", "10.22.0.2:7002", "10.22.0.3:7003"]);
+    assert_eq!(addrs(&list), vec!["10.22.0.1:7001", "10.22.0.2:7002", "10.22.0.3:7003"]);
+    let mut idx: Vec<_> = list.iter().filter_map(|i| i.metadata.get("idx").cloned()).collect();
+    idx.sort();
+    assert_eq!(idx, vec!["1", "2", "3"]);
+    assert!(list.iter().all(|i| i.cluster_name.as_deref() == Some("DEFAULT")));
+}
 
-    // A second batch from the same connection replaces the first (one publish per service).
-    a.batch_register_instance(svc.clone(), Some(GROUP.into()), three[..2].to_vec())
-        .await
-        .expect("second batch_register_instance");
-    wait_until(PUSH_TIMEOUT, "batch replaced by 2 instances", || async {
-        let v = query(&b, &svc, GROUP).await;
-        (v == vec!["10.22.0.1:7001", "10.22.0.2:7002"]).then_some(())
+/// Nacos keeps one publish per (connection, service): a second batch replaces the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_register_replaces_previous_batch() {
+    rnacos_deviation("a second batch register adds to the first instead of replacing it", async {
+        let svc = unique_service("batchrep");
+        let a = new_naming("batchrep-a").await;
+        let b = new_naming("batchrep-b").await;
+        let three: Vec<_> = (1..=3).map(|i| instance(&format!("10.22.1.{i}"), 7000 + i)).collect();
+        a.batch_register_instance(svc.clone(), Some(GROUP.into()), three.clone())
+            .await
+            .expect("batch_register_instance");
+        wait_until(PUSH_TIMEOUT, "3 batch instances", || async {
+            (query(&b, &svc, GROUP).await.len() == 3).then_some(())
+        })
+        .await;
+        a.batch_register_instance(svc.clone(), Some(GROUP.into()), three[..2].to_vec())
+            .await
+            .expect("second batch_register_instance");
+        wait_until(PUSH_TIMEOUT, "batch replaced by 2 instances", || async {
+            let v = query(&b, &svc, GROUP).await;
+            (v == vec!["10.22.1.1:7001", "10.22.1.2:7002"]).then_some(())
+        })
+        .await;
     })
     .await;
 }
@@ -179,10 +202,14 @@ async fn dropped_client_process_instances_removed() {
     .await;
 }
 
-/// Same, but the NamingService is dropped inside a live process.  nacos-sdk 0.8 keeps
-/// its connection on a global runtime, so a drop alone may leave the connection open; this
-/// test documents what happens (see NOTES.md).
+/// Same, but the NamingService is dropped inside a live process.  nacos-sdk 0.8.3 keeps its
+/// gRPC connection and background tasks on a process-global runtime and has no shutdown
+/// API, so dropping the handle does NOT close the connection: against r-nacos the instance
+/// was still listed 15 s after the drop, while the process-exit variant above passes.
+/// Ignored by default because no server can make it pass; run with `--ignored` to re-check
+/// after an SDK upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "nacos-sdk 0.8.3 does not close its connection when NamingService is dropped"]
 async fn dropped_naming_service_instances_removed() {
     let svc = unique_service("drop");
     let watcher = new_naming("drop-watcher").await;

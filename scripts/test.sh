@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs Nacelle's whole test suite, installing what it needs first (the Python and Node Nacos
+# SDKs, pytest; the Rust SDK comes from crates.io). Used by CI through .ci/run.
+#
+#   bash scripts/test.sh
+#
+# Steps: formatting, clippy (-D warnings), unit + property + socket tests (release build,
+# shared with the server binary), criterion benches in test mode (one iteration each), and the
+# official-SDK conformance suites against a freshly started nacelle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==== %s ====\n' "$*"; }
+started=$SECONDS
+
+step "toolchain"
+cargo --version
+command -v python3 >/dev/null || { echo "python3 is required for the SDK suites" >&2; exit 1; }
+command -v node >/dev/null || { echo "node is required for the SDK suites" >&2; exit 1; }
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+step "unit, property and socket tests"
+cargo test --workspace --release
+
+step "benches (test mode)"
+cargo test -p bench --benches --release
+
+step "official SDK conformance (Python gRPC, Node HTTP, Rust gRPC)"
+NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
+
+printf '\nall tests passed in %ss\n' "$((SECONDS - started))"
