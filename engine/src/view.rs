@@ -93,6 +93,8 @@ impl std::fmt::Debug for ServiceView {
 
 impl Drop for ServiceView {
     fn drop(&mut self) {
+        // The publishes are released right after this; see `warm_refcounts` for why.
+        crate::shard::warm_refcounts(&self.publishes);
         if let Some(budget) = &self.budget {
             let held: usize = self
                 .cache

@@ -361,3 +361,85 @@ async fn many_connections_register_concurrently_and_all_are_listed() {
     drop(conns);
     server.wait_endpoints("crowd", &[], Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_filtered_subscription_is_pushed_only_its_clusters_and_namespaces_are_separate() {
+    let server = Server::start(&[]);
+    let mut sub = Conn::open(server.grpc).await;
+    let (kind, v) = sub
+        .call(
+            "SubscribeServiceRequest",
+            &naming_body("zoned", json!({"subscribe": true, "clusters": "east"})),
+        )
+        .await;
+    assert_eq!(kind, "SubscribeServiceResponse", "{v}");
+    assert_eq!(v["serviceInfo"]["clusters"], "east");
+
+    let mut publisher = Conn::open(server.grpc).await;
+    let mut east = instance("10.0.6.1", 1);
+    east["clusterName"] = json!("east");
+    // An empty cluster name means DEFAULT.
+    let mut default = instance("10.0.6.2", 2);
+    default["clusterName"] = json!("");
+    let (kind, v) = publisher
+        .call(
+            "BatchInstanceRequest",
+            &naming_body(
+                "zoned",
+                json!({"type": "batchRegisterInstance", "instances": [east, default]}),
+            ),
+        )
+        .await;
+    assert_eq!(kind, "BatchInstanceResponse", "{v}");
+    let (_, push) = sub
+        .wait_push(Duration::from_secs(5), |k, _| {
+            k == "NotifySubscriberRequest"
+        })
+        .await
+        .expect("no push");
+    assert_eq!(push["serviceInfo"]["clusters"], "east");
+    assert_eq!(
+        service_info_endpoints(&push["serviceInfo"]),
+        ["10.0.6.1:1"],
+        "{push}"
+    );
+    let all = server.hosts("zoned");
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|h| h["clusterName"] == "DEFAULT"));
+
+    // The same service name in another namespace is another service.
+    let (kind, v) = publisher
+        .call(
+            "InstanceRequest",
+            &json!({"headers": {}, "namespace": "dev", "serviceName": "zoned",
+                    "groupName": "DEFAULT_GROUP", "type": "registerInstance",
+                    "instance": instance("10.0.6.3", 3), "module": "naming"}),
+        )
+        .await;
+    assert_eq!(kind, "InstanceResponse", "{v}");
+    let (_, v) = publisher
+        .call(
+            "ServiceQueryRequest",
+            &json!({"namespace": "dev", "serviceName": "zoned", "groupName": "DEFAULT_GROUP"}),
+        )
+        .await;
+    assert_eq!(service_info_endpoints(&v["serviceInfo"]), ["10.0.6.3:3"]);
+    assert_eq!(server.hosts("zoned").len(), 2);
+    let (_, v) = publisher
+        .call(
+            "ServiceListRequest",
+            &json!({"namespace": "dev", "groupName": "DEFAULT_GROUP", "pageNo": 1, "pageSize": 10}),
+        )
+        .await;
+    assert_eq!(v["serviceNames"], json!(["DEFAULT_GROUP@@zoned"]));
+    // The subscriber of `public` was not pushed the `dev` change.
+    let late = sub
+        .wait_push(Duration::from_millis(400), |k, _| {
+            k == "NotifySubscriberRequest"
+        })
+        .await;
+    assert!(
+        late.is_none(),
+        "pushed a change of another namespace: {late:?}"
+    );
+}

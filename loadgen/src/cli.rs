@@ -1,0 +1,279 @@
+//! The command line: `loadgen <scenario> [flags]`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::layout::{parse_target, Target};
+
+/// Nacos 2.x load generator for Nacelle, r-nacos and Nacos.
+///
+/// Speaks the real client protocol: gRPC (ServerCheck, bi-stream ConnectionSetup, answers to
+/// pushes and client detection, idle health checks) and the HTTP v1 OpenAPI. Latencies are
+/// HDR histograms in microseconds; open-loop scenarios measure from the intended send time.
+/// Each scenario prints a summary and can write a JSON report (--report FILE.json).
+#[derive(Parser, Debug)]
+#[command(name = "loadgen", version, about, long_about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Tokio worker threads [default: one per CPU].
+    #[arg(long, global = true, env = "LOADGEN_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+const EXAMPLES: &str = "Examples:
+  loadgen register --targets 127.0.0.1:8848 --instances 500000 --connections 1000 --services 5000 --report r.json
+  loadgen register --instances 100000 --connections 100 --services 100 --batch 10 --hold -1
+  loadgen register --mode http --instances 20000 --connections 32 --http-beat --hold 60
+  loadgen query --rate 5000 --duration 30 --services 100 --prepare --instances-per-service 20
+  loadgen subscribe --services 10 --subscribers 5 --rate 100 --duration 10
+  loadgen churn --rate 500 --duration 60 --mix 45,45,10
+  loadgen converge --targets 10.0.0.1:8848,10.0.0.2:8848,10.0.0.3:8848
+
+Run `loadgen <scenario> --help` for every flag of a scenario.";
+
+/// The scenarios.
+#[derive(Subcommand, Debug)]
+pub enum Scenario {
+    /// Register --instances instances over --services services and --connections
+    /// connections, as fast as possible or at --rate requests/s, then optionally --hold them.
+    ///
+    /// gRPC: a connection holds one publish per service (Nacos semantics), so instances are
+    /// planned as (service, connection) publishes: each service's instances are cut into equal
+    /// chunks of at most --batch (1 = InstanceRequest, >1 = BatchInstanceRequest) and all chunks, in
+    /// service order, are dealt round-robin over the connections, so a service's chunks go to
+    /// distinct connections and loads are even. This needs
+    /// ceil(instances/services/batch) <= connections; the total is exact.
+    ///
+    /// HTTP (--mode http): POST /nacos/v1/ns/instance over keep-alive HTTP/1.1. HTTP
+    /// instances are heartbeat clients: without --http-beat they turn unhealthy after 15 s and
+    /// are deleted after 30 s (Nacos defaults), so use --http-beat with --hold.
+    Register(RegisterArgs),
+    /// Open-loop queries at a fixed --rate for --duration seconds (ServiceQueryRequest over
+    /// gRPC or GET /nacos/v1/ns/instance/list over HTTP) across --services services.
+    ///
+    /// Latency is measured from the intended send time (no coordinated omission); the report
+    /// also gives the latency from the actual send (`service_latency_us`) and the dispatcher's
+    /// lag behind schedule (`send_lag_us`, which includes tokio's 1 ms timer granularity). With
+    /// --prepare, --instances-per-service instances are first registered in each service
+    /// (over gRPC, one batch per service) and kept alive during the run.
+    Query(QueryArgs),
+    /// --subscribers subscribers per service, then a writer changes one instance per service
+    /// at --rate changes/s; push latency = arrival of the NotifySubscriberRequest that
+    /// contains a change minus the change's send time.
+    ///
+    /// Each change registers a fresh ip:port on the writer connection (replacing its previous
+    /// publish in that service) with metadata lgts=<send time, µs since the epoch>. A
+    /// subscriber counts a change when it first sees a newer lgts in a push; changes
+    /// superseded before a push (the server merges changes for a while) are reported as
+    /// coalesced.
+    Subscribe(SubscribeArgs),
+    /// A steady open-loop mix of register, deregister and connection drop + reconnect
+    /// (--mix weights) at --rate ops/s for --duration seconds over --connections connections.
+    ///
+    /// A reconnect closes the connection (the server drops its instances) and opens a new one,
+    /// re-registering what it had like an SDK does (unless --no-reregister).
+    Churn(ChurnArgs),
+    /// Convergence: write through the first target, subscribe through the others; reports
+    /// the distribution of the visibility delay per target (cluster replication + push).
+    ///
+    /// Same flags and mechanics as `subscribe`; needs at least two --targets (a server may be
+    /// listed twice to measure the single-node path).
+    Converge(SubscribeArgs),
+}
+
+impl Scenario {
+    /// Flags shared by every scenario.
+    pub fn common(&self) -> &Common {
+        match self {
+            Scenario::Register(a) => &a.common,
+            Scenario::Query(a) => &a.common,
+            Scenario::Subscribe(a) | Scenario::Converge(a) => &a.common,
+            Scenario::Churn(a) => &a.common,
+        }
+    }
+}
+
+/// Transport used for the measured operations.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Nacos 2.x gRPC (port = HTTP port + --grpc-port-offset).
+    Grpc,
+    /// Nacos HTTP v1 OpenAPI (/nacos/v1/ns/...).
+    Http,
+}
+
+/// Flags shared by every scenario.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Common {
+    /// Servers as host:httpPort, comma separated; connections are spread round-robin.
+    #[arg(long, env = "LOADGEN_TARGETS", value_delimiter = ',', value_parser = parse_target,
+          default_value = "127.0.0.1:8848")]
+    pub targets: Vec<Target>,
+    /// gRPC port = HTTP port + this offset (Nacos: 1000).
+    #[arg(long, default_value_t = 1000)]
+    pub grpc_port_offset: u16,
+    /// Namespace of every request.
+    #[arg(long, default_value = "public")]
+    pub namespace: String,
+    /// Group of every service.
+    #[arg(long, default_value = "DEFAULT_GROUP")]
+    pub group: String,
+    /// Service names are this prefix followed by a number.
+    #[arg(long, default_value = "lg-svc-")]
+    pub service_prefix: String,
+    /// Per-request timeout in milliseconds (also the connect timeout).
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
+    /// Connections opened concurrently during setup.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Short metadata entries per instance (k0=v0, k1=v1, ...).
+    #[arg(long, default_value_t = 2)]
+    pub metadata_entries: usize,
+    /// Write a JSON report to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `register` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// Total instances to register.
+    #[arg(long, default_value_t = 10_000)]
+    pub instances: u64,
+    /// Number of services the instances are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub services: u32,
+    /// gRPC connections (or keep-alive HTTP connections with --mode http).
+    #[arg(long, default_value_t = 100)]
+    pub connections: u32,
+    /// Instances per request: 1 = InstanceRequest, N>1 = BatchInstanceRequest (gRPC only).
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Requests per second over all connections [default: as fast as possible].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Requests in flight per connection (gRPC; HTTP/1.1 always has 1).
+    #[arg(long, default_value_t = 4)]
+    pub inflight: usize,
+    /// grpc or http.
+    #[arg(long, value_enum, default_value_t = Mode::Grpc)]
+    pub mode: Mode,
+    /// HTTP mode: send a beat for every instance every 5 s (PUT /nacos/v1/ns/instance/beat)
+    /// so the instances do not expire during --hold.
+    #[arg(long)]
+    pub http_beat: bool,
+    /// After reaching the target keep the connections (and so the instances) alive for this
+    /// many seconds, printing progress; -1 = until Ctrl-C.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub hold: i64,
+    /// Skip the check that every service holds its planned instance count.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// `query` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// Number of services queried (round-robin).
+    #[arg(long, default_value_t = 100)]
+    pub services: u32,
+    /// Queries per second (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// gRPC connections, or keep-alive HTTP connections with --mode http.
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// grpc or http.
+    #[arg(long, value_enum, default_value_t = Mode::Grpc)]
+    pub mode: Mode,
+    /// First register --instances-per-service instances in every service (over gRPC).
+    #[arg(long)]
+    pub prepare: bool,
+    /// Instances per service registered by --prepare.
+    #[arg(long, default_value_t = 10)]
+    pub instances_per_service: u32,
+    /// Ask for healthy instances only.
+    #[arg(long)]
+    pub healthy_only: bool,
+    /// Queries allowed in flight before new ones are dropped (counted as `overload-dropped`).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_inflight: usize,
+}
+
+/// `subscribe` and `converge` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// Number of services.
+    #[arg(long, default_value_t = 10)]
+    pub services: u32,
+    /// Subscribers per service (each on a different connection).
+    #[arg(long, default_value_t = 5)]
+    pub subscribers: u32,
+    /// Subscriber connections [default: services × subscribers, at most 1000, at least
+    /// --subscribers].
+    #[arg(long)]
+    pub connections: Option<u32>,
+    /// Changes per second made by the writer (open loop, services round-robin).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds the writer runs.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stable instances registered in every service before subscribing (so pushes carry a
+    /// realistic list).
+    #[arg(long, default_value_t = 0)]
+    pub instances_per_service: u32,
+    /// Seconds to wait for the last pushes after the writer stops.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
+}
+
+/// `churn` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// gRPC connections kept open (each is dropped and reopened by reconnect ops).
+    #[arg(long, default_value_t = 50)]
+    pub connections: u32,
+    /// Services the instances go to.
+    #[arg(long, default_value_t = 100)]
+    pub services: u32,
+    /// Operations per second (open loop).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Weights of register,deregister,reconnect.
+    #[arg(long, default_value = "45,45,10")]
+    pub mix: String,
+    /// Do not re-register a connection's instances after a reconnect.
+    #[arg(long)]
+    pub no_reregister: bool,
+    /// Random seed (operations and choices are reproducible for a seed).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
