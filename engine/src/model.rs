@@ -136,6 +136,10 @@ impl ServiceKey {
     pub fn ptr_eq(&self, other: &ServiceKey) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+    /// Address of the shared allocation: identifies an interned key within its interner.
+    pub fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0) as *const () as usize
+    }
     pub(crate) fn strong_count(&self) -> usize {
         Arc::strong_count(&self.0)
     }

@@ -329,8 +329,13 @@ impl Client {
             publishes: SmallVec::new(),
         }
     }
-    fn entry(&self, service: &ServiceKey) -> Option<usize> {
-        self.publishes.iter().position(|e| &e.service == service)
+    /// Position of the publish in `service` (`Err`: where it would go). Publishes are sorted
+    /// by the address of their interned service key, so a connection publishing in thousands
+    /// of services finds one in a few steps. `service` must come from this shard's interner.
+    fn entry(&self, service: &ServiceKey) -> Result<usize, usize> {
+        let addr = service.addr();
+        self.publishes
+            .binary_search_by_key(&addr, |e| e.service.addr())
     }
 }
 
@@ -696,10 +701,11 @@ impl Shard {
                 port,
                 cluster,
             } => {
+                let service = self.interner.service(service);
                 let Some(client) = self.clients.get_mut(&client_id) else {
                     return Ok(OpOutcome::Unchanged);
                 };
-                let Some(pos) = client.entry(&service) else {
+                let Some(pos) = client.entry(&service).ok() else {
                     return Ok(OpOutcome::Unchanged);
                 };
                 let publish = &client.publishes[pos].publish;
@@ -749,12 +755,13 @@ impl Shard {
                 cluster,
                 patch,
             } => {
+                let service = self.interner.service(service);
                 let Some(client) = self.clients.get_mut(&client_id) else {
                     return Err(OpError::NotFound(format!(
                         "no instance {host}:{port} in {service:?}"
                     )));
                 };
-                let found = client.entry(&service).and_then(|pos| {
+                let found = client.entry(&service).ok().and_then(|pos| {
                     let p = &client.publishes[pos].publish;
                     p.iter()
                         .position(|i| i.is_at(&host, port, &cluster))
@@ -789,8 +796,9 @@ impl Shard {
                 cluster,
                 reregister,
             } => {
+                let service = self.interner.service(service);
                 let found = self.clients.get_mut(&client_id).and_then(|client| {
-                    let pos = client.entry(&service)?;
+                    let pos = client.entry(&service).ok()?;
                     let entry = &mut client.publishes[pos];
                     let inst = entry
                         .publish
@@ -825,7 +833,8 @@ impl Shard {
                 let service = self.interner.service(service);
                 let limit = self.cfg.max_services_per_client;
                 let subscribed = self.subscriptions.entry(subscriber).or_default();
-                if !subscribed.contains(&service) {
+                // Interned keys: a pointer comparison per subscription, not three strings.
+                if !subscribed.iter().any(|s| s.ptr_eq(&service)) {
                     if subscribed.len() >= limit {
                         return Err(OpError::Invalid(format!(
                             "a client may subscribe to at most {limit} services"
@@ -903,7 +912,7 @@ impl Shard {
             Client::new()
         });
         match client.entry(&service) {
-            Some(pos) => {
+            Ok(pos) => {
                 let entry = &mut client.publishes[pos];
                 entry.last_beat_ms = now_ms;
                 if entry.publish == publish {
@@ -911,17 +920,20 @@ impl Shard {
                 }
                 entry.publish = publish.clone();
             }
-            None => {
+            Err(pos) => {
                 if client.publishes.len() >= limit {
                     return Err(OpError::Invalid(format!(
                         "a client may publish in at most {limit} services"
                     )));
                 }
-                client.publishes.push(PublishEntry {
-                    service: service.clone(),
-                    publish: publish.clone(),
-                    last_beat_ms: now_ms,
-                });
+                client.publishes.insert(
+                    pos,
+                    PublishEntry {
+                        service: service.clone(),
+                        publish: publish.clone(),
+                        last_beat_ms: now_ms,
+                    },
+                );
             }
         }
         client.revision += 1;
@@ -939,7 +951,7 @@ impl Shard {
         let Some(client) = self.clients.get_mut(client_id) else {
             return;
         };
-        let Some(pos) = client.entry(service) else {
+        let Some(pos) = client.entry(service).ok() else {
             return;
         };
         let entry = &mut client.publishes[pos];
@@ -1012,7 +1024,7 @@ impl Shard {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
             };
-            let Some(pos) = client.entry(&service) else {
+            let Some(pos) = client.entry(&service).ok() else {
                 continue;
             };
             let entry = client.publishes.remove(pos);
