@@ -288,6 +288,8 @@ pub struct ShardStats {
     pub services: AtomicI64,
     /// Clients owned by this shard.
     pub clients: AtomicI64,
+    /// Of which HTTP `ip:port` heartbeat clients.
+    pub heartbeat_clients: AtomicI64,
     /// Subscriptions to services owned by this shard.
     pub subscriptions: AtomicI64,
     /// Pushes emitted.
@@ -296,6 +298,15 @@ pub struct ShardStats {
     pub expired_instances: AtomicU64,
     /// Instances marked unhealthy because their heartbeats stopped.
     pub unhealthy_marks: AtomicU64,
+}
+
+impl ShardStats {
+    fn count_client(&self, client: &ClientId, delta: i64) {
+        self.clients.fetch_add(delta, Ordering::Relaxed);
+        if client.is_heartbeat() {
+            self.heartbeat_clients.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The shard that owns a client.
@@ -526,6 +537,7 @@ impl Shard {
                         | ClientOp::BatchRegister { .. }
                         | ClientOp::Deregister { .. }
                         | ClientOp::Update { .. }
+                        | ClientOp::Subscribe { .. }
                 );
                 self.reply_slot = if travels { reply } else { None };
                 let result = if client_shard(&client, self.cfg.shard_count) != self.id {
@@ -607,6 +619,7 @@ impl Shard {
             // SDKs drop an answer whose lastRefTime is not newer than the one they hold
             // (nacos-sdk-python), so two changes within one millisecond still get two times.
             let last_ref_ms = now.unix_ms.max(state.view.last_ref_ms + 1);
+            self.index.raise_stamp(self.id, last_ref_ms);
             let view = Arc::new(ServiceView::new(
                 key.clone(),
                 state.revision,
@@ -655,7 +668,9 @@ impl Shard {
             let _ = self.apply_service_op(service, op);
         } else {
             let reply = match op {
-                ServiceOp::Upsert { .. } | ServiceOp::Remove { .. } => self.reply_slot.take(),
+                ServiceOp::Upsert { .. }
+                | ServiceOp::Remove { .. }
+                | ServiceOp::Subscribe { .. } => self.reply_slot.take(),
                 _ => None,
             };
             self.out.push_back(Command::Send {
@@ -775,7 +790,12 @@ impl Shard {
                 let mut instances: Vec<Instance> = client.publishes[pos].publish.to_vec();
                 let inst = &mut instances[ipos];
                 if let Some(w) = patch.weight {
-                    inst.weight = w;
+                    if !w.is_finite() || w < 0.0 {
+                        return Err(OpError::Invalid(format!(
+                            "weight {w} must be a number >= 0"
+                        )));
+                    }
+                    inst.weight = w.min(crate::model::MAX_WEIGHT);
                 }
                 if let Some(e) = patch.enabled {
                     inst.enabled = e;
@@ -843,7 +863,7 @@ impl Shard {
                     subscribed.push(service.clone());
                 }
                 self.clients.entry(client_id.clone()).or_insert_with(|| {
-                    self.stats.clients.fetch_add(1, Ordering::Relaxed);
+                    self.stats.count_client(&client_id, 1);
                     Client::new()
                 });
                 self.send_service_op(
@@ -878,7 +898,7 @@ impl Shard {
                 let Some(client) = self.clients.swap_remove(&client_id) else {
                     return Ok(OpOutcome::Unchanged);
                 };
-                self.stats.clients.fetch_sub(1, Ordering::Relaxed);
+                self.stats.count_client(&client_id, -1);
                 for entry in client.publishes {
                     self.send_service_op(
                         entry.service,
@@ -908,7 +928,7 @@ impl Shard {
         let limit = self.cfg.max_services_per_client;
         let service = self.interner.service(service);
         let client = self.clients.entry(client_id.clone()).or_insert_with(|| {
-            self.stats.clients.fetch_add(1, Ordering::Relaxed);
+            self.stats.count_client(&client_id, 1);
             Client::new()
         });
         match client.entry(&service) {
@@ -988,7 +1008,7 @@ impl Shard {
                 .is_some_and(|c| c.publishes.is_empty());
         if empty {
             self.clients.swap_remove(client_id);
-            self.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            self.stats.count_client(&client_id, -1);
         }
     }
 
@@ -1040,7 +1060,8 @@ impl Shard {
     fn service_state(&mut self, service: ServiceKey) -> &mut ServiceState {
         let service = self.interner.service(service);
         if !self.services.contains_key(&service) {
-            let view = Arc::new(ServiceView::empty(service.clone(), self.now.unix_ms));
+            let stamp = self.index.absent_stamp(&service, self.now.unix_ms);
+            let view = Arc::new(ServiceView::empty(service.clone(), stamp));
             let cell = ServiceCell::new(view.clone());
             self.directory_changes
                 .push((service.clone(), Some(cell.clone())));

@@ -293,6 +293,10 @@ const BUCKETS_PER_SHARD: usize = 1024;
 /// The directory of every service's cell, readable from every core without locks.
 pub struct ReadIndex {
     shard_count: usize,
+    /// Per owner shard, the largest `lastRefTime` it has published. A service that is dropped
+    /// and created again, or answered while absent, starts above it, so the times a client
+    /// sees for one service never go backwards (nacos-sdk-python ignores answers that do).
+    stamps: Box<[std::sync::atomic::AtomicU64]>,
     buckets: Box<[Atomic<Bucket>]>,
     budget: Arc<CacheBudget>,
 }
@@ -320,8 +324,12 @@ impl ReadIndex {
         let buckets = (0..shard_count * BUCKETS_PER_SHARD)
             .map(|_| Atomic::new(Bucket::default()))
             .collect();
+        let stamps = (0..shard_count)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect();
         Arc::new(ReadIndex {
             shard_count,
+            stamps,
             buckets,
             budget: CacheBudget::new(cache_bytes),
         })
@@ -335,6 +343,16 @@ impl ReadIndex {
     /// The budget of encoded answers.
     pub fn budget(&self) -> &Arc<CacheBudget> {
         &self.budget
+    }
+
+    /// The `lastRefTime` to answer for `key` when it has no view: not before anything its
+    /// owner has published.
+    pub fn absent_stamp(&self, key: &ServiceKey, now_unix_ms: u64) -> u64 {
+        now_unix_ms.max(self.stamps[self.owner_of(key)].load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn raise_stamp(&self, shard: usize, stamp: u64) {
+        self.stamps[shard].fetch_max(stamp, Ordering::Relaxed);
     }
 
     /// The shard that owns `key`.

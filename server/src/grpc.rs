@@ -369,12 +369,13 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
 }
 
 fn service_info_response(kind: &str, key: &ServiceKey, query: Query<'_>) -> Payload {
-    let now = unix_ms();
+    let index = with_core(|c| c.shared.index.clone());
+    let now = index.absent_stamp(key, unix_ms());
     let mut json = Vec::with_capacity(1024);
     json.extend_from_slice(
         b"{\"resultCode\":200,\"errorCode\":0,\"message\":\"success\",\"serviceInfo\":",
     );
-    with_core(|c| c.shared.index.clone()).read(key, |view| {
+    index.read(key, |view| {
         service_info::with_service_info(key, view, NameStyle::Bare, query, now, |b| {
             json.extend_from_slice(b)
         })

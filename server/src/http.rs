@@ -172,6 +172,12 @@ impl Params {
         let port: i64 = self.number("port")?.ok_or_else(|| missing("port"))?;
         u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))
     }
+    /// The service and the instance address a write names.
+    fn address(&self) -> Result<(ServiceKey, Host, u16, engine::Str), Failure> {
+        let key = self.service_key()?;
+        let host = Host::parse(self.required("ip")?).map_err(|e| bad(e.0))?;
+        Ok((key, host, self.port()?, self.cluster().into()))
+    }
     fn cluster(&self) -> &str {
         self.any(&["clusterName", "cluster"])
             .unwrap_or(DEFAULT_CLUSTER)
@@ -251,8 +257,8 @@ async fn handle(
 
 async fn route_naming(api: Api, method: &Method, route: &str, p: &Params) -> Result<Resp, Failure> {
     match (method, route) {
-        (&Method::POST, "/instance") => register(api, p, false).await,
-        (&Method::PUT, "/instance") => register(api, p, true).await,
+        (&Method::POST, "/instance") => register(api, p).await,
+        (&Method::PUT, "/instance") => update(api, p).await,
         (&Method::PATCH, "/instance") => patch(api, p).await,
         (&Method::DELETE, "/instance") => deregister(api, p).await,
         (&Method::GET, "/instance") => instance_detail(api, p),
@@ -318,7 +324,7 @@ async fn submit(client: ClientId, op: ClientOp) -> Result<OpOutcome, Failure> {
     }
 }
 
-async fn register(api: Api, p: &Params, _update: bool) -> Result<Resp, Failure> {
+async fn register(api: Api, p: &Params) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let spec = p.instance_spec()?;
     let instance = with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?;
@@ -334,11 +340,29 @@ async fn register(api: Api, p: &Params, _update: bool) -> Result<Resp, Failure> 
     Ok(ok_answer(api))
 }
 
+/// PUT: replaces the fields of an existing instance with the request's (Nacos builds the
+/// instance from the parameters, defaults included); an unknown instance is an error.
+async fn update(api: Api, p: &Params) -> Result<Resp, Failure> {
+    let (key, host, port, cluster) = p.address()?;
+    let patch = InstancePatch {
+        weight: Some(p.number("weight")?.unwrap_or(1.0)),
+        enabled: Some(p.bool(&["enabled", "enable"])?.unwrap_or(true)),
+        healthy: p.bool(&["healthy"])?,
+        metadata: Some(p.metadata()?.unwrap_or_default()),
+    };
+    let op = ClientOp::Update {
+        service: key,
+        host: host.clone(),
+        port,
+        cluster,
+        patch,
+    };
+    submit(ClientId::for_address(&host, port), op).await?;
+    Ok(ok_answer(api))
+}
+
 async fn patch(api: Api, p: &Params) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    let host = Host::parse(p.required("ip")?).map_err(|e| bad(e.0))?;
-    let port = p.port()?;
-    let cluster = p.cluster().into();
+    let (key, host, port, cluster) = p.address()?;
     let patch = InstancePatch {
         weight: p.number("weight")?,
         enabled: p.bool(&["enabled", "enable"])?,
@@ -361,10 +385,7 @@ async fn patch(api: Api, p: &Params) -> Result<Resp, Failure> {
 }
 
 async fn deregister(api: Api, p: &Params) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    let host = Host::parse(p.required("ip")?).map_err(|e| bad(e.0))?;
-    let port = p.port()?;
-    let cluster = p.cluster().into();
+    let (key, host, port, cluster) = p.address()?;
     let client = ClientId::for_address(&host, port);
     submit(
         client,
@@ -479,7 +500,7 @@ fn instance_list(api: Api, p: &Params) -> Result<Resp, Failure> {
         healthy_only,
     };
     let index = with_core(|c| c.shared.index.clone());
-    let now = unix_ms();
+    let now = index.absent_stamp(&key, unix_ms());
     let bytes = index.read(&key, |view| {
         service_info::with_service_info(&key, view, NameStyle::Grouped, query, now, |b| match api {
             Api::V1 => Bytes::copy_from_slice(b),
@@ -679,21 +700,19 @@ async fn delete_service(api: Api, p: &Params) -> Result<Resp, Failure> {
 fn operator_metrics(api: Api) -> Resp {
     let body = with_core(|c| {
         let s = &c.shared;
-        let conns: u64 = s
+        let conns: i64 = s
             .metrics
             .iter()
-            .map(|m| m.connections.load(Ordering::Relaxed))
+            .map(|m| m.connections.load(Ordering::Relaxed) as i64)
             .sum();
-        let clients = s.stat(|x| x.clients.load(Ordering::Relaxed));
+        let http_clients = s.stat(|x| x.heartbeat_clients.load(Ordering::Relaxed));
+        // As Nacos counts them: every SDK connection is a client, plus every ip:port client.
+        let clients = conns + http_clients;
         format!(
-            "{{\"status\":\"UP\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{},\"connectionBasedClientCount\":{},\"ephemeralIpPortClientCount\":{},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0}}",
+            "{{\"status\":\"UP\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{clients},\"connectionBasedClientCount\":{conns},\"ephemeralIpPortClientCount\":{http_clients},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{clients},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0}}",
             s.stat(|x| x.services.load(Ordering::Relaxed)),
             s.stat(|x| x.instances.load(Ordering::Relaxed)),
             s.stat(|x| x.subscriptions.load(Ordering::Relaxed)),
-            clients,
-            conns,
-            (clients - conns as i64).max(0),
-            clients,
         )
     });
     match api {

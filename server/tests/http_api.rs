@@ -788,7 +788,6 @@ fn keep_alive_connections_serve_several_requests_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: /operator/metrics computes ephemeralIpPortClientCount as (engine clients - open gRPC connections), so idle gRPC connections hide HTTP clients"]
 async fn operator_metrics_count_http_clients_independently_of_idle_grpc_connections() {
     let s = Server::start(&[]);
     for i in 1..=2 {

@@ -653,7 +653,7 @@ async fn a_client_that_never_reads_its_pushes_is_disconnected_when_its_queue_is_
             .await;
         assert_eq!(k, "BatchInstanceResponse", "{v}");
         round += 1;
-        if round % 10 == 0 && server.hosts("slow-own").is_empty() {
+        if round.is_multiple_of(10) && server.hosts("slow-own").is_empty() {
             break true;
         }
         if Instant::now() > deadline {

@@ -64,8 +64,8 @@ install_node() {
 }
 
 build_rust() {
-  log "building the Rust SDK suite (cargo -j1)"
-  (cd "$SDK_DIR/rust" && cargo test -j1 --no-run --quiet) >"$WORK/rust-build.log" 2>&1 \
+  log "building the Rust SDK suite (cargo -j${SDK_CARGO_JOBS:-$(nproc)})"
+  (cd "$SDK_DIR/rust" && cargo test -j"${SDK_CARGO_JOBS:-$(nproc)}" --no-run --quiet) >"$WORK/rust-build.log" 2>&1 \
     || { tail -30 "$WORK/rust-build.log"; return 1; }
 }
 
@@ -159,7 +159,7 @@ run_suite() {
 
 want python && run_suite python bash -c "cd '$SDK_DIR/python' && timeout $SUITE_TIMEOUT python3 -m pytest"
 want node && run_suite node bash -c "cd '$SDK_DIR/node' && timeout $SUITE_TIMEOUT node --test naming.test.js"
-want rust && run_suite rust bash -c "cd '$SDK_DIR/rust' && timeout $SUITE_TIMEOUT cargo test -j1 -q -- --test-threads=4 --show-output"
+want rust && run_suite rust bash -c "cd '$SDK_DIR/rust' && timeout $SUITE_TIMEOUT cargo test -q -- --test-threads=4 --show-output"
 
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
   log "WARNING: server process died during the run; last log lines:"; tail -40 "$SERVER_LOG"
