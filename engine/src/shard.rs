@@ -1008,7 +1008,7 @@ impl Shard {
                 .is_some_and(|c| c.publishes.is_empty());
         if empty {
             self.clients.swap_remove(client_id);
-            self.stats.count_client(&client_id, -1);
+            self.stats.count_client(client_id, -1);
         }
     }
 
