@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use engine::model::HeartbeatTiming;
 use engine::{
-    ClientId, ClientOp, Command, Host, Instance, Metadata, Now, ReadIndex, ServiceKey, Shard,
-    ShardConfig, ShardMsg, Str,
+    ClientId, ClientOp, Command, Host, Instance, Now, ReadIndex, ServiceKey, Shard, ShardConfig,
+    ShardMsg, Str,
 };
 
 const NOW: Now = Now {
