@@ -75,8 +75,10 @@ fn run(cfg: config::Config) -> Result<(), String> {
         Ok(cpus) if cpus.len() >= n => PoolPlacement::MaxSpread(n, Some(cpus)),
         _ => PoolPlacement::Unbound(n),
     };
+    let spin = Duration::from_micros(shared.cfg.spin_before_park_us);
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("nacelle")
+        .spin_before_park(spin)
         .on_all_shards(move || {
             let shared = shared.clone();
             let mesh = mesh.clone();
