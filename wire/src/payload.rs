@@ -126,8 +126,27 @@ pub fn ok(kind: &str, extra: &str, request_id: Option<&str>) -> Payload {
 
 /// Appends `s` as a JSON string literal.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    push_str_contents(out, s);
+    out.push(b'"');
+}
+
+/// Appends `s` escaped for the inside of a JSON string literal (no quotes).
+pub fn push_str_contents(out: &mut Vec<u8>, s: &str) {
+    // Names and addresses almost never need escaping: copy them in one go.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
     // serde_json's escaper is correct for every code point; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    let mut quoted = Vec::with_capacity(s.len() + 8);
+    let _ = serde_json::to_writer(&mut quoted, s);
+    out.extend_from_slice(&quoted[1..quoted.len() - 1]);
+}
+
+/// Appends an integer.
+pub fn push_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `s` as a JSON string literal.
@@ -164,6 +183,25 @@ mod tests {
         assert_eq!(v["type"], "registerInstance");
         assert_eq!(v["requestId"], "7");
         assert_eq!(v["success"], true);
+    }
+
+    #[test]
+    fn strings_are_escaped_exactly_like_serde_json() {
+        for s in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "ctl\u{1}\n\t",
+            "uni\u{2028}é",
+            "",
+        ] {
+            let mut out = Vec::new();
+            push_str(&mut out, s);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+        }
     }
 
     #[test]

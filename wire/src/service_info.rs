@@ -2,10 +2,10 @@
 //! published view. The unfiltered answers are cached inside the view, so a hot query costs one
 //! copy of bytes; filtered ones (a cluster list) are written per request.
 
-use engine::model::{Instance, ServiceKey, PRESERVED_INSTANCE_ID_GENERATOR};
+use engine::model::{Host, Instance, ServiceKey, PRESERVED_INSTANCE_ID_GENERATOR};
 use engine::view::{Selection, ServiceView};
 
-use crate::payload::push_str;
+use crate::payload::{push_int, push_str, push_str_contents};
 
 /// How the service is named in `ServiceInfo.name`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,13 +101,7 @@ pub fn encode(
             if n > 0 {
                 out.push(b',');
             }
-            write_instance(
-                &mut out,
-                key,
-                &grouped,
-                inst,
-                *reach_protection || inst.healthy,
-            );
+            write_instance(&mut out, &grouped, inst, *reach_protection || inst.healthy);
         }
     }
     out.extend_from_slice(b"],\"lastRefTime\":");
@@ -123,23 +117,43 @@ fn itoa_u64(n: u64) -> String {
     n.to_string()
 }
 
+/// Writes an address without allocating (escaped, no quotes).
+fn write_host(out: &mut Vec<u8>, host: &Host) {
+    match host {
+        Host::V4(a) => {
+            for (i, octet) in a.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_int(out, *octet);
+            }
+        }
+        Host::Name(n) => push_str_contents(out, n),
+    }
+}
+
 /// Writes one instance as Nacos's `Instance` JSON.
-pub fn write_instance(
-    out: &mut Vec<u8>,
-    key: &ServiceKey,
-    grouped_name: &str,
-    inst: &Instance,
-    healthy: bool,
-) {
+pub fn write_instance(out: &mut Vec<u8>, grouped_name: &str, inst: &Instance, healthy: bool) {
     out.extend_from_slice(b"{\"instanceId\":");
     match inst.instance_id() {
         Some(id) => push_str(out, id),
-        None => push_str(out, &inst.id_for(key)),
+        None => {
+            // Nacos's default id `ip#port#cluster#group@@service`, written in place.
+            out.push(b'"');
+            write_host(out, &inst.host);
+            out.push(b'#');
+            push_int(out, inst.port);
+            out.push(b'#');
+            push_str_contents(out, &inst.cluster);
+            out.push(b'#');
+            push_str_contents(out, grouped_name);
+            out.push(b'"');
+        }
     }
-    out.extend_from_slice(b",\"ip\":");
-    push_str(out, &inst.host.to_string());
-    out.extend_from_slice(b",\"port\":");
-    out.extend_from_slice(inst.port.to_string().as_bytes());
+    out.extend_from_slice(b",\"ip\":\"");
+    write_host(out, &inst.host);
+    out.extend_from_slice(b"\",\"port\":");
+    push_int(out, inst.port);
     out.extend_from_slice(b",\"weight\":");
     // serde_json writes 1.0 as `1.0`, as Jackson does.
     let _ = serde_json::to_writer(&mut *out, &inst.weight);
@@ -159,12 +173,13 @@ pub fn write_instance(
     push_str(out, grouped_name);
     out.extend_from_slice(b",\"metadata\":");
     out.extend_from_slice(inst.metadata().json().as_bytes());
+    let timing = inst.timing();
     out.extend_from_slice(b",\"instanceHeartBeatInterval\":");
-    out.extend_from_slice(inst.timing().interval_ms.to_string().as_bytes());
+    push_int(out, timing.interval_ms);
     out.extend_from_slice(b",\"instanceHeartBeatTimeOut\":");
-    out.extend_from_slice(inst.timing().timeout_ms.to_string().as_bytes());
+    push_int(out, timing.timeout_ms);
     out.extend_from_slice(b",\"ipDeleteTimeout\":");
-    out.extend_from_slice(inst.timing().delete_ms.to_string().as_bytes());
+    push_int(out, timing.delete_ms);
     out.extend_from_slice(b",\"instanceIdGenerator\":");
     let generator = if inst
         .metadata()
