@@ -313,8 +313,18 @@ fn ok_answer(api: Api) -> Resp {
 }
 
 async fn submit(client: ClientId, op: ClientOp) -> Result<OpOutcome, Failure> {
-    let rx = with_core(|c| c.submit_client(client, op))?;
-    match rx.await {
+    outcome(with_core(|c| c.submit_client(client, op))).await
+}
+
+async fn service_op(service: ServiceKey, op: ServiceOp) -> Result<OpOutcome, Failure> {
+    outcome(with_core(|c| c.submit_service(service, op))).await
+}
+
+/// Waits for the owner shard's answer to a submitted op.
+async fn outcome(
+    submitted: Result<futures_channel::oneshot::Receiver<engine::OpResult>, Overloaded>,
+) -> Result<OpOutcome, Failure> {
+    match submitted?.await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Failure {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -657,18 +667,6 @@ fn service_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
         Api::V1 => json(StatusCode::OK, body),
         Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
     })
-}
-
-async fn service_op(service: ServiceKey, op: ServiceOp) -> Result<OpOutcome, Failure> {
-    let rx = with_core(|c| c.submit_service(service, op))?;
-    match rx.await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(Failure {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: 30000,
-            message: "request dropped".into(),
-        }),
-    }
 }
 
 async fn configure_service(
