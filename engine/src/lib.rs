@@ -20,6 +20,7 @@
 
 #![deny(missing_docs)]
 
+pub mod distro;
 pub mod model;
 pub mod shard;
 pub mod view;

@@ -494,6 +494,36 @@ impl Instance {
         };
     }
 
+    /// Rebuilds an instance from replicated fields (a peer's sync or snapshot); the same
+    /// checks as a request, so a peer cannot store what a client could not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        host: Host,
+        port: u16,
+        weight: f64,
+        healthy: bool,
+        enabled: bool,
+        cluster: Str,
+        metadata: Metadata,
+        instance_id: Option<&str>,
+    ) -> Result<Instance, InvalidInput> {
+        if !weight.is_finite() || weight < 0.0 {
+            return Err(invalid(format!("weight {weight} must be a number >= 0")));
+        }
+        validate_cluster_name(&cluster)?;
+        if instance_id.is_some_and(|id| id.len() > 512) {
+            return Err(invalid("instanceId is too long"));
+        }
+        let timing = HeartbeatTiming::from_metadata(&metadata)?;
+        let mut instance = Instance::new(host, port, cluster);
+        instance.weight = weight.min(MAX_WEIGHT);
+        instance.healthy = healthy;
+        instance.enabled = enabled;
+        instance.metadata = metadata;
+        instance.set_extras(instance_id.map(Into::into), timing);
+        Ok(instance)
+    }
+
     /// Heartbeat timing (from the preserved metadata keys).
     pub fn timing(&self) -> HeartbeatTiming {
         self.extras
