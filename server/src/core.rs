@@ -67,6 +67,18 @@ pub struct Shared {
     pub metrics: Vec<Arc<CoreMetrics>>,
     /// Origin of the monotonic clock given to shards.
     pub mono_origin: Instant,
+    /// High bits of this process's connection ids: unique per run, so that peers never
+    /// mistake a new connection for one of an earlier run of this node.
+    pub conn_prefix: u64,
+}
+
+/// 24 bits that differ between runs of the process (time and pid mixed).
+fn conn_prefix() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = engine::model::stable_hash(&(nanos, std::process::id()));
+    (mixed & 0xFF_FFFF).max(1)
 }
 
 impl Shared {
@@ -78,6 +90,7 @@ impl Shared {
             shard_stats: (0..n).map(|_| OnceLock::new()).collect(),
             metrics: (0..n).map(|_| Arc::new(CoreMetrics::default())).collect(),
             mono_origin: Instant::now(),
+            conn_prefix: conn_prefix(),
             cfg,
         })
     }
@@ -256,10 +269,15 @@ impl Core {
         self.shared.now()
     }
 
-    /// Allocates a connection id that maps to this core (`id % n == core`).
+    /// Allocates a connection id whose client lives on this core.
     pub fn open_conn(&mut self, remote: SocketAddr, kill: oneshot::Sender<()>) -> u64 {
         self.next_conn_seq += 1;
-        let id = self.next_conn_seq * self.n as u64 + self.id as u64;
+        let id = engine::shard::conn_id(
+            self.shared.conn_prefix,
+            self.id,
+            self.n,
+            self.next_conn_seq,
+        );
         let now = self.now();
         self.conns.insert(
             id,
@@ -436,6 +454,8 @@ impl Core {
         while let Some(cmd) = self.shard.poll_command() {
             match cmd {
                 Command::Send { shard, msg } => self.send_core(shard, CoreMsg::Shard(msg)),
+                // Standalone for now: the peer layer is wired in by the cluster work.
+                Command::Peer { .. } => {}
                 Command::Reply { to, result } => {
                     if to.shard == self.id {
                         self.complete(to.token, result);
@@ -454,7 +474,7 @@ impl Core {
                     clusters,
                     view,
                 } => {
-                    let core = (subscriber % self.n as u64) as usize;
+                    let core = client_shard(&ClientId::Conn(subscriber), self.n);
                     if core == self.id {
                         self.deliver_push(subscriber, &clusters, &view);
                     } else {

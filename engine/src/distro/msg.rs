@@ -129,6 +129,9 @@ pub enum PeerMsg {
     SliceClients {
         /// Round being answered.
         round: u64,
+        /// The sender's revision clock when it listed the clients: an unlisted replica
+        /// changed after this is newer than the list and is kept.
+        as_of: u64,
         /// Slices that matched (renew every replica in them).
         matched: Vec<u16>,
         /// For slices that differ: the slice and every client the sender holds in it.

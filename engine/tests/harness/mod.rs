@@ -191,6 +191,10 @@ impl Sim {
                         }
                         self.queue.push_back((from, shard, msg));
                     }
+                    Command::Peer { to, .. } => {
+                        self.misroutes
+                            .push(format!("standalone shard {from} sent to peer {to}"));
+                    }
                     Command::Reply { to, result } => {
                         let prev = self.replies.insert(to.token, result);
                         assert!(prev.is_none(), "two replies for token {}", to.token);

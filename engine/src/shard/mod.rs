@@ -19,10 +19,12 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use smallvec::SmallVec;
 
-use crate::model::{
-    stable_hash, ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str,
-};
+use crate::distro::{DistroConfig, NodeId, PeerMsg};
+use crate::model::{ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str};
 use crate::view::{DirectoryChange, Publish, ReadIndex, ServiceCell, ServiceView};
+
+mod replication;
+pub use replication::DistroStats;
 
 /// The time as the driver sees it. Both clocks are inputs so the shard stays deterministic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct ShardConfig {
     pub max_batch_instances: usize,
     /// Largest number of services one client may publish or subscribe to.
     pub max_services_per_client: usize,
+    /// Distro settings; `None` for a standalone node (no replication bookkeeping at all).
+    pub distro: Option<DistroConfig>,
 }
 
 impl Default for ShardConfig {
@@ -56,6 +60,7 @@ impl Default for ShardConfig {
             beat_check_interval_ms: 1_000,
             max_batch_instances: 10_000,
             max_services_per_client: 100_000,
+            distro: None,
         }
     }
 }
@@ -268,6 +273,15 @@ pub enum Command {
         /// Outcome.
         result: OpResult,
     },
+    /// Send a Distro message to the shard owning `partition` on node `to`.
+    Peer {
+        /// Destination node.
+        to: NodeId,
+        /// Partition the message is about.
+        partition: u16,
+        /// Message.
+        msg: PeerMsg,
+    },
     /// Send `view` to the subscriber connection (Nacos `NotifySubscriberRequest`).
     Push {
         /// Subscriber (connection id; its core is `id % shard_count`).
@@ -298,6 +312,8 @@ pub struct ShardStats {
     pub expired_instances: AtomicU64,
     /// Instances marked unhealthy because their heartbeats stopped.
     pub unhealthy_marks: AtomicU64,
+    /// Replication counters.
+    pub distro: DistroStats,
 }
 
 impl ShardStats {
@@ -309,14 +325,24 @@ impl ShardStats {
     }
 }
 
-/// The shard that owns a client.
+/// The shard that owns a client: the one owning its Distro partition, so that a client's
+/// data and its replication state live on the same core on every node.
 pub fn client_shard(client: &ClientId, shard_count: usize) -> usize {
-    let n = shard_count.max(1) as u64;
-    match client {
-        // The server picks connection ids so that a connection's client lives on its own core.
-        ClientId::Conn(id) => (id % n) as usize,
-        other => (stable_hash(other) % n) as usize,
-    }
+    crate::distro::partition_of(client) as usize % shard_count.max(1)
+}
+
+/// The `seq`-th connection id of shard `shard`: it maps back to that shard
+/// ([`client_shard`]) so a connection's client lives on the core holding the connection.
+/// `prefix` (the high bits) tells this process's connections from other nodes' and from its
+/// own earlier runs.
+pub fn conn_id(prefix: u64, shard: usize, shard_count: usize, seq: u64) -> u64 {
+    let n = shard_count.clamp(1, usize::from(crate::distro::PARTITIONS)) as u64;
+    let shard = shard as u64 % n;
+    let parts = u64::from(crate::distro::PARTITIONS);
+    // Partitions of this shard: shard, shard + n, ... below PARTITIONS.
+    let owned = (parts - shard).div_ceil(n);
+    let partition = shard + n * (seq % owned);
+    (prefix << 40) | ((seq / owned) * parts + partition)
 }
 
 struct PublishEntry {
@@ -324,13 +350,19 @@ struct PublishEntry {
     publish: Publish,
     /// Last heartbeat (mono ms); heartbeat clients only.
     last_beat_ms: u64,
+    /// The client's revision when this publish last changed: what peers compare (Distro).
+    rev: u64,
 }
 
 /// A client as its owner keeps it. Subscriptions live in their own map: most clients (all
 /// HTTP ones) never subscribe, and every byte here is paid per client.
 struct Client {
+    /// Revision of the newest change (from the shard's revision clock, so it only grows,
+    /// also across a client's removal and re-creation and across nodes).
     revision: u64,
     publishes: SmallVec<[PublishEntry; 1]>,
+    /// `None`: this node is responsible for the client. `Some`: a copy of a peer's client.
+    replica: Option<Box<replication::ReplicaInfo>>,
 }
 
 impl Client {
@@ -338,6 +370,7 @@ impl Client {
         Client {
             revision: 0,
             publishes: SmallVec::new(),
+            replica: None,
         }
     }
     /// Position of the publish in `service` (`Err`: where it would go). Publishes are sorted
@@ -421,6 +454,14 @@ impl ServiceState {
     }
 }
 
+/// The next value of a shard's revision clock: above everything it gave or saw, and never
+/// below the wall clock (shifted), so revisions keep growing across restarts of a node and
+/// across a client's move between nodes. 2^16 revisions per millisecond before it runs ahead.
+fn next_rev(clock: &mut u64, unix_ms: u64) -> u64 {
+    *clock = (*clock + 1).max(unix_ms << 16);
+    *clock
+}
+
 /// Touches the reference counts of `publishes` with plain loads before they are cloned.
 ///
 /// Why: each publish is its own allocation, so cloning a view's publishes is one cache miss
@@ -439,6 +480,12 @@ pub(crate) fn warm_refcounts(publishes: &[Publish]) {
 enum Timer {
     BeatCheck,
     Push(ServiceKey),
+    /// Ship merged changes to peers.
+    Sync,
+    /// Retries, snapshot progress, replica expiry.
+    DistroTick,
+    /// Send digests to peers.
+    Verify,
 }
 
 /// One shard of the registry. See the module docs.
@@ -462,6 +509,11 @@ pub struct Shard {
     reply_slot: Option<ReplyTo>,
     /// Replies released by the next flush, once their effect is published.
     deferred_replies: Vec<(ReplyTo, OpResult)>,
+    /// The revision clock: every change gets a value above everything seen, local or
+    /// replicated (see `next_rev`).
+    clock: u64,
+    /// Distro state; `None` when standalone.
+    distro: Option<Box<replication::DistroState>>,
 }
 
 impl Shard {
@@ -488,11 +540,16 @@ impl Shard {
             cfg,
             reply_slot: None,
             deferred_replies: Vec::new(),
+            clock: 0,
+            distro: None,
         };
         shard.set_timer(
             now.mono_ms + shard.cfg.beat_check_interval_ms,
             Timer::BeatCheck,
         );
+        if let Some(cfg) = shard.cfg.distro.clone() {
+            shard.start_distro(cfg, now);
+        }
         shard
     }
 
@@ -588,6 +645,9 @@ impl Shard {
                     );
                 }
                 Timer::Push(service) => self.push(&service),
+                Timer::Sync => self.on_sync_timer(),
+                Timer::DistroTick => self.on_distro_tick(),
+                Timer::Verify => self.on_verify_timer(),
             }
         }
         self.flush(now);
@@ -687,6 +747,11 @@ impl Shard {
 
     fn apply_client_op(&mut self, client_id: ClientId, op: ClientOp) -> OpResult {
         let now_ms = self.now.mono_ms;
+        if self.distro.is_some() {
+            // A write for a client held as a copy means its writer sees this node as
+            // responsible (a membership change not yet seen here): take the client over.
+            self.adopt_if_replica(&client_id);
+        }
         match op {
             ClientOp::Register { service, instance } => {
                 let instance = self.intern_instance(instance);
@@ -739,10 +804,14 @@ impl Shard {
                 if remaining.len() == publish.len() {
                     return Ok(OpOutcome::Unchanged);
                 }
-                client.revision += 1;
+                let rev = next_rev(&mut self.clock, self.now.unix_ms);
+                client.revision = rev;
+                let old_rev = client.publishes[pos].rev;
                 let service = client.publishes[pos].service.clone();
+                let new_rev = (!remaining.is_empty()).then_some(rev);
                 if remaining.is_empty() {
                     client.publishes.remove(pos);
+                    self.native_entry_changed(&client_id, &service, Some(old_rev), new_rev);
                     self.send_service_op(
                         service,
                         ServiceOp::Remove {
@@ -752,6 +821,8 @@ impl Shard {
                 } else {
                     let publish: Publish = Arc::from(remaining);
                     client.publishes[pos].publish = publish.clone();
+                    client.publishes[pos].rev = rev;
+                    self.native_entry_changed(&client_id, &service, Some(old_rev), new_rev);
                     self.send_service_op(
                         service,
                         ServiceOp::Upsert {
@@ -899,6 +970,12 @@ impl Shard {
                     return Ok(OpOutcome::Unchanged);
                 };
                 self.stats.count_client(&client_id, -1);
+                for entry in &client.publishes {
+                    self.digest_entry(&client_id, None, entry.rev, false);
+                }
+                if !client.publishes.is_empty() {
+                    self.note_native_change(&client_id, None);
+                }
                 for entry in client.publishes {
                     self.send_service_op(
                         entry.service,
@@ -931,7 +1008,7 @@ impl Shard {
             self.stats.count_client(&client_id, 1);
             Client::new()
         });
-        match client.entry(&service) {
+        let old_rev = match client.entry(&service) {
             Ok(pos) => {
                 let entry = &mut client.publishes[pos];
                 entry.last_beat_ms = now_ms;
@@ -939,6 +1016,9 @@ impl Shard {
                     return Ok(OpOutcome::Unchanged);
                 }
                 entry.publish = publish.clone();
+                let rev = next_rev(&mut self.clock, self.now.unix_ms);
+                client.revision = rev;
+                Some(std::mem::replace(&mut entry.rev, rev))
             }
             Err(pos) => {
                 if client.publishes.len() >= limit {
@@ -946,17 +1026,22 @@ impl Shard {
                         "a client may publish in at most {limit} services"
                     )));
                 }
+                let rev = next_rev(&mut self.clock, self.now.unix_ms);
+                client.revision = rev;
                 client.publishes.insert(
                     pos,
                     PublishEntry {
                         service: service.clone(),
                         publish: publish.clone(),
                         last_beat_ms: now_ms,
+                        rev,
                     },
                 );
+                None
             }
-        }
-        client.revision += 1;
+        };
+        let rev = client.revision;
+        self.native_entry_changed(&client_id, &service, old_rev, Some(rev));
         self.send_service_op(
             service,
             ServiceOp::Upsert {
@@ -985,8 +1070,11 @@ impl Shard {
             .collect::<Vec<_>>()
             .into();
         entry.publish = publish.clone();
-        client.revision += 1;
+        let rev = next_rev(&mut self.clock, self.now.unix_ms);
+        let old_rev = std::mem::replace(&mut entry.rev, rev);
+        client.revision = rev;
         let service = entry.service.clone();
+        self.native_entry_changed(client_id, &service, Some(old_rev), Some(rev));
         self.send_service_op(
             service,
             ServiceOp::Upsert {
@@ -1019,7 +1107,8 @@ impl Shard {
         let mut unhealthy: Vec<(ClientId, ServiceKey)> = Vec::new();
         let mut expired: Vec<(ClientId, ServiceKey)> = Vec::new();
         for (id, client) in &self.clients {
-            if !id.is_heartbeat() {
+            // Copies of a peer's clients are expired by their owner, not here.
+            if !id.is_heartbeat() || client.replica.is_some() {
                 continue;
             }
             for entry in &client.publishes {
@@ -1048,7 +1137,8 @@ impl Shard {
                 continue;
             };
             let entry = client.publishes.remove(pos);
-            client.revision += 1;
+            client.revision = next_rev(&mut self.clock, self.now.unix_ms);
+            self.native_entry_changed(&id, &entry.service, Some(entry.rev), None);
             self.stats
                 .expired_instances
                 .fetch_add(entry.publish.len() as u64, Ordering::Relaxed);

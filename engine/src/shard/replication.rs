@@ -1,0 +1,1488 @@
+//! The Distro half of a shard: replication of the clients this node is responsible for to
+//! its peers, copies (replicas) of theirs, verify, snapshots and replica leases.
+//! `DISTRO.md` is the specification; the invariant numbers below (`I1`…) refer to it.
+//!
+//! Everything here runs inside [`Shard`]: the data it replicates is the shard's own client
+//! table, so a change and its replication bookkeeping never cross a core. A partition of the
+//! client space belongs to exactly one shard on every node, and every message is about one
+//! partition, so a peer exchange stays on one core at both ends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use indexmap::IndexSet;
+use smallvec::SmallVec;
+
+use super::{
+    next_rev, Client, ClientId, Command, PublishEntry, ServiceKey, ServiceOp, Shard, StableHasher,
+    Timer,
+};
+use crate::distro::{
+    client_digest, client_seed, entry_digest, partition_of, slice_of, ClientHash, ClientState,
+    DistroConfig, EntryState, Health, Members, NodeId, PeerMsg, SyncItem, PARTITIONS, SLICES,
+};
+use crate::view::Publish;
+
+/// How often the housekeeping tick runs (retries, snapshot progress, leases).
+const TICK_MS: u64 = 200;
+/// Clients per `SliceClients` / `Resync` message.
+const LIST_CHUNK: usize = 4_096;
+
+/// What a shard knows about a client it holds as a copy of a peer's.
+pub(crate) struct ReplicaInfo {
+    /// The node responsible for the client (whose syncs and verifies we follow).
+    pub(crate) origin: NodeId,
+    /// When the owner last confirmed this client individually (mono ms).
+    pub(crate) renewed_ms: u64,
+    /// Every change at or below this revision has been applied through a full state.
+    pub(crate) floor: u64,
+    /// Removed publishes and the revision of their removal, so that a late, older upsert
+    /// cannot bring them back (I2).
+    pub(crate) tombstones: SmallVec<[(ServiceKey, u64); 1]>,
+}
+
+impl ReplicaInfo {
+    fn new(origin: NodeId, now_ms: u64) -> Box<ReplicaInfo> {
+        Box::new(ReplicaInfo {
+            origin,
+            renewed_ms: now_ms,
+            floor: 0,
+            tombstones: SmallVec::new(),
+        })
+    }
+
+    fn tombstone(&self, service: &ServiceKey) -> u64 {
+        self.tombstones
+            .iter()
+            .find(|(s, _)| s == service)
+            .map_or(0, |(_, r)| *r)
+    }
+
+    fn set_tombstone(&mut self, service: &ServiceKey, rev: u64) {
+        match self.tombstones.iter_mut().find(|(s, _)| s == service) {
+            Some(t) => t.1 = t.1.max(rev),
+            None => self.tombstones.push((service.clone(), rev)),
+        }
+    }
+}
+
+/// Distro counters of a shard, readable from any core.
+#[derive(Default, Debug)]
+pub struct DistroStats {
+    /// The startup snapshot is loaded (or there was nobody to load it from).
+    pub loaded: AtomicBool,
+    /// Sync batches sent.
+    pub sync_batches: AtomicU64,
+    /// Sync items sent.
+    pub sync_items: AtomicU64,
+    /// Batches not acknowledged in time whose clients were queued again.
+    pub sync_retries: AtomicU64,
+    /// Replicated changes applied.
+    pub applied: AtomicU64,
+    /// Replicated changes ignored as older than what is held (I2).
+    pub stale: AtomicU64,
+    /// Digests sent.
+    pub verify_sent: AtomicU64,
+    /// Digests received that matched.
+    pub verify_matched: AtomicU64,
+    /// Digests received that differed.
+    pub verify_differed: AtomicU64,
+    /// Clients whose full state a peer asked for again.
+    pub resyncs: AtomicU64,
+    /// Replicas removed because their owner stopped confirming them.
+    pub replicas_expired: AtomicU64,
+    /// Replicas removed because their owner no longer has them.
+    pub replicas_pruned: AtomicU64,
+    /// Clients sent in snapshots.
+    pub snapshot_sent: AtomicU64,
+    /// Clients received in snapshots.
+    pub snapshot_received: AtomicU64,
+    /// Pending-change queues dropped because a peer was away too long (verify repairs it).
+    pub queue_overflows: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What to send a peer about a client: one publish (`service`) or all of it.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct SyncKey {
+    client: ClientId,
+    service: Option<ServiceKey>,
+}
+
+struct Inflight {
+    keys: Vec<SyncKey>,
+    sent_ms: u64,
+}
+
+/// Replication towards one peer, for one partition.
+#[derive(Default)]
+struct LinkPart {
+    /// Changes not sent yet, merged: a key is here once however often it changed.
+    dirty: IndexSet<SyncKey, StableHasher>,
+    inflight: BTreeMap<u64, Inflight>,
+    next_seq: u64,
+}
+
+/// A snapshot this shard streams to a peer.
+struct SnapshotServe {
+    to: NodeId,
+    partition: u16,
+    id: u64,
+    cursor: usize,
+    next_seq: u64,
+    acked: u64,
+    finished: bool,
+    last_ms: u64,
+}
+
+/// The startup load of one partition.
+struct PartLoad {
+    source: Option<NodeId>,
+    id: u64,
+    expect_seq: u64,
+    last_progress_ms: u64,
+    tried: BTreeSet<NodeId>,
+    done: bool,
+}
+
+/// Slice sums of the entry digests of one (origin, partition).
+struct Digest {
+    slices: Box<[u64]>,
+}
+
+impl Digest {
+    fn new() -> Digest {
+        Digest {
+            slices: vec![0u64; SLICES as usize].into_boxed_slice(),
+        }
+    }
+    fn root(&self) -> u64 {
+        self.slices.iter().fold(0u64, |a, s| a.wrapping_add(*s))
+    }
+}
+
+/// The Distro state of a shard.
+pub(crate) struct DistroState {
+    cfg: DistroConfig,
+    members: Members,
+    partitions: Vec<u16>,
+    links: BTreeMap<NodeId, HashMap<u16, LinkPart>>,
+    /// Key `None`: the clients this node is responsible for.
+    digests: HashMap<(Option<NodeId>, u16), Digest>,
+    /// Per-slice confirmation times of replicas, by (origin, partition).
+    renewed: HashMap<(NodeId, u16), Box<[u64]>>,
+    /// Replicas removed as a whole, and the revision of the removal, for a while (I2).
+    dropped: HashMap<ClientId, (u64, u64), StableHasher>,
+    sync_timer_set: bool,
+    round: u64,
+    loads: BTreeMap<u16, PartLoad>,
+    loaded: bool,
+    serving: Vec<SnapshotServe>,
+    started_ms: u64,
+    last_tick_ms: u64,
+    last_expiry_ms: u64,
+    next_id: u64,
+}
+
+impl Shard {
+    pub(super) fn start_distro(&mut self, cfg: DistroConfig, now: super::Now) {
+        let n = self.cfg.shard_count as u16;
+        let partitions: Vec<u16> = (0..PARTITIONS)
+            .filter(|p| p % n.max(1) == self.id as u16)
+            .collect();
+        let loads = partitions
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    PartLoad {
+                        source: None,
+                        id: 0,
+                        expect_seq: 0,
+                        last_progress_ms: now.mono_ms,
+                        tried: BTreeSet::new(),
+                        done: false,
+                    },
+                )
+            })
+            .collect();
+        let verify_at = now.mono_ms + cfg.verify_interval_ms;
+        self.distro = Some(Box::new(DistroState {
+            cfg,
+            members: Members::standalone(),
+            partitions,
+            links: BTreeMap::new(),
+            digests: HashMap::new(),
+            renewed: HashMap::new(),
+            dropped: HashMap::default(),
+            sync_timer_set: false,
+            round: 0,
+            loads,
+            loaded: false,
+            serving: Vec::new(),
+            started_ms: now.mono_ms,
+            last_tick_ms: now.mono_ms,
+            last_expiry_ms: now.mono_ms,
+            next_id: (self.id as u64) << 48 | (now.unix_ms & 0xFFFF_FFFF),
+        }));
+        self.set_timer(now.mono_ms + TICK_MS, Timer::DistroTick);
+        self.set_timer(verify_at, Timer::Verify);
+    }
+
+    /// Whether the startup snapshot is loaded (always true when standalone).
+    pub fn is_loaded(&self) -> bool {
+        self.distro.as_ref().is_none_or(|d| d.loaded)
+    }
+
+    /// The membership as this node sees it changed: peers came, went, or changed health.
+    pub fn handle_members(&mut self, now: super::Now, members: Members) {
+        self.now = now;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        if d.members == members {
+            return;
+        }
+        let old = std::mem::replace(&mut d.members, members);
+        // Links follow the member list (health does not remove a link: a DOWN peer keeps
+        // its queue, bounded, until it is back or removed).
+        let peers: BTreeSet<NodeId> = d.members.peers.iter().map(|(n, _)| n.clone()).collect();
+        d.links.retain(|n, _| peers.contains(n));
+        for p in &peers {
+            d.links.entry(p.clone()).or_default();
+        }
+        d.serving.retain(|s| peers.contains(&s.to));
+        let responsibility_changed =
+            old.candidates() != d.members.candidates() || old.me != d.members.me;
+        if responsibility_changed {
+            self.rebalance_heartbeat_clients();
+        }
+        self.drive_load();
+        self.arm_sync_timer();
+        self.flush(now);
+    }
+
+    /// A message from peer `from` about `partition`.
+    pub fn handle_peer(&mut self, now: super::Now, from: NodeId, partition: u16, msg: PeerMsg) {
+        self.now = now;
+        let Some(d) = self.distro.as_ref() else {
+            return;
+        };
+        // Only members speak (the transport authenticates them; this keeps a removed
+        // member's late messages out), and only about partitions of this shard.
+        if !d.members.peers.iter().any(|(n, _)| n == &from) || !d.partitions.contains(&partition) {
+            return;
+        }
+        match msg {
+            PeerMsg::Sync { seq, items } => {
+                for item in items {
+                    self.apply_sync_item(&from, item);
+                }
+                self.send_peer(from, partition, PeerMsg::SyncAck { seq });
+            }
+            PeerMsg::SyncAck { seq } => {
+                if let Some(part) = self.link_part(&from, partition) {
+                    part.inflight.remove(&seq);
+                }
+                self.pump(&from, partition);
+            }
+            PeerMsg::Digest { round, root, .. } => self.on_digest(from, partition, round, root),
+            PeerMsg::SliceDigests { round, slices } => {
+                self.on_slice_digests(from, partition, round, &slices)
+            }
+            PeerMsg::SliceClients {
+                as_of,
+                matched,
+                lists,
+                ..
+            } => self.on_slice_clients(from, partition, as_of, &matched, lists),
+            PeerMsg::Resync { clients } => {
+                let stats = self.stats.clone();
+                bump(&stats.distro.resyncs, clients.len() as u64);
+                for client in clients {
+                    if partition_of(&client) == partition {
+                        self.mark_for(
+                            &from,
+                            SyncKey {
+                                client,
+                                service: None,
+                            },
+                        );
+                    }
+                }
+                self.pump(&from, partition);
+            }
+            PeerMsg::SnapshotRequest { id } => {
+                let now_ms = self.now.mono_ms;
+                if let Some(d) = self.distro.as_mut() {
+                    d.serving
+                        .retain(|s| !(s.to == from && s.partition == partition));
+                    d.serving.push(SnapshotServe {
+                        to: from,
+                        partition,
+                        id,
+                        cursor: 0,
+                        next_seq: 0,
+                        acked: 0,
+                        finished: false,
+                        last_ms: now_ms,
+                    });
+                }
+                self.serve_snapshots();
+            }
+            PeerMsg::SnapshotAck { id, seq } => {
+                let now_ms = self.now.mono_ms;
+                if let Some(d) = self.distro.as_mut() {
+                    if let Some(s) = d
+                        .serving
+                        .iter_mut()
+                        .find(|s| s.to == from && s.partition == partition && s.id == id)
+                    {
+                        s.acked = s.acked.max(seq + 1);
+                        s.last_ms = now_ms;
+                    }
+                }
+                self.serve_snapshots();
+            }
+            PeerMsg::SnapshotChunk {
+                id,
+                seq,
+                clients,
+                done,
+            } => self.on_snapshot_chunk(from, partition, id, seq, clients, done),
+        }
+    }
+
+    // ----- local changes ---------------------------------------------------------------
+
+    /// Digest bookkeeping of one publish of a client held as `origin` (`None`: ours).
+    pub(super) fn digest_entry(
+        &mut self,
+        client: &ClientId,
+        origin: Option<&NodeId>,
+        rev: u64,
+        add: bool,
+    ) {
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let digest = d
+            .digests
+            .entry((origin.cloned(), partition_of(client)))
+            .or_insert_with(Digest::new);
+        let slot = &mut digest.slices[slice_of(client) as usize];
+        let value = entry_digest(client_seed(client), rev);
+        *slot = if add {
+            slot.wrapping_add(value)
+        } else {
+            slot.wrapping_sub(value)
+        };
+    }
+
+    /// A publish of a client this node is responsible for changed (`old`/`new`: its
+    /// revision before and after; `None` = absent).
+    pub(super) fn native_entry_changed(
+        &mut self,
+        client: &ClientId,
+        service: &ServiceKey,
+        old: Option<u64>,
+        new: Option<u64>,
+    ) {
+        if self.distro.is_none() {
+            return;
+        }
+        if let Some(rev) = old {
+            self.digest_entry(client, None, rev, false);
+        }
+        if let Some(rev) = new {
+            self.digest_entry(client, None, rev, true);
+        }
+        self.note_native_change(client, Some(service.clone()));
+    }
+
+    /// Queues a change of one of our clients for every peer (`service: None` = all of it).
+    pub(super) fn note_native_change(&mut self, client: &ClientId, service: Option<ServiceKey>) {
+        let Some(d) = self.distro.as_ref() else {
+            return;
+        };
+        let peers: Vec<NodeId> = d.links.keys().cloned().collect();
+        for peer in peers {
+            self.mark_for(
+                &peer,
+                SyncKey {
+                    client: client.clone(),
+                    service: service.clone(),
+                },
+            );
+        }
+        self.arm_sync_timer();
+    }
+
+    fn mark_for(&mut self, peer: &NodeId, key: SyncKey) {
+        let partition = partition_of(&key.client);
+        let stats = self.stats.clone();
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let limit = d.cfg.max_pending_keys;
+        let Some(link) = d.links.get_mut(peer) else {
+            return;
+        };
+        let part = link.entry(partition).or_default();
+        if part.dirty.len() >= limit {
+            // A peer away this long gets repaired by verify when it is back; the queue
+            // must not grow with everything that changed meanwhile (bounded memory).
+            part.dirty.clear();
+            bump(&stats.distro.queue_overflows, 1);
+        }
+        part.dirty.insert(key);
+    }
+
+    fn arm_sync_timer(&mut self) {
+        let at = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        if !d.sync_timer_set {
+            d.sync_timer_set = true;
+            let at = at + d.cfg.sync_delay_ms;
+            self.set_timer(at, Timer::Sync);
+        }
+    }
+
+    pub(super) fn on_sync_timer(&mut self) {
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        d.sync_timer_set = false;
+        let work: Vec<(NodeId, u16)> = d
+            .links
+            .iter()
+            .flat_map(|(n, parts)| {
+                parts
+                    .iter()
+                    .filter(|(_, p)| !p.dirty.is_empty())
+                    .map(move |(p, _)| (n.clone(), *p))
+            })
+            .collect();
+        for (peer, partition) in work {
+            self.pump(&peer, partition);
+        }
+    }
+
+    fn peer_health(&self, peer: &NodeId) -> Health {
+        self.distro
+            .as_ref()
+            .and_then(|d| d.members.peers.iter().find(|(n, _)| n == peer))
+            .map_or(Health::Down, |(_, h)| *h)
+    }
+
+    fn link_part(&mut self, peer: &NodeId, partition: u16) -> Option<&mut LinkPart> {
+        self.distro
+            .as_mut()?
+            .links
+            .get_mut(peer)
+            .map(|l| l.entry(partition).or_default())
+    }
+
+    /// Sends what is pending for `peer` in `partition`, as far as the in-flight window
+    /// allows (I5: bounded in-flight data per peer).
+    fn pump(&mut self, peer: &NodeId, partition: u16) {
+        if self.peer_health(peer) == Health::Down {
+            return;
+        }
+        let now_ms = self.now.mono_ms;
+        let (max_inflight, max_items) = match self.distro.as_ref() {
+            Some(d) => (d.cfg.max_inflight_batches, d.cfg.max_batch_items),
+            None => return,
+        };
+        loop {
+            let Some(part) = self.link_part(peer, partition) else {
+                return;
+            };
+            if part.dirty.is_empty() || part.inflight.len() >= max_inflight {
+                return;
+            }
+            let take = part.dirty.len().min(max_items);
+            let keys: Vec<SyncKey> = part.dirty.drain(..take).collect();
+            let seq = part.next_seq;
+            part.next_seq += 1;
+            let items: Vec<SyncItem> = keys.iter().filter_map(|k| self.sync_item(k)).collect();
+            let Some(part) = self.link_part(peer, partition) else {
+                return;
+            };
+            part.inflight.insert(
+                seq,
+                Inflight {
+                    keys,
+                    sent_ms: now_ms,
+                },
+            );
+            bump(&self.stats.distro.sync_batches, 1);
+            bump(&self.stats.distro.sync_items, items.len() as u64);
+            self.send_peer(peer.clone(), partition, PeerMsg::Sync { seq, items });
+        }
+    }
+
+    /// The current state behind a pending key: always the newest, never what it was when
+    /// the change was queued (a retry sends the current state, I3).
+    fn sync_item(&self, key: &SyncKey) -> Option<SyncItem> {
+        let Some(client) = self.clients.get(&key.client) else {
+            return Some(SyncItem::Drop {
+                client: key.client.clone(),
+                rev: self.clock,
+            });
+        };
+        if client.replica.is_some() {
+            // No longer ours: its new owner replicates it.
+            return None;
+        }
+        match &key.service {
+            None => Some(SyncItem::Full(Self::client_state(&key.client, client))),
+            Some(service) => match client.entry(service) {
+                Ok(pos) => {
+                    let e = &client.publishes[pos];
+                    Some(SyncItem::Upsert {
+                        client: key.client.clone(),
+                        entry: EntryState {
+                            service: e.service.clone(),
+                            rev: e.rev,
+                            publish: e.publish.clone(),
+                        },
+                    })
+                }
+                Err(_) => Some(SyncItem::Remove {
+                    client: key.client.clone(),
+                    service: service.clone(),
+                    rev: self.clock,
+                }),
+            },
+        }
+    }
+
+    fn client_state(id: &ClientId, client: &Client) -> ClientState {
+        ClientState {
+            client: id.clone(),
+            rev: client.revision,
+            entries: client
+                .publishes
+                .iter()
+                .map(|e| EntryState {
+                    service: e.service.clone(),
+                    rev: e.rev,
+                    publish: e.publish.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn send_peer(&mut self, to: NodeId, partition: u16, msg: PeerMsg) {
+        self.out.push_back(Command::Peer { to, partition, msg });
+    }
+
+    // ----- applying a peer's changes ---------------------------------------------------
+
+    fn observe_rev(&mut self, rev: u64) {
+        self.clock = self.clock.max(rev);
+    }
+
+    /// Makes `client` a replica of `origin` if it can be one. `false`: it is ours (we are
+    /// responsible), or it was removed at a revision at or above `rev` (I2).
+    fn prepare_replica(&mut self, origin: &NodeId, client: &ClientId, rev: u64) -> bool {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_ref() else {
+            return false;
+        };
+        match self.clients.get(client) {
+            None => {
+                if d.dropped.get(client).is_some_and(|(r, _)| *r >= rev) {
+                    bump(&self.stats.distro.stale, 1);
+                    return false;
+                }
+                self.stats.count_client(client, 1);
+                let mut c = Client::new();
+                c.replica = Some(ReplicaInfo::new(origin.clone(), now_ms));
+                self.clients.insert(client.clone(), c);
+                true
+            }
+            Some(c) => match &c.replica {
+                None => {
+                    if d.members.is_mine(client) {
+                        return false;
+                    }
+                    // Our view says the sender is responsible now: hand the client over.
+                    self.set_origin(client, Some(origin.clone()));
+                    true
+                }
+                Some(info) => {
+                    if &info.origin != origin {
+                        self.set_origin(client, Some(origin.clone()));
+                    }
+                    true
+                }
+            },
+        }
+    }
+
+    /// Moves a client between "ours" (`None`) and a replica of `origin`, keeping its data.
+    fn set_origin(&mut self, client: &ClientId, origin: Option<NodeId>) {
+        let now_ms = self.now.mono_ms;
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        let old = c.replica.as_ref().map(|i| i.origin.clone());
+        let revs: SmallVec<[u64; 4]> = c.publishes.iter().map(|e| e.rev).collect();
+        match &origin {
+            None => {
+                c.replica = None;
+                for e in c.publishes.iter_mut() {
+                    // A client we take over gets a full beat period before it can expire.
+                    e.last_beat_ms = now_ms;
+                }
+            }
+            Some(o) => match c.replica.as_mut() {
+                Some(info) => {
+                    info.origin = o.clone();
+                    info.renewed_ms = now_ms;
+                }
+                None => c.replica = Some(ReplicaInfo::new(o.clone(), now_ms)),
+            },
+        }
+        for rev in revs {
+            self.digest_entry(client, old.as_ref(), rev, false);
+            self.digest_entry(client, origin.as_ref(), rev, true);
+        }
+    }
+
+    /// Takes over a client held as a replica (it is now ours) and tells every peer.
+    pub(super) fn adopt_if_replica(&mut self, client: &ClientId) {
+        if !self
+            .clients
+            .get(client)
+            .is_some_and(|c| c.replica.is_some())
+        {
+            return;
+        }
+        self.set_origin(client, None);
+        let rev = next_rev(&mut self.clock, self.now.unix_ms);
+        if let Some(c) = self.clients.get_mut(client) {
+            c.revision = rev;
+        }
+        self.note_native_change(client, None);
+    }
+
+    fn renew(&mut self, client: &ClientId) {
+        let now_ms = self.now.mono_ms;
+        if let Some(info) = self
+            .clients
+            .get_mut(client)
+            .and_then(|c| c.replica.as_mut())
+        {
+            info.renewed_ms = now_ms;
+        }
+    }
+
+    /// Applies one publish of a replica if it is newer than what is held (I2).
+    fn replica_put(&mut self, origin: &NodeId, client: &ClientId, entry: EntryState) {
+        self.observe_rev(entry.rev);
+        let service = self.interner.service(entry.service);
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        let Some(info) = c.replica.as_ref() else {
+            return;
+        };
+        let pos = c.entry(&service);
+        let held = match pos {
+            Ok(p) => c.publishes[p].rev,
+            Err(_) => info.tombstone(&service).max(info.floor),
+        };
+        if entry.rev <= held {
+            bump(&self.stats.distro.stale, 1);
+            return;
+        }
+        let publish: Publish = entry
+            .publish
+            .iter()
+            .map(|i| {
+                let mut i = i.clone();
+                i.cluster = self.interner.intern(&i.cluster);
+                i
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let old = match pos {
+            Ok(p) => {
+                let e = &mut c.publishes[p];
+                e.publish = publish.clone();
+                Some(std::mem::replace(&mut e.rev, entry.rev))
+            }
+            Err(p) => {
+                c.publishes.insert(
+                    p,
+                    PublishEntry {
+                        service: service.clone(),
+                        publish: publish.clone(),
+                        last_beat_ms: self.now.mono_ms,
+                        rev: entry.rev,
+                    },
+                );
+                None
+            }
+        };
+        c.revision = c.revision.max(entry.rev);
+        if let Some(info) = c.replica.as_mut() {
+            info.tombstones.retain(|(s, _)| s != &service);
+        }
+        if let Some(rev) = old {
+            self.digest_entry(client, Some(origin), rev, false);
+        }
+        self.digest_entry(client, Some(origin), entry.rev, true);
+        bump(&self.stats.distro.applied, 1);
+        self.send_service_op(
+            service,
+            ServiceOp::Upsert {
+                client: client.clone(),
+                publish,
+            },
+        );
+    }
+
+    /// Removes one publish of a replica if the removal is newer than it (I2).
+    fn replica_remove(
+        &mut self,
+        origin: &NodeId,
+        client: &ClientId,
+        service: ServiceKey,
+        rev: u64,
+    ) {
+        self.observe_rev(rev);
+        let service = self.interner.service(service);
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        let Some(info) = c.replica.as_mut() else {
+            return;
+        };
+        if rev > info.floor {
+            info.set_tombstone(&service, rev);
+        }
+        let Ok(pos) = c.entry(&service) else {
+            return;
+        };
+        let old = c.publishes[pos].rev;
+        if old >= rev {
+            bump(&self.stats.distro.stale, 1);
+            return;
+        }
+        c.publishes.remove(pos);
+        c.revision = c.revision.max(rev);
+        self.digest_entry(client, Some(origin), old, false);
+        bump(&self.stats.distro.applied, 1);
+        self.send_service_op(
+            service,
+            ServiceOp::Remove {
+                client: client.clone(),
+            },
+        );
+    }
+
+    /// Drops a replica with nothing left, remembering the newest removal it saw.
+    fn drop_replica_if_empty(&mut self, client: &ClientId, removal_rev: u64) {
+        let now_ms = self.now.mono_ms;
+        let Some(c) = self.clients.get(client) else {
+            return;
+        };
+        let Some(info) = c.replica.as_ref() else {
+            return;
+        };
+        if !c.publishes.is_empty() {
+            return;
+        }
+        let rev = info
+            .tombstones
+            .iter()
+            .map(|(_, r)| *r)
+            .fold(info.floor.max(removal_rev), u64::max);
+        self.clients.swap_remove(client);
+        self.stats.count_client(client, -1);
+        if let Some(d) = self.distro.as_mut() {
+            let e = d.dropped.entry(client.clone()).or_insert((0, now_ms));
+            e.0 = e.0.max(rev);
+            e.1 = now_ms;
+        }
+    }
+
+    /// Removes a replica and all it publishes (expiry, or its owner no longer has it).
+    fn remove_replica(&mut self, client: &ClientId) {
+        let Some(c) = self.clients.swap_remove(client) else {
+            return;
+        };
+        self.stats.count_client(client, -1);
+        let origin = c.replica.as_ref().map(|i| i.origin.clone());
+        for e in c.publishes {
+            self.digest_entry(client, origin.as_ref(), e.rev, false);
+            self.send_service_op(
+                e.service,
+                ServiceOp::Remove {
+                    client: client.clone(),
+                },
+            );
+        }
+    }
+
+    fn apply_sync_item(&mut self, from: &NodeId, item: SyncItem) {
+        match item {
+            SyncItem::Upsert { client, entry } => {
+                if self.prepare_replica(from, &client, entry.rev) {
+                    self.replica_put(from, &client, entry);
+                    self.renew(&client);
+                    self.drop_replica_if_empty(&client, 0);
+                }
+            }
+            SyncItem::Remove {
+                client,
+                service,
+                rev,
+            } => {
+                if self.clients.get(&client).is_some() && self.prepare_replica(from, &client, rev) {
+                    self.replica_remove(from, &client, service, rev);
+                    self.drop_replica_if_empty(&client, rev);
+                }
+            }
+            SyncItem::Full(state) => self.apply_full(from, state),
+            SyncItem::Drop { client, rev } => {
+                self.observe_rev(rev);
+                let is_replica = self
+                    .clients
+                    .get(&client)
+                    .map(|c| c.replica.is_some() || !self.members_is_mine(&client));
+                match is_replica {
+                    Some(true) => {
+                        if self.prepare_replica(from, &client, rev) {
+                            self.replica_drop(from, &client, rev);
+                        }
+                    }
+                    Some(false) => {}
+                    None => {
+                        let now_ms = self.now.mono_ms;
+                        if let Some(d) = self.distro.as_mut() {
+                            let e = d.dropped.entry(client).or_insert((0, now_ms));
+                            e.0 = e.0.max(rev);
+                            e.1 = now_ms;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn members_is_mine(&self, client: &ClientId) -> bool {
+        self.distro
+            .as_ref()
+            .is_some_and(|d| d.members.is_mine(client))
+    }
+
+    /// Removes every publish older than `rev`, then the client if nothing is left.
+    fn replica_drop(&mut self, from: &NodeId, client: &ClientId, rev: u64) {
+        let services: Vec<(ServiceKey, u64)> = self
+            .clients
+            .get(client)
+            .map(|c| {
+                c.publishes
+                    .iter()
+                    .map(|e| (e.service.clone(), e.rev))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (service, r) in services {
+            if r < rev {
+                self.replica_remove(from, client, service, rev);
+            }
+        }
+        self.drop_replica_if_empty(client, rev);
+    }
+
+    /// Applies a client's full state: newer publishes replace, publishes it lacks that are
+    /// older than the state go, newer ones stay (a later change already applied, I2).
+    fn apply_full(&mut self, origin: &NodeId, state: ClientState) {
+        self.observe_rev(state.rev);
+        if !self.prepare_replica(origin, &state.client, state.rev) {
+            return;
+        }
+        let client = state.client;
+        let listed: HashSet<ServiceKey> = state.entries.iter().map(|e| e.service.clone()).collect();
+        let stale: Vec<(ServiceKey, u64)> = self
+            .clients
+            .get(&client)
+            .map(|c| {
+                c.publishes
+                    .iter()
+                    .filter(|e| !listed.contains(&e.service) && e.rev < state.rev)
+                    .map(|e| (e.service.clone(), e.rev))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (service, _) in stale {
+            self.replica_remove(origin, &client, service, state.rev);
+        }
+        for entry in state.entries {
+            self.replica_put(origin, &client, entry);
+        }
+        if let Some(info) = self
+            .clients
+            .get_mut(&client)
+            .and_then(|c| c.replica.as_mut())
+        {
+            info.floor = info.floor.max(state.rev);
+            let floor = info.floor;
+            info.tombstones.retain(|(_, r)| *r > floor);
+        }
+        self.renew(&client);
+        self.drop_replica_if_empty(&client, state.rev);
+    }
+
+    // ----- membership ------------------------------------------------------------------
+
+    /// After a membership change: heartbeat clients we hold but are no longer responsible
+    /// for become replicas of their new owner; replicas we are now responsible for become
+    /// ours and are announced to every peer (their revision grows, so peers switch owner).
+    fn rebalance_heartbeat_clients(&mut self) {
+        let Some(d) = self.distro.as_ref() else {
+            return;
+        };
+        let mut demote: Vec<(ClientId, NodeId)> = Vec::new();
+        let mut adopt: Vec<ClientId> = Vec::new();
+        for (id, c) in &self.clients {
+            if !id.is_heartbeat() {
+                continue;
+            }
+            let owner = d.members.responsible_for(id).cloned();
+            let mine = owner.is_none() || owner == d.members.me;
+            match (&c.replica, mine) {
+                (None, false) => {
+                    if let Some(o) = owner {
+                        demote.push((id.clone(), o));
+                    }
+                }
+                (Some(_), true) => adopt.push(id.clone()),
+                _ => {}
+            }
+        }
+        for (id, owner) in demote {
+            self.set_origin(&id, Some(owner));
+        }
+        for id in adopt {
+            self.adopt_if_replica(&id);
+        }
+    }
+
+    // ----- verify ----------------------------------------------------------------------
+
+    pub(super) fn on_verify_timer(&mut self) {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let at = now_ms + d.cfg.verify_interval_ms;
+        self.set_timer(at, Timer::Verify);
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        // A node that has not loaded its snapshot has nothing reliable to vouch for.
+        if !d.loaded {
+            return;
+        }
+        d.round += 1;
+        let round = d.round;
+        let mut msgs = Vec::new();
+        for (peer, health) in &d.members.peers {
+            if *health == Health::Down {
+                continue;
+            }
+            for p in &d.partitions {
+                let root = d.digests.get(&(None, *p)).map_or(0, Digest::root);
+                msgs.push((peer.clone(), *p, root));
+            }
+        }
+        bump(&self.stats.distro.verify_sent, msgs.len() as u64);
+        for (peer, p, root) in msgs {
+            self.send_peer(
+                peer,
+                p,
+                PeerMsg::Digest {
+                    round,
+                    root,
+                    clients: 0,
+                },
+            );
+        }
+    }
+
+    fn on_digest(&mut self, from: NodeId, partition: u16, round: u64, root: u64) {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let key = (Some(from.clone()), partition);
+        let mine = d.digests.get(&key);
+        let my_root = mine.map_or(0, Digest::root);
+        if my_root == root {
+            bump(&self.stats.distro.verify_matched, 1);
+            let slices = d
+                .renewed
+                .entry((from, partition))
+                .or_insert_with(|| vec![0; SLICES as usize].into_boxed_slice());
+            slices.iter_mut().for_each(|s| *s = now_ms);
+            return;
+        }
+        bump(&self.stats.distro.verify_differed, 1);
+        let slices = mine.map_or_else(|| vec![0; SLICES as usize], |m| m.slices.to_vec());
+        self.send_peer(from, partition, PeerMsg::SliceDigests { round, slices });
+    }
+
+    fn on_slice_digests(&mut self, from: NodeId, partition: u16, round: u64, theirs: &[u64]) {
+        let Some(d) = self.distro.as_ref() else {
+            return;
+        };
+        if theirs.len() != SLICES as usize {
+            return;
+        }
+        let empty = Digest::new();
+        let mine = d.digests.get(&(None, partition)).unwrap_or(&empty);
+        let mut matched = Vec::new();
+        let mut differ: BTreeMap<u16, Vec<ClientHash>> = BTreeMap::new();
+        for (i, (a, b)) in mine.slices.iter().zip(theirs).enumerate() {
+            if a == b {
+                matched.push(i as u16);
+            } else {
+                differ.insert(i as u16, Vec::new());
+            }
+        }
+        if !differ.is_empty() {
+            for (id, c) in &self.clients {
+                if c.replica.is_some() || c.publishes.is_empty() || partition_of(id) != partition {
+                    continue;
+                }
+                if let Some(list) = differ.get_mut(&slice_of(id)) {
+                    list.push(ClientHash {
+                        client: id.clone(),
+                        state_hash: client_digest(id, c.publishes.iter().map(|e| e.rev)),
+                    });
+                }
+            }
+        }
+        let as_of = self.clock;
+        // Split long lists so no message grows with the number of clients.
+        let mut msgs: Vec<PeerMsg> = Vec::new();
+        let mut lists: Vec<(u16, Vec<ClientHash>)> = Vec::new();
+        let mut count = 0;
+        for (slice, list) in differ {
+            for chunk in list.chunks(LIST_CHUNK).map(<[ClientHash]>::to_vec).chain(
+                // An empty slice must still be listed: its replicas are all stale.
+                std::iter::once(Vec::new()).filter(|_| list.is_empty()),
+            ) {
+                count += chunk.len();
+                lists.push((slice, chunk));
+                if count >= LIST_CHUNK {
+                    msgs.push(PeerMsg::SliceClients {
+                        round,
+                        as_of,
+                        matched: std::mem::take(&mut matched),
+                        lists: std::mem::take(&mut lists),
+                    });
+                    count = 0;
+                }
+            }
+        }
+        if !lists.is_empty() || !matched.is_empty() || msgs.is_empty() {
+            msgs.push(PeerMsg::SliceClients {
+                round,
+                as_of,
+                matched,
+                lists,
+            });
+        }
+        for m in msgs {
+            self.send_peer(from.clone(), partition, m);
+        }
+    }
+
+    fn on_slice_clients(
+        &mut self,
+        from: NodeId,
+        partition: u16,
+        as_of: u64,
+        matched: &[u16],
+        lists: Vec<(u16, Vec<ClientHash>)>,
+    ) {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let renewed = d
+            .renewed
+            .entry((from.clone(), partition))
+            .or_insert_with(|| vec![0; SLICES as usize].into_boxed_slice());
+        for s in matched {
+            if let Some(slot) = renewed.get_mut(*s as usize) {
+                *slot = now_ms;
+            }
+        }
+        let mut listed_slices: HashSet<u16> = HashSet::new();
+        let mut listed: HashSet<ClientId> = HashSet::new();
+        let mut resync = Vec::new();
+        for (slice, list) in lists {
+            listed_slices.insert(slice);
+            for ClientHash { client, state_hash } in list {
+                if partition_of(&client) != partition || slice_of(&client) != slice {
+                    continue;
+                }
+                let held = self.clients.get(&client).map(|c| {
+                    (
+                        c.replica.as_ref().map(|i| i.origin.clone()),
+                        client_digest(&client, c.publishes.iter().map(|e| e.rev)),
+                    )
+                });
+                match held {
+                    Some((Some(origin), hash)) if origin == from && hash == state_hash => {}
+                    // Ours: we are responsible and will tell it ours; nothing to ask.
+                    Some((None, _)) if self.members_is_mine(&client) => {}
+                    _ => resync.push(client.clone()),
+                }
+                // It exists at its owner: it is alive, whatever we hold of it (renewing on
+                // existence, not on equality, is what keeps a slow sync from expiring live
+                // clients — I4).
+                self.renew(&client);
+                listed.insert(client);
+            }
+        }
+        // Replicas of `from` in the listed slices that it does not list are gone there.
+        let unlisted: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(id, c)| {
+                c.replica.as_ref().is_some_and(|i| i.origin == from)
+                    && partition_of(id) == partition
+                    && listed_slices.contains(&slice_of(id))
+                    && !listed.contains(*id)
+                    && c.publishes.iter().all(|e| e.rev <= as_of)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        bump(&self.stats.distro.replicas_pruned, unlisted.len() as u64);
+        for id in unlisted {
+            self.remove_replica(&id);
+        }
+        for chunk in resync.chunks(LIST_CHUNK) {
+            self.send_peer(
+                from.clone(),
+                partition,
+                PeerMsg::Resync {
+                    clients: chunk.to_vec(),
+                },
+            );
+        }
+    }
+
+    // ----- housekeeping ----------------------------------------------------------------
+
+    pub(super) fn on_distro_tick(&mut self) {
+        let now_ms = self.now.mono_ms;
+        if self.distro.is_none() {
+            return;
+        }
+        self.set_timer(now_ms + TICK_MS, Timer::DistroTick);
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        // A long gap between ticks means this process was not running (SIGSTOP, a VM
+        // pause): every lease looks expired, but only because we did not listen. Restart
+        // the leases instead of expiring everything (I4).
+        let paused = now_ms.saturating_sub(d.last_tick_ms) > d.cfg.replica_lease_ms / 2;
+        d.last_tick_ms = now_ms;
+        if paused {
+            d.last_expiry_ms = now_ms;
+            for slices in d.renewed.values_mut() {
+                slices.iter_mut().for_each(|s| *s = now_ms);
+            }
+            for c in self.clients.values_mut() {
+                if let Some(info) = c.replica.as_mut() {
+                    info.renewed_ms = now_ms;
+                }
+            }
+        }
+        // Retries: an unacknowledged batch goes back to the queue; it is rebuilt from the
+        // current state when sent again (I3).
+        let timeout = d.cfg.sync_timeout_ms;
+        let mut retried = 0u64;
+        let mut work = Vec::new();
+        for (peer, parts) in d.links.iter_mut() {
+            for (p, part) in parts.iter_mut() {
+                let late: Vec<u64> = part
+                    .inflight
+                    .iter()
+                    .filter(|(_, f)| now_ms.saturating_sub(f.sent_ms) >= timeout)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for seq in late {
+                    if let Some(f) = part.inflight.remove(&seq) {
+                        retried += 1;
+                        for k in f.keys {
+                            part.dirty.insert(k);
+                        }
+                    }
+                }
+                if !part.dirty.is_empty() {
+                    work.push((peer.clone(), *p));
+                }
+            }
+        }
+        bump(&self.stats.distro.sync_retries, retried);
+        for (peer, p) in work {
+            self.pump(&peer, p);
+        }
+        self.drive_load();
+        self.serve_snapshots();
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        if now_ms.saturating_sub(d.last_expiry_ms) >= 1_000 {
+            d.last_expiry_ms = now_ms;
+            self.expire_replicas();
+        }
+    }
+
+    /// Removes replicas whose owner has not confirmed them for a lease (I4 says when this
+    /// must not happen: the lease is renewed by existence at the owner, not by agreement).
+    fn expire_replicas(&mut self) {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let lease = d.cfg.replica_lease_ms;
+        let renewed = &d.renewed;
+        let expired: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter_map(|(id, c)| {
+                let info = c.replica.as_ref()?;
+                let slice_renewed = renewed
+                    .get(&(info.origin.clone(), partition_of(id)))
+                    .map_or(0, |s| s[slice_of(id) as usize]);
+                let last = info.renewed_ms.max(slice_renewed);
+                (now_ms.saturating_sub(last) > lease).then(|| id.clone())
+            })
+            .collect();
+        d.dropped
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= lease);
+        bump(&self.stats.distro.replicas_expired, expired.len() as u64);
+        for id in expired {
+            self.remove_replica(&id);
+        }
+    }
+
+    // ----- snapshots -------------------------------------------------------------------
+
+    /// Drives the startup load: ask an UP peer for each partition not loaded yet, move on
+    /// to another peer when one stalls (I6: a node reports UP and verifies only once
+    /// loaded).
+    fn drive_load(&mut self) {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        if d.loaded {
+            return;
+        }
+        if d.members.me.is_none() {
+            return;
+        }
+        let up: Vec<NodeId> = d
+            .members
+            .peers
+            .iter()
+            .filter(|(_, h)| *h == Health::Up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if d.members.peers.is_empty()
+            || (up.is_empty() && now_ms.saturating_sub(d.started_ms) >= d.cfg.startup_alone_ms)
+        {
+            // Nobody to load from: this node starts the cluster's data.
+            d.loaded = true;
+            self.stats.distro.loaded.store(true, Ordering::Relaxed);
+            return;
+        }
+        if up.is_empty() {
+            return;
+        }
+        let timeout = d.cfg.snapshot_timeout_ms;
+        let mut requests = Vec::new();
+        for (p, load) in d.loads.iter_mut() {
+            if load.done {
+                continue;
+            }
+            let stalled = now_ms.saturating_sub(load.last_progress_ms) >= timeout;
+            let source_up = load.source.as_ref().is_some_and(|s| up.contains(s));
+            if load.source.is_some() && source_up && !stalled {
+                continue;
+            }
+            if let Some(s) = load.source.take() {
+                load.tried.insert(s);
+            }
+            let next = up
+                .iter()
+                .find(|n| !load.tried.contains(*n))
+                .or_else(|| {
+                    load.tried.clear();
+                    up.first()
+                })
+                .cloned();
+            if let Some(peer) = next {
+                d.next_id += 1;
+                load.id = d.next_id;
+                load.expect_seq = 0;
+                load.last_progress_ms = now_ms;
+                load.source = Some(peer.clone());
+                requests.push((peer, *p, load.id));
+            }
+        }
+        for (peer, p, id) in requests {
+            self.send_peer(peer, p, PeerMsg::SnapshotRequest { id });
+        }
+    }
+
+    fn on_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        partition: u16,
+        id: u64,
+        seq: u64,
+        clients: Vec<(NodeId, ClientState)>,
+        done: bool,
+    ) {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let me = d.members.me.clone();
+        let Some(load) = d.loads.get_mut(&partition) else {
+            return;
+        };
+        if load.done || load.id != id || load.source.as_ref() != Some(&from) {
+            return;
+        }
+        if seq != load.expect_seq {
+            // Lost or reordered chunk: start over with this peer (the next tick asks again).
+            load.last_progress_ms = 0;
+            return;
+        }
+        load.expect_seq += 1;
+        load.last_progress_ms = now_ms;
+        if done {
+            load.done = true;
+        }
+        bump(&self.stats.distro.snapshot_received, clients.len() as u64);
+        for (origin, state) in clients {
+            if Some(&origin) == me.as_ref() {
+                // Our own clients from before a restart: connection clients died with the
+                // process; heartbeat clients are ours again if we are still responsible.
+                if state.client.is_heartbeat() && self.members_is_mine(&state.client) {
+                    self.restore_native(state);
+                }
+                continue;
+            }
+            self.apply_full(&origin, state);
+        }
+        self.send_peer(from, partition, PeerMsg::SnapshotAck { id, seq });
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        if d.loads.values().all(|l| l.done) {
+            d.loaded = true;
+            self.stats.distro.loaded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Re-creates a heartbeat client of ours from a peer's copy (after our restart).
+    fn restore_native(&mut self, state: ClientState) {
+        self.observe_rev(state.rev);
+        if self.clients.contains_key(&state.client) {
+            return;
+        }
+        let origin = self
+            .distro
+            .as_ref()
+            .and_then(|d| d.members.me.clone())
+            .unwrap_or_else(|| NodeId::new("?"));
+        // Apply as a replica of ourselves, then adopt it: one code path for the data.
+        if self.prepare_replica(&origin, &state.client, state.rev) {
+            let client = state.client.clone();
+            for entry in state.entries {
+                self.replica_put(&origin, &client, entry);
+            }
+            self.adopt_if_replica(&client);
+        }
+    }
+
+    /// Sends snapshot chunks while each stream's window allows.
+    fn serve_snapshots(&mut self) {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        let window = d.cfg.snapshot_window;
+        let chunk = d.cfg.snapshot_chunk_clients.max(1);
+        let stall = d.cfg.snapshot_timeout_ms;
+        let me = d.members.me.clone().unwrap_or_else(|| NodeId::new("?"));
+        // A stream whose reader vanished is given up.
+        d.serving
+            .retain(|s| !s.finished && now_ms.saturating_sub(s.last_ms) < stall);
+        let mut serving = std::mem::take(&mut d.serving);
+        let mut msgs = Vec::new();
+        for s in serving.iter_mut() {
+            while !s.finished && s.next_seq < s.acked + window {
+                let mut out = Vec::new();
+                let total = self.clients.len();
+                while s.cursor < total && out.len() < chunk {
+                    if let Some((id, c)) = self.clients.get_index(s.cursor) {
+                        if partition_of(id) == s.partition && !c.publishes.is_empty() {
+                            let origin = c
+                                .replica
+                                .as_ref()
+                                .map_or_else(|| me.clone(), |i| i.origin.clone());
+                            out.push((origin, Self::client_state(id, c)));
+                        }
+                    }
+                    s.cursor += 1;
+                }
+                let done = s.cursor >= total;
+                bump(&self.stats.distro.snapshot_sent, out.len() as u64);
+                msgs.push((
+                    s.to.clone(),
+                    s.partition,
+                    PeerMsg::SnapshotChunk {
+                        id: s.id,
+                        seq: s.next_seq,
+                        clients: out,
+                        done,
+                    },
+                ));
+                s.next_seq += 1;
+                if done {
+                    s.finished = true;
+                }
+            }
+        }
+        serving.retain(|s| !s.finished);
+        if let Some(d) = self.distro.as_mut() {
+            d.serving = serving;
+        }
+        for (to, p, m) in msgs {
+            self.send_peer(to, p, m);
+        }
+    }
+}
