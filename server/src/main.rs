@@ -12,11 +12,13 @@
 //! - `metrics`: per-core counters and latency histograms.
 //! - `rt`: hyper/tonic on glommio (executor, timer, IO).
 
+mod certs;
 mod config;
 mod core;
 mod grpc;
 mod http;
 mod metrics;
+mod peer;
 mod rt;
 
 use std::net::SocketAddr;
