@@ -43,9 +43,10 @@ use flatbuffers::{
 
 use crate::peer_fb as fb;
 
-/// Largest frame body [`FrameReader::default`] accepts (16 MiB). A sync batch of 512 upserts is
-/// about 100 KiB and a snapshot chunk of 2,000 one-instance clients about 400 KiB, so this only
-/// stops a broken or hostile peer from making a node buffer without bound.
+/// Largest frame body [`FrameReader::default`] accepts (16 MiB). A sync batch of 512
+/// one-instance upserts is about 64 KiB and a snapshot chunk of 2,000 one-instance clients
+/// about 300 KiB, so this only stops a broken or hostile peer from making a node buffer
+/// without bound (and a client publishing in thousands of services still fits).
 pub const MAX_FRAME: usize = 16 << 20;
 
 /// Bytes of the length prefix before every frame body.
@@ -150,6 +151,10 @@ pub struct Encoder {
     /// (keys are interned, so one service is one address; the frame borrows every key for the
     /// whole encode, so an address cannot be reused by another key meanwhile).
     services: HashMap<usize, u32>,
+    /// Strings written once per frame (clusters, node ids), by the address and length of the
+    /// caller's text: those are shared `Arc<str>`s, so a pointer comparison finds them
+    /// cheaper than the builder's own pool, which compares bytes.
+    shared: Vec<(usize, usize, u32)>,
 }
 
 impl Default for Encoder {
@@ -179,6 +184,7 @@ impl Encoder {
             fbb: FlatBufferBuilder::with_capacity(bytes),
             stack: Vec::new(),
             services: HashMap::new(),
+            shared: Vec::new(),
         }
     }
 
@@ -187,6 +193,7 @@ impl Encoder {
         self.fbb.reset();
         self.stack.clear();
         self.services.clear();
+        self.shared.clear();
         let (body_type, body) = match frame {
             Frame::Hello { node, incarnation } => {
                 let node = self.fbb.create_string(node.as_str());
@@ -387,7 +394,7 @@ impl Encoder {
                     let entries = self.entries(&state.entries);
                     let client = self.client(&state.client);
                     // A chunk names a handful of nodes 2,000 times: one copy each.
-                    let node = self.fbb.create_shared_string(node.as_str());
+                    let node = self.shared_string(node.as_str());
                     let o = fb::SnapshotClient::create(
                         &mut self.fbb,
                         &fb::SnapshotClientArgs {
@@ -484,7 +491,7 @@ impl Encoder {
     fn instance(&mut self, i: &Instance) -> Off<fb::Instance<'static>> {
         let host = self.host(&i.host);
         // Few distinct clusters ("DEFAULT" mostly): one copy per frame.
-        let cluster = self.fbb.create_shared_string(&i.cluster);
+        let cluster = self.shared_string(&i.cluster);
         let metadata =
             (!i.metadata().is_empty()).then(|| self.fbb.create_string(i.metadata().json()));
         let instance_id = i.instance_id().map(|id| self.fbb.create_string(id));
@@ -514,6 +521,20 @@ impl Encoder {
             }
             Host::Name(n) => self.fbb.create_string(n),
         }
+    }
+
+    /// A string that repeats in a frame, written once.
+    fn shared_string(&mut self, s: &str) -> Off<&'static str> {
+        let key = (s.as_ptr() as usize, s.len());
+        if let Some(&(_, _, o)) = self.shared.iter().find(|(p, l, _)| (*p, *l) == key) {
+            return WIPOffset::new(o);
+        }
+        // Equal text at another address still gets one copy, through the builder's pool.
+        let o = self.fbb.create_shared_string(s);
+        if self.shared.len() < SHARED_STRINGS {
+            self.shared.push((key.0, key.1, o.value()));
+        }
+        o
     }
 
     fn service(&mut self, key: &ServiceKey) -> Off<fb::Service<'static>> {
@@ -873,6 +894,9 @@ struct Decoder {
     services: HashMap<usize, ServiceKey>,
     clusters: Vec<Str>,
     nodes: Vec<NodeId>,
+    /// Metadata seen in this frame: instances of one service often carry the same, and a
+    /// copy is much cheaper than parsing and re-serialising the JSON.
+    metadata: Vec<Metadata>,
 }
 
 fn required<T>(value: Option<T>, what: &str) -> Result<T, PeerDecodeError> {
@@ -1073,7 +1097,13 @@ impl Decoder {
         &mut self,
         instances: Option<Vector<'_, ForwardsUOffset<fb::Instance<'_>>>>,
     ) -> Result<Arc<[Instance]>, PeerDecodeError> {
-        let list = self.instance_list(instances)?;
+        let instances = required(instances, "instances")?;
+        if instances.len() == 1 {
+            // The common publish: one allocation, not a `Vec` copied into an `Arc`.
+            let one = self.instance(&instances.get(0))?;
+            return Ok(Arc::new([one]));
+        }
+        let list = self.instance_list(Some(instances))?;
         if list.is_empty() {
             return Err(invalid("a publish without instances"));
         }
@@ -1094,7 +1124,7 @@ impl Decoder {
     fn instance(&mut self, t: &fb::Instance) -> Result<Instance, PeerDecodeError> {
         let host = host(t.host())?;
         let cluster = self.cluster(t.cluster())?;
-        let metadata = metadata(t.metadata())?;
+        let metadata = self.metadata(t.metadata())?;
         Instance::from_parts(
             host,
             t.port(),
@@ -1106,6 +1136,21 @@ impl Decoder {
             t.instance_id(),
         )
         .map_err(|e| invalid(format!("instance: {e}")))
+    }
+
+    fn metadata(&mut self, text: Option<&str>) -> Result<Metadata, PeerDecodeError> {
+        let Some(text) = text else {
+            return Ok(Metadata::default());
+        };
+        // `json()` of a valid metadata parses back to itself, so equal text is equal metadata.
+        if let Some(m) = self.metadata.iter().find(|m| m.json() == text) {
+            return Ok(m.clone());
+        }
+        let m = metadata(Some(text))?;
+        if self.metadata.len() < SHARED_STRINGS {
+            self.metadata.push(m.clone());
+        }
+        Ok(m)
     }
 
     fn cluster(&mut self, cluster: Option<&str>) -> Result<Str, PeerDecodeError> {
@@ -1187,7 +1232,7 @@ impl Decoder {
                     }
                 }
                 let metadata = match m.metadata() {
-                    Some(text) => Some(metadata(Some(text))?),
+                    Some(text) => Some(self.metadata(Some(text))?),
                     None => None,
                 };
                 ClientOp::Update {
@@ -1431,6 +1476,64 @@ mod tests {
         }
         let _ = peek_partition(&[0xff; 64]);
         let _ = peek_partition(&[0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
+    }
+
+    /// A Resync naming one client table `n` times: small on the wire, large when expanded.
+    fn shared_resync(n: usize) -> Vec<u8> {
+        let mut fbb = FlatBufferBuilder::new();
+        let name = fbb.create_string(&"a".repeat(250));
+        let client = fb::Client::create(
+            &mut fbb,
+            &fb::ClientArgs {
+                kind: fb::ClientKind::Named,
+                port: 80,
+                name: Some(name),
+                ..Default::default()
+            },
+        );
+        let clients = fbb.create_vector(&vec![client; n]);
+        let msg = fb::Resync::create(
+            &mut fbb,
+            &fb::ResyncArgs {
+                clients: Some(clients),
+            },
+        );
+        let part = fb::Partition::create(
+            &mut fbb,
+            &fb::PartitionArgs {
+                partition: 1,
+                msg_type: fb::PeerMsg::Resync,
+                msg: Some(msg.as_union_value()),
+            },
+        );
+        let root = fb::Frame::create(
+            &mut fbb,
+            &fb::FrameArgs {
+                body_type: fb::FrameBody::Partition,
+                body: Some(part.as_union_value()),
+            },
+        );
+        fbb.finish_minimal(root);
+        fbb.finished_data().to_vec()
+    }
+
+    #[test]
+    fn sharing_cannot_amplify_the_work_past_the_apparent_size_limit() {
+        match decode_frame(&shared_resync(1_000)) {
+            Ok(Frame::Partition {
+                msg: PeerMsg::Resync { clients },
+                ..
+            }) => assert_eq!(clients.len(), 1_000),
+            other => panic!("{other:?}"),
+        }
+        // 1.2 MB on the wire, about 80 MiB expanded: refused by the verifier.
+        let big = shared_resync(300_000);
+        assert!(big.len() < MAX_FRAME);
+        assert!(matches!(
+            decode_frame(&big),
+            Err(PeerDecodeError::Malformed(_))
+        ));
+        assert_eq!(peek_partition(&big), Some(1));
     }
 
     #[test]

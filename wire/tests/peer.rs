@@ -368,6 +368,40 @@ fn mutated_frames_never_panic() {
     );
 }
 
+/// The fuzzing seeds (`fuzz/corpus/peer_frame/seed-*`, written by `examples/peer_corpus.rs`)
+/// still decode, so the fuzzer starts from frames that reach every decoder path; anything the
+/// fuzzer added beside them must at least not break the invariants.
+#[test]
+fn the_fuzz_corpus_decodes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/peer_frame");
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/peer_frame exists") {
+        let path = entry.expect("readable directory").path();
+        let bytes = std::fs::read(&path).expect("readable seed");
+        check_invariants(&bytes);
+        let is_seed = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("seed-"));
+        if is_seed {
+            seeds += 1;
+            let mut r = FrameReader::default();
+            r.push(&bytes);
+            let mut frames = 0;
+            for body in r.by_ref() {
+                let body = body.expect("within limits");
+                decode_frame(&body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                frames += 1;
+            }
+            assert!(frames > 0 && r.buffered() == 0, "{}", path.display());
+        }
+    }
+    assert!(
+        seeds >= 20,
+        "only {seeds} seeds: run the peer_corpus example"
+    );
+}
+
 fn mutate(m: &mut Vec<u8>, rng: &mut Rng, corpus: &[Vec<u8>]) {
     if m.is_empty() {
         m.push(rng.next() as u8);
