@@ -172,7 +172,7 @@ impl Default for DistroConfig {
             replica_lease_ms: 30_000,
             snapshot_chunk_clients: 2_000,
             snapshot_window: 4,
-            snapshot_timeout_ms: 10_000,
+            snapshot_timeout_ms: 3_000,
             startup_alone_ms: 3_000,
             max_pending_keys: 1_000_000,
         }

@@ -113,8 +113,9 @@ pub enum PeerMsg {
         round: u64,
         /// Sum of the slice digests.
         root: u64,
-        /// Number of clients covered (for logs and metrics).
-        clients: u64,
+        /// The sender's revision clock. Every node sees every other's clock each round, so
+        /// revision clocks stay together even when a node restarts or its wall clock lags.
+        clock: u64,
     },
     /// Verify, step 2 (receiver → sender): the root differed; these are the receiver's slice
     /// digests of the sender's clients.
@@ -130,7 +131,8 @@ pub enum PeerMsg {
         /// Round being answered.
         round: u64,
         /// The sender's revision clock when it listed the clients: an unlisted replica
-        /// changed after this is newer than the list and is kept.
+        /// changed after this is newer than the list and is kept. 0 when the sender is
+        /// still loading its snapshot: the list may be incomplete, so nothing is removed.
         as_of: u64,
         /// Slices that matched (renew every replica in them).
         matched: Vec<u16>,

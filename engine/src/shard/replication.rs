@@ -169,12 +169,13 @@ pub(crate) struct DistroState {
     cfg: DistroConfig,
     members: Members,
     partitions: Vec<u16>,
-    links: BTreeMap<NodeId, HashMap<u16, LinkPart>>,
+    links: BTreeMap<NodeId, BTreeMap<u16, LinkPart>>,
     /// Key `None`: the clients this node is responsible for.
     digests: HashMap<(Option<NodeId>, u16), Digest>,
     /// Per-slice confirmation times of replicas, by (origin, partition).
     renewed: HashMap<(NodeId, u16), Box<[u64]>>,
-    /// Replicas removed as a whole, and the revision of the removal, for a while (I2).
+    /// Replicas removed as a whole, for a lease: the lowest revision that may bring one
+    /// back, and when it was removed (I2).
     dropped: HashMap<ClientId, (u64, u64), StableHasher>,
     sync_timer_set: bool,
     round: u64,
@@ -289,7 +290,10 @@ impl Shard {
                 }
                 self.pump(&from, partition);
             }
-            PeerMsg::Digest { round, root, .. } => self.on_digest(from, partition, round, root),
+            PeerMsg::Digest { round, root, clock } => {
+                self.observe_rev(clock);
+                self.on_digest(from, partition, round, root)
+            }
             PeerMsg::SliceDigests { round, slices } => {
                 self.on_slice_digests(from, partition, round, &slices)
             }
@@ -304,6 +308,10 @@ impl Shard {
                 bump(&stats.distro.resyncs, clients.len() as u64);
                 for client in clients {
                     if partition_of(&client) == partition {
+                        // The peer's copy disagrees with ours and ours is authoritative:
+                        // re-issue it as the newest state, so that it replaces the copy even
+                        // if the copy carries revisions from a clock that ran ahead.
+                        self.restamp_native(&client);
                         self.mark_for(
                             &from,
                             SyncKey {
@@ -354,6 +362,55 @@ impl Shard {
                 done,
             } => self.on_snapshot_chunk(from, partition, id, seq, clients, done),
         }
+    }
+
+    /// Calls `f` for every publish this shard holds: client, service, revision, and the
+    /// node responsible for the client (`None`: this node). For introspection and the
+    /// simulator's invariant checks.
+    pub fn visit_entries(&self, mut f: impl FnMut(&ClientId, &ServiceKey, u64, Option<&NodeId>)) {
+        for (id, c) in &self.clients {
+            let origin = c.replica.as_ref().map(|i| &i.origin);
+            for e in &c.publishes {
+                f(id, &e.service, e.rev, origin);
+            }
+        }
+    }
+
+    /// A one-line description of what this shard holds about `client` (owner, revisions,
+    /// removal memory); for logs and the simulator's reports.
+    pub fn describe_client(&self, client: &ClientId) -> String {
+        let dropped = self
+            .distro
+            .as_ref()
+            .and_then(|d| d.dropped.get(client).copied());
+        match self.clients.get(client) {
+            None => format!("absent (removal memory {dropped:?})"),
+            Some(c) => format!(
+                "{} rev {} entries {:?} floor {:?} tombstones {:?}",
+                c.replica
+                    .as_ref()
+                    .map_or_else(|| "ours".to_string(), |i| format!("copy of {}", i.origin)),
+                c.revision,
+                c.publishes
+                    .iter()
+                    .map(|e| (e.service.name().to_string(), e.rev))
+                    .collect::<Vec<_>>(),
+                c.replica.as_ref().map(|i| i.floor),
+                c.replica.as_ref().map(|i| i.tombstones.len()),
+            ),
+        }
+    }
+
+    /// The largest number of unacknowledged sync batches towards any peer and partition.
+    pub fn max_inflight_batches(&self) -> usize {
+        self.distro.as_ref().map_or(0, |d| {
+            d.links
+                .values()
+                .flat_map(|l| l.values())
+                .map(|p| p.inflight.len())
+                .max()
+                .unwrap_or(0)
+        })
     }
 
     // ----- local changes ---------------------------------------------------------------
@@ -531,6 +588,11 @@ impl Shard {
     /// the change was queued (a retry sends the current state, I3).
     fn sync_item(&self, key: &SyncKey) -> Option<SyncItem> {
         let Some(client) = self.clients.get(&key.client) else {
+            // Gone. Only its owner announces that: a heartbeat client we handed over and then
+            // lost as a copy is not ours to delete everywhere.
+            if key.client.is_heartbeat() && !self.members_is_mine(&key.client) {
+                return None;
+            }
             return Some(SyncItem::Drop {
                 client: key.client.clone(),
                 rev: self.clock,
@@ -589,16 +651,25 @@ impl Shard {
         self.clock = self.clock.max(rev);
     }
 
-    /// Makes `client` a replica of `origin` if it can be one. `false`: it is ours (we are
-    /// responsible), or it was removed at a revision at or above `rev` (I2).
+    /// Makes `client` a replica of `origin` if `origin` may speak for it. `false`: it is
+    /// ours, or held from another owner that `origin` does not replace, or it was removed
+    /// at a revision at or above `rev` (I2).
+    ///
+    /// Who may speak for a client: a connection client has one owner for its whole life
+    /// (the node holding the connection), so only that node. A heartbeat client moves with
+    /// membership; its copy follows the node this node's view makes responsible, so two
+    /// nodes that both believe they own it (views not yet agreeing) cannot make the copies
+    /// flap between them.
     fn prepare_replica(&mut self, origin: &NodeId, client: &ClientId, rev: u64) -> bool {
         let now_ms = self.now.mono_ms;
         let Some(d) = self.distro.as_ref() else {
             return false;
         };
+        let responsible = d.members.responsible_for(client).cloned();
+        let takes_over = client.is_heartbeat() && responsible.as_ref() == Some(origin);
         match self.clients.get(client) {
             None => {
-                if d.dropped.get(client).is_some_and(|(r, _)| *r >= rev) {
+                if d.dropped.get(client).is_some_and(|(min, _)| rev < *min) {
                     bump(&self.stats.distro.stale, 1);
                     return false;
                 }
@@ -609,52 +680,82 @@ impl Shard {
                 true
             }
             Some(c) => match &c.replica {
-                None => {
-                    if d.members.is_mine(client) {
-                        return false;
-                    }
+                None if takes_over => {
                     // Our view says the sender is responsible now: hand the client over.
                     self.set_origin(client, Some(origin.clone()));
                     true
                 }
-                Some(info) => {
-                    if &info.origin != origin {
-                        self.set_origin(client, Some(origin.clone()));
-                    }
+                None => false,
+                Some(info) if &info.origin == origin => true,
+                Some(_) if takes_over => {
+                    self.set_origin(client, Some(origin.clone()));
                     true
                 }
+                Some(_) => false,
             },
         }
     }
 
     /// Moves a client between "ours" (`None`) and a replica of `origin`, keeping its data.
+    ///
+    /// Taking a client over restamps its publishes with fresh revisions: the new owner's
+    /// state is then newer than any copy, so peers take it whatever they held. Handing a
+    /// client to another owner sets its revisions to 0: whatever the new owner says wins,
+    /// and if it has nothing, verify prunes the copy (a heartbeat re-registers a live one).
     fn set_origin(&mut self, client: &ClientId, origin: Option<NodeId>) {
         let now_ms = self.now.mono_ms;
         let Some(c) = self.clients.get_mut(client) else {
             return;
         };
         let old = c.replica.as_ref().map(|i| i.origin.clone());
-        let revs: SmallVec<[u64; 4]> = c.publishes.iter().map(|e| e.rev).collect();
+        let mut changes: SmallVec<[(u64, u64); 4]> = SmallVec::new();
         match &origin {
             None => {
                 c.replica = None;
                 for e in c.publishes.iter_mut() {
                     // A client we take over gets a full beat period before it can expire.
                     e.last_beat_ms = now_ms;
+                    let rev = next_rev(&mut self.clock, self.now.unix_ms);
+                    changes.push((e.rev, rev));
+                    e.rev = rev;
+                }
+                c.revision = self.clock;
+            }
+            Some(o) => {
+                c.replica = Some(ReplicaInfo::new(o.clone(), now_ms));
+                for e in c.publishes.iter_mut() {
+                    changes.push((e.rev, 0));
+                    e.rev = 0;
                 }
             }
-            Some(o) => match c.replica.as_mut() {
-                Some(info) => {
-                    info.origin = o.clone();
-                    info.renewed_ms = now_ms;
-                }
-                None => c.replica = Some(ReplicaInfo::new(o.clone(), now_ms)),
-            },
         }
-        for rev in revs {
-            self.digest_entry(client, old.as_ref(), rev, false);
-            self.digest_entry(client, origin.as_ref(), rev, true);
+        for (from, to) in changes {
+            self.digest_entry(client, old.as_ref(), from, false);
+            self.digest_entry(client, origin.as_ref(), to, true);
         }
+    }
+
+    /// Gives every publish of one of our clients a fresh revision.
+    fn restamp_native(&mut self, client: &ClientId) {
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        if c.replica.is_some() {
+            return;
+        }
+        let mut changes: SmallVec<[(u64, u64); 4]> = SmallVec::new();
+        for e in c.publishes.iter_mut() {
+            let rev = next_rev(&mut self.clock, self.now.unix_ms);
+            changes.push((e.rev, rev));
+            e.rev = rev;
+        }
+        c.revision = self.clock;
+        for (from, to) in changes {
+            self.digest_entry(client, None, from, false);
+            self.digest_entry(client, None, to, true);
+        }
+        // Every peer's copy is now older than ours, not only the asker's.
+        self.note_native_change(client, None);
     }
 
     /// Takes over a client held as a replica (it is now ours) and tells every peer.
@@ -667,10 +768,6 @@ impl Shard {
             return;
         }
         self.set_origin(client, None);
-        let rev = next_rev(&mut self.clock, self.now.unix_ms);
-        if let Some(c) = self.clients.get_mut(client) {
-            c.revision = rev;
-        }
         self.note_native_change(client, None);
     }
 
@@ -790,8 +887,10 @@ impl Shard {
         );
     }
 
-    /// Drops a replica with nothing left, remembering the newest removal it saw.
-    fn drop_replica_if_empty(&mut self, client: &ClientId, removal_rev: u64) {
+    /// Drops a replica with nothing left. `whole_removal`: the owner removed the client
+    /// itself at that revision (a `Drop`), so nothing at or below it may bring it back;
+    /// otherwise only what is older than the removals it saw is kept out.
+    fn drop_replica_if_empty(&mut self, client: &ClientId, whole_removal: Option<u64>) {
         let now_ms = self.now.mono_ms;
         let Some(c) = self.clients.get(client) else {
             return;
@@ -802,16 +901,20 @@ impl Shard {
         if !c.publishes.is_empty() {
             return;
         }
-        let rev = info
-            .tombstones
-            .iter()
-            .map(|(_, r)| *r)
-            .fold(info.floor.max(removal_rev), u64::max);
+        let newest_removal = info.tombstones.iter().map(|(_, r)| *r).max().unwrap_or(0);
+        let min_rev = match whole_removal {
+            Some(rev) => rev + 1,
+            None => newest_removal,
+        };
         self.clients.swap_remove(client);
         self.stats.count_client(client, -1);
+        self.remember_removal(client, min_rev, now_ms);
+    }
+
+    fn remember_removal(&mut self, client: &ClientId, min_rev: u64, now_ms: u64) {
         if let Some(d) = self.distro.as_mut() {
             let e = d.dropped.entry(client.clone()).or_insert((0, now_ms));
-            e.0 = e.0.max(rev);
+            e.0 = e.0.max(min_rev);
             e.1 = now_ms;
         }
     }
@@ -823,6 +926,11 @@ impl Shard {
         };
         self.stats.count_client(client, -1);
         let origin = c.replica.as_ref().map(|i| i.origin.clone());
+        // An older copy (a late message, another node's snapshot) must not bring the client
+        // back (I2); its owner's current state may (this removal was our decision, not a
+        // change of the owner).
+        let newest = c.publishes.iter().map(|e| e.rev).max().unwrap_or(0);
+        self.remember_removal(client, newest, self.now.mono_ms);
         for e in c.publishes {
             self.digest_entry(client, origin.as_ref(), e.rev, false);
             self.send_service_op(
@@ -840,7 +948,7 @@ impl Shard {
                 if self.prepare_replica(from, &client, entry.rev) {
                     self.replica_put(from, &client, entry);
                     self.renew(&client);
-                    self.drop_replica_if_empty(&client, 0);
+                    self.drop_replica_if_empty(&client, None);
                 }
             }
             SyncItem::Remove {
@@ -850,31 +958,16 @@ impl Shard {
             } => {
                 if self.clients.get(&client).is_some() && self.prepare_replica(from, &client, rev) {
                     self.replica_remove(from, &client, service, rev);
-                    self.drop_replica_if_empty(&client, rev);
+                    self.drop_replica_if_empty(&client, None);
                 }
             }
             SyncItem::Full(state) => self.apply_full(from, state),
             SyncItem::Drop { client, rev } => {
                 self.observe_rev(rev);
-                let is_replica = self
-                    .clients
-                    .get(&client)
-                    .map(|c| c.replica.is_some() || !self.members_is_mine(&client));
-                match is_replica {
-                    Some(true) => {
-                        if self.prepare_replica(from, &client, rev) {
-                            self.replica_drop(from, &client, rev);
-                        }
-                    }
-                    Some(false) => {}
-                    None => {
-                        let now_ms = self.now.mono_ms;
-                        if let Some(d) = self.distro.as_mut() {
-                            let e = d.dropped.entry(client).or_insert((0, now_ms));
-                            e.0 = e.0.max(rev);
-                            e.1 = now_ms;
-                        }
-                    }
+                if !self.clients.contains_key(&client) {
+                    self.remember_removal(&client, rev + 1, self.now.mono_ms);
+                } else if self.prepare_replica(from, &client, rev) {
+                    self.replica_drop(from, &client, rev);
                 }
             }
         }
@@ -903,7 +996,7 @@ impl Shard {
                 self.replica_remove(from, client, service, rev);
             }
         }
-        self.drop_replica_if_empty(client, rev);
+        self.drop_replica_if_empty(client, Some(rev));
     }
 
     /// Applies a client's full state: newer publishes replace, publishes it lacks that are
@@ -942,7 +1035,7 @@ impl Shard {
             info.tombstones.retain(|(_, r)| *r > floor);
         }
         self.renew(&client);
-        self.drop_replica_if_empty(&client, state.rev);
+        self.drop_replica_if_empty(&client, None);
     }
 
     // ----- membership ------------------------------------------------------------------
@@ -989,13 +1082,15 @@ impl Shard {
         };
         let at = now_ms + d.cfg.verify_interval_ms;
         self.set_timer(at, Timer::Verify);
+        // A heartbeat client may have become ours by a write routed on an older view; hand
+        // back what this node's view gives to another member before vouching for it.
+        self.rebalance_heartbeat_clients();
         let Some(d) = self.distro.as_mut() else {
             return;
         };
-        // A node that has not loaded its snapshot has nothing reliable to vouch for.
-        if !d.loaded {
-            return;
-        }
+        // Sent while the snapshot is still loading too: peers must keep renewing the
+        // clients this node holds (its connections are alive). What a loading node must not
+        // do is make peers delete what it does not know yet; see `on_slice_digests`.
         d.round += 1;
         let round = d.round;
         let mut msgs = Vec::new();
@@ -1009,16 +1104,9 @@ impl Shard {
             }
         }
         bump(&self.stats.distro.verify_sent, msgs.len() as u64);
+        let clock = self.clock;
         for (peer, p, root) in msgs {
-            self.send_peer(
-                peer,
-                p,
-                PeerMsg::Digest {
-                    round,
-                    root,
-                    clients: 0,
-                },
-            );
+            self.send_peer(peer, p, PeerMsg::Digest { round, root, clock });
         }
     }
 
@@ -1075,7 +1163,10 @@ impl Shard {
                 }
             }
         }
-        let as_of = self.clock;
+        // A node still loading its snapshot may not know all the clients it is responsible
+        // for (heartbeat clients it held before a restart): `as_of = 0` tells the peer to
+        // renew what is listed and delete nothing (I6).
+        let as_of = if d.loaded { self.clock } else { 0 };
         // Split long lists so no message grows with the number of clients.
         let mut msgs: Vec<PeerMsg> = Vec::new();
         let mut lists: Vec<(u16, Vec<ClientHash>)> = Vec::new();
@@ -1132,6 +1223,7 @@ impl Shard {
                 *slot = now_ms;
             }
         }
+        self.observe_rev(as_of);
         let mut listed_slices: HashSet<u16> = HashSet::new();
         let mut listed: HashSet<ClientId> = HashSet::new();
         let mut resync = Vec::new();
@@ -1147,6 +1239,9 @@ impl Shard {
                         client_digest(&client, c.publishes.iter().map(|e| e.rev)),
                     )
                 });
+                // A removal we remember is not cleared here: the resync below makes the
+                // owner restamp the client above its clock, which has seen ours (digests
+                // carry clocks), so its answer passes the memory while stale copies do not.
                 match held {
                     Some((Some(origin), hash)) if origin == from && hash == state_hash => {}
                     // Ours: we are responsible and will tell it ours; nothing to ask.
@@ -1169,6 +1264,7 @@ impl Shard {
                     && partition_of(id) == partition
                     && listed_slices.contains(&slice_of(id))
                     && !listed.contains(*id)
+                    && as_of > 0
                     && c.publishes.iter().all(|e| e.rev <= as_of)
             })
             .map(|(id, _)| id.clone())
@@ -1404,6 +1500,9 @@ impl Shard {
         if d.loads.values().all(|l| l.done) {
             d.loaded = true;
             self.stats.distro.loaded.store(true, Ordering::Relaxed);
+            // The snapshot may hold heartbeat clients this node is now responsible for
+            // (they moved while it was away): take them over at once.
+            self.rebalance_heartbeat_clients();
         }
     }
 
@@ -1454,7 +1553,13 @@ impl Shard {
                                 .replica
                                 .as_ref()
                                 .map_or_else(|| me.clone(), |i| i.origin.clone());
-                            out.push((origin, Self::client_state(id, c)));
+                            let mut state = Self::client_state(id, c);
+                            if let Some(info) = c.replica.as_ref() {
+                                // A copy is complete only up to its last full state; its
+                                // newest revision may come from a single publish.
+                                state.rev = info.floor;
+                            }
+                            out.push((origin, state));
                         }
                     }
                     s.cursor += 1;
