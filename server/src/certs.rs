@@ -210,7 +210,11 @@ pub fn write_node(
 
 /// `nacelle certs`: certificates for the cluster's mutual TLS.
 #[derive(Parser, Debug)]
-#[command(name = "nacelle certs", about, long_about = None)]
+#[command(
+    name = "nacelle certs",
+    about = "Certificates for the mutual TLS between cluster nodes",
+    long_about = None
+)]
 struct CertsCli {
     #[command(subcommand)]
     cmd: CertsCmd,

@@ -252,6 +252,35 @@ fn insecure_nodes_talk() {
 }
 
 #[test]
+fn shutdown_tells_peers_at_once() {
+    block_on(async {
+        let (_ca, tls) = cluster_tls(&["127.0.8.1", "127.0.8.2"]);
+        // A long idle timeout: only the close frame can make b notice quickly.
+        let slow = |ip_s: &str, tls: TlsMode| {
+            let mut c = config(SocketAddr::new(ip(ip_s), 0), tls);
+            c.idle_timeout = Duration::from_secs(30);
+            c.keep_alive = Duration::from_secs(5);
+            c.down_after = Duration::from_secs(60);
+            Transport::start(c).expect("starts")
+        };
+        let a = slow("127.0.8.1", tls[0].clone());
+        let b = slow("127.0.8.2", tls[1].clone());
+        let (aa, ba) = (a.local_addr(), b.local_addr());
+        a.set_peers([ba]);
+        b.set_peers([aa]);
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(10)).await);
+        assert!(wait_health(&b, aa, Health::Up, Duration::from_secs(10)).await);
+        a.shutdown(Duration::from_millis(500)).await;
+        drop(a);
+        assert!(
+            wait_health(&b, aa, Health::Suspicious, Duration::from_secs(10)).await,
+            "b did not notice: {:?}",
+            b.health(aa)
+        );
+    });
+}
+
+#[test]
 fn dead_peer_goes_suspicious_then_down_and_comes_back() {
     block_on(async {
         let (_ca, tls) = cluster_tls(&["127.0.4.1", "127.0.4.2"]);
@@ -401,7 +430,19 @@ fn oversized_frame_closes_the_connection() {
 #[test]
 #[ignore]
 fn throughput() {
-    for (size, count) in [(100usize, 400_000usize), (1000, 200_000), (64 << 10, 4000)] {
+    let div: usize = std::env::var("PEER_TP_DIV")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    // (frame size, frames, yield to the executor after each send: frames trickle in one by one
+    // instead of arriving as a batch)
+    for (size, count, trickle) in [
+        (100usize, 400_000usize, false),
+        (100, 200_000, true),
+        (1000, 200_000, false),
+        (64 << 10, 4000, false),
+    ] {
+        let count = count / div.max(1);
         let (tx_addr, rx_addr) = std::sync::mpsc::channel::<SocketAddr>();
         let (tx_back, rx_back) = std::sync::mpsc::channel::<SocketAddr>();
         let (_ca, tls) = cluster_tls(&["127.0.7.1", "127.0.7.2"]);
@@ -417,10 +458,15 @@ fn throughput() {
                 b.set_peers([aa]);
                 let mut n = 0;
                 let mut t0 = None;
+                let mut report = Instant::now() + Duration::from_secs(1);
                 while n < count {
                     if let Event::Frame { .. } = b.recv().await {
                         t0.get_or_insert_with(Instant::now);
                         n += 1;
+                    }
+                    if Instant::now() > report {
+                        eprintln!("  received {n}: {:?}", b.stats());
+                        report += Duration::from_secs(1);
                     }
                 }
                 elapsed = t0.map_or(Duration::ZERO, |t| t.elapsed());
@@ -438,6 +484,10 @@ fn throughput() {
             let mut sent = 0;
             while sent < count {
                 match a.send(ba, body.clone()) {
+                    Ok(()) if trickle => {
+                        sent += 1;
+                        future::yield_now().await;
+                    }
                     Ok(()) => sent += 1,
                     Err(SendError::Full) => sleep_ms(1).await,
                     Err(e) => panic!("{e}"),
@@ -451,7 +501,8 @@ fn throughput() {
         let elapsed = receiver.join().expect("receiver");
         let secs = elapsed.as_secs_f64();
         eprintln!(
-            "{size} B frames: {count} in {secs:.2} s = {:.0} frames/s, {:.1} MB/s",
+            "{size} B frames{}: {count} in {secs:.2} s = {:.0} frames/s, {:.1} MB/s",
+            if trickle { " (one per turn)" } else { "" },
             count as f64 / secs,
             (count * size) as f64 / secs / 1e6
         );

@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig,
     IdleTimeout, Incoming, ReadError, ServerConfig, StreamEvent, StreamId, VarInt, WriteError,
@@ -76,6 +76,14 @@ const SEND_BATCH: usize = 64;
 const SEND_PER_CONN: usize = 16;
 /// Stateless endpoint answers (refusals, version negotiation) kept when the socket is slow.
 const MAX_ENDPOINT_TX: usize = 1024;
+/// Frames up to this size are copied into a per-peer coalescing buffer, which becomes a queue
+/// chunk at `TAIL_TARGET` bytes (or when the stream wants data). quinn-proto keeps every chunk
+/// written to a stream as one segment and finds a segment by a linear scan from the oldest
+/// unacknowledged one, so hundreds of thousands of tiny chunks in flight make sending quadratic
+/// (measured: 100-byte frames fell to 9k/s); 64 KiB chunks keep the segment count in the
+/// hundreds. Larger frames go as their own chunk, uncopied.
+const COALESCE_MAX: usize = 16 * 1024;
+const TAIL_TARGET: usize = 64 * 1024;
 
 /// Application close codes.
 const CLOSE_NORMAL: u32 = 0;
@@ -116,6 +124,10 @@ pub struct TransportConfig {
     pub socket_buffer: usize,
     /// Per-stream receive window (bytes a peer may send ahead of our reading).
     pub stream_window: u32,
+    /// Bytes written into a connection and not yet acknowledged (beyond it frames wait in our
+    /// queue): it bounds the data in flight, hence throughput per round trip (4 MiB: 4 GB/s at
+    /// 1 ms, 80 MB/s at 50 ms).
+    pub send_window: u32,
 }
 
 impl TransportConfig {
@@ -137,6 +149,7 @@ impl TransportConfig {
             max_incoming: 256,
             socket_buffer: 4 << 20,
             stream_window: 16 << 20,
+            send_window: 4 << 20,
         }
     }
 }
@@ -353,7 +366,10 @@ struct Peer {
     /// Since when there is no Up connection (for the Down rule).
     disconnected_since: Instant,
     health: Health,
+    /// Chunks ready for the stream, in order, then `tail`: small frames being coalesced.
     queue: VecDeque<Bytes>,
+    tail: BytesMut,
+    /// Bytes in `queue` and `tail`.
     queued: usize,
 }
 
@@ -369,6 +385,7 @@ impl Peer {
             disconnected_since: now,
             health: Health::Unknown,
             queue: VecDeque::new(),
+            tail: BytesMut::new(),
             queued: 0,
         }
     }
@@ -456,7 +473,7 @@ fn quic_configs(cfg: &TransportConfig) -> Result<(ServerConfig, ClientConfig), S
     .max_concurrent_uni_streams(VarInt::from_u32(4))
     .stream_receive_window(VarInt::from_u32(cfg.stream_window))
     .receive_window(VarInt::from_u32(cfg.stream_window.saturating_mul(2)))
-    .send_window(u64::from(cfg.stream_window) * 2)
+    .send_window(u64::from(cfg.send_window))
     .datagram_receive_buffer_size(None);
     let t = Arc::new(t);
     let mut server = ServerConfig::with_crypto(cfg.tls.server_crypto());
@@ -789,10 +806,15 @@ impl Inner {
         if peer.queued + size > max {
             return Err(SendError::Full);
         }
-        // The length prefix travels as its own chunk: no copy of the body.
-        peer.queue
-            .push_back(Bytes::copy_from_slice(&(body.len() as u32).to_le_bytes()));
-        if !body.is_empty() {
+        peer.tail.reserve(4 + body.len().min(COALESCE_MAX));
+        peer.tail.put_u32_le(body.len() as u32);
+        if body.len() <= COALESCE_MAX {
+            peer.tail.extend_from_slice(&body);
+            if peer.tail.len() >= TAIL_TARGET {
+                peer.queue.push_back(peer.tail.split().freeze());
+            }
+        } else {
+            peer.queue.push_back(peer.tail.split().freeze());
             peer.queue.push_back(body);
         }
         peer.queued += size;
@@ -1111,6 +1133,7 @@ impl Inner {
                     warn!(peer = %addr, "peer down");
                 }
                 peer.queue.clear();
+                peer.tail = BytesMut::new();
                 peer.queued = 0;
             }
             Health::Suspicious => info!(peer = %addr, "peer suspicious"),
@@ -1281,7 +1304,15 @@ impl Inner {
             let Some(c) = self.conns.get_mut(&ch) else {
                 continue;
             };
-            while !peer.queue.is_empty() {
+            let before = peer.queued;
+            loop {
+                if peer.queue.is_empty() {
+                    if peer.tail.is_empty() {
+                        break;
+                    }
+                    // The stream has room: what was coalesced so far goes now, not later.
+                    peer.queue.push_back(peer.tail.split().freeze());
+                }
                 let (front, _) = peer.queue.as_mut_slices();
                 let n = front.len();
                 match c.conn.send_stream(id).write_chunks(front) {
@@ -1300,7 +1331,9 @@ impl Inner {
                     }
                 }
             }
-            self.dirty.push(ch);
+            if peer.queued != before {
+                self.dirty.push(ch);
+            }
         }
         for addr in stopped {
             if let Some(ch) = self.peers.get(&addr).and_then(|p| p.conn) {
