@@ -295,17 +295,13 @@ impl Encoder {
                 let t = fb::SyncAck::create(fbb, &fb::SyncAckArgs { seq: *seq });
                 (fb::PeerMsg::SyncAck, t.as_union_value())
             }
-            PeerMsg::Digest {
-                round,
-                root,
-                clients,
-            } => {
+            PeerMsg::Digest { round, root, clock } => {
                 let t = fb::Digest::create(
                     fbb,
                     &fb::DigestArgs {
                         round: *round,
                         root: *root,
-                        clients: *clients,
+                        clock: *clock,
                     },
                 );
                 (fb::PeerMsg::Digest, t.as_union_value())
@@ -952,7 +948,7 @@ impl Decoder {
                 PeerMsg::Digest {
                     round: m.round(),
                     root: m.root(),
-                    clients: m.clients(),
+                    clock: m.clock(),
                 }
             }
             fb::PeerMsg::SliceDigests => {
@@ -1468,7 +1464,7 @@ mod tests {
             msg: PeerMsg::Digest {
                 round: 1,
                 root: 2,
-                clients: 3,
+                clock: 3,
             },
         });
         for n in 0..body.len() {

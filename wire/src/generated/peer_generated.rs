@@ -1667,7 +1667,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Digest<'a> {
 impl<'a> Digest<'a> {
   pub const VT_ROUND: ::flatbuffers::VOffsetT = 4;
   pub const VT_ROOT: ::flatbuffers::VOffsetT = 6;
-  pub const VT_CLIENTS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CLOCK: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1679,7 +1679,7 @@ impl<'a> Digest<'a> {
     args: &'args DigestArgs
   ) -> ::flatbuffers::WIPOffset<Digest<'bldr>> {
     let mut builder = DigestBuilder::new(_fbb);
-    builder.add_clients(args.clients);
+    builder.add_clock(args.clock);
     builder.add_root(args.root);
     builder.add_round(args.round);
     builder.finish()
@@ -1701,11 +1701,11 @@ impl<'a> Digest<'a> {
     unsafe { self._tab.get::<u64>(Digest::VT_ROOT, Some(0)).unwrap()}
   }
   #[inline]
-  pub fn clients(&self) -> u64 {
+  pub fn clock(&self) -> u64 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Digest::VT_CLIENTS, Some(0)).unwrap()}
+    unsafe { self._tab.get::<u64>(Digest::VT_CLOCK, Some(0)).unwrap()}
   }
 }
 
@@ -1717,7 +1717,7 @@ impl ::flatbuffers::Verifiable for Digest<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("round", Self::VT_ROUND, false)?
      .visit_field::<u64>("root", Self::VT_ROOT, false)?
-     .visit_field::<u64>("clients", Self::VT_CLIENTS, false)?
+     .visit_field::<u64>("clock", Self::VT_CLOCK, false)?
      .finish();
     Ok(())
   }
@@ -1725,7 +1725,7 @@ impl ::flatbuffers::Verifiable for Digest<'_> {
 pub struct DigestArgs {
     pub round: u64,
     pub root: u64,
-    pub clients: u64,
+    pub clock: u64,
 }
 impl<'a> Default for DigestArgs {
   #[inline]
@@ -1733,7 +1733,7 @@ impl<'a> Default for DigestArgs {
     DigestArgs {
       round: 0,
       root: 0,
-      clients: 0,
+      clock: 0,
     }
   }
 }
@@ -1752,8 +1752,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DigestBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Digest::VT_ROOT, root, 0);
   }
   #[inline]
-  pub fn add_clients(&mut self, clients: u64) {
-    self.fbb_.push_slot::<u64>(Digest::VT_CLIENTS, clients, 0);
+  pub fn add_clock(&mut self, clock: u64) {
+    self.fbb_.push_slot::<u64>(Digest::VT_CLOCK, clock, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DigestBuilder<'a, 'b, A> {
@@ -1775,7 +1775,7 @@ impl ::core::fmt::Debug for Digest<'_> {
     let mut ds = f.debug_struct("Digest");
       ds.field("round", &self.round());
       ds.field("root", &self.root());
-      ds.field("clients", &self.clients());
+      ds.field("clock", &self.clock());
       ds.finish()
   }
 }

@@ -164,7 +164,7 @@ pub fn peer_msgs() -> Vec<PeerMsg> {
         PeerMsg::Digest {
             round: 9,
             root: 0xdead_beef_cafe_f00d,
-            clients: 1_000_000,
+            clock: 1_700_000_000_000_123,
         },
         PeerMsg::SliceDigests {
             round: 10,
@@ -309,6 +309,8 @@ pub fn all_frames() -> Vec<Frame> {
         Err(OpError::NotFound("instance 10.0.0.1:80 not found".into())),
         Err(OpError::Invalid("weight -1 must be a number >= 0".into())),
         Err(OpError::Conflict(String::new())),
+            "10.0.0.2:8848 did not answer in 3000 ms".into(),
+        )),
     ];
     for (i, result) in results.into_iter().enumerate() {
         frames.push(Frame::ForwardReply {
