@@ -251,6 +251,35 @@ fn insecure_nodes_talk() {
     });
 }
 
+/// CPU time of the calling thread (the executor's), from /proc, in clock ticks.
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn idle_transports_stay_quiet() {
+    block_on(async {
+        let (_ca, tls) = cluster_tls(&["127.0.9.1", "127.0.9.2"]);
+        let a = start("127.0.9.1", tls[0].clone());
+        let b = start("127.0.9.2", tls[1].clone());
+        let (aa, ba) = (a.local_addr(), b.local_addr());
+        a.set_peers([ba]);
+        b.set_peers([aa]);
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(10)).await);
+        assert!(wait_health(&b, aa, Health::Up, Duration::from_secs(10)).await);
+        let before = thread_cpu_ticks();
+        glommio::timer::sleep(Duration::from_secs(2)).await;
+        let used = thread_cpu_ticks() - before;
+        // Keep-alives only: a busy loop would burn ~200 ticks (100 Hz) here.
+        assert!(used < 20, "two idle transports used {used} ticks in 2 s");
+        assert_eq!(a.health(ba), Health::Up);
+    });
+}
+
 #[test]
 fn shutdown_tells_peers_at_once() {
     block_on(async {

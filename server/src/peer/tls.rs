@@ -271,6 +271,14 @@ impl ServerCertVerifier for AcceptAnyServer {
 mod tests {
     use super::*;
 
+    /// main resolves the TLS flags before the executors start and hands the result to core 0.
+    #[test]
+    fn configs_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<TlsMode>();
+        send_sync::<crate::peer::transport::TransportConfig>();
+    }
+
     #[test]
     fn flag_combinations() {
         let p = Path::new("/nonexistent");
