@@ -242,6 +242,7 @@ impl Encoder {
                     Err(OpError::NotFound(m)) => (fb::ResultKind::NotFound, 0, Some(m)),
                     Err(OpError::Invalid(m)) => (fb::ResultKind::Invalid, 0, Some(m)),
                     Err(OpError::Conflict(m)) => (fb::ResultKind::Conflict, 0, Some(m)),
+                    Err(OpError::Unavailable(m)) => (fb::ResultKind::Unavailable, 0, Some(m)),
                 };
                 let message = message.map(|m| self.fbb.create_string(m));
                 let t = fb::ForwardReply::create(
@@ -870,6 +871,7 @@ pub fn decode_frame(frame_body: &[u8]) -> Result<Frame, PeerDecodeError> {
                 fb::ResultKind::NotFound => Err(OpError::NotFound(message())),
                 fb::ResultKind::Invalid => Err(OpError::Invalid(message())),
                 fb::ResultKind::Conflict => Err(OpError::Conflict(message())),
+                fb::ResultKind::Unavailable => Err(OpError::Unavailable(message())),
                 other => return Err(invalid(format!("unknown result kind {}", other.0))),
             };
             Ok(Frame::ForwardReply { id: t.id(), result })

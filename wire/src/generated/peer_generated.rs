@@ -425,16 +425,17 @@ pub struct ClientOpUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESULT_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESULT_KIND: u8 = 5;
+pub const ENUM_MAX_RESULT_KIND: u8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESULT_KIND: [ResultKind; 6] = [
+pub const ENUM_VALUES_RESULT_KIND: [ResultKind; 7] = [
   ResultKind::Changed,
   ResultKind::Unchanged,
   ResultKind::Beat,
   ResultKind::NotFound,
   ResultKind::Invalid,
   ResultKind::Conflict,
+  ResultKind::Unavailable,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -448,9 +449,10 @@ impl ResultKind {
   pub const NotFound: Self = Self(3);
   pub const Invalid: Self = Self(4);
   pub const Conflict: Self = Self(5);
+  pub const Unavailable: Self = Self(6);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Changed,
     Self::Unchanged,
@@ -458,6 +460,7 @@ impl ResultKind {
     Self::NotFound,
     Self::Invalid,
     Self::Conflict,
+    Self::Unavailable,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -468,6 +471,7 @@ impl ResultKind {
       Self::NotFound => Some("NotFound"),
       Self::Invalid => Some("Invalid"),
       Self::Conflict => Some("Conflict"),
+      Self::Unavailable => Some("Unavailable"),
       _ => None,
     }
   }

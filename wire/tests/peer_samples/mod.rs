@@ -309,6 +309,7 @@ pub fn all_frames() -> Vec<Frame> {
         Err(OpError::NotFound("instance 10.0.0.1:80 not found".into())),
         Err(OpError::Invalid("weight -1 must be a number >= 0".into())),
         Err(OpError::Conflict(String::new())),
+        Err(OpError::Unavailable(
             "10.0.0.2:8848 did not answer in 3000 ms".into(),
         )),
     ];
