@@ -45,6 +45,38 @@ pub struct Args {
     /// IPIs in glommio; a short spin avoids that between requests under load.
     #[arg(long, env = "NACELLE_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
+    /// Cluster members as `ip:httpPort,...` (this node included). No members = standalone.
+    #[arg(long, env = "NACELLE_MEMBERS", value_delimiter = ',')]
+    pub members: Vec<String>,
+    /// A Nacos `cluster.conf` (one `ip[:port]` per line, `#` comments); re-read when it
+    /// changes. Takes the place of --members.
+    #[arg(long, env = "NACELLE_CLUSTER_CONF")]
+    pub cluster_conf: Option<std::path::PathBuf>,
+    /// UDP port of node-to-node traffic (QUIC) [default: HTTP port + 1001]. Peers are
+    /// reached at their HTTP port + 1001.
+    #[arg(long, env = "NACELLE_PEER_PORT")]
+    pub peer_port: Option<u16>,
+    /// This node's certificate (PEM), signed by the cluster CA (`nacelle certs`).
+    #[arg(long, env = "NACELLE_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "NACELLE_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The cluster CA certificate (PEM) that every member's certificate must chain to.
+    #[arg(long, env = "NACELLE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Run a cluster without authentication between nodes (local experiments only).
+    #[arg(long, env = "NACELLE_INSECURE")]
+    pub insecure: bool,
+    /// How long changes are merged before they are sent to peers (ms).
+    #[arg(long, env = "NACELLE_SYNC_DELAY_MS", default_value_t = 20)]
+    pub sync_delay_ms: u64,
+    /// How often nodes compare digests of their data (ms).
+    #[arg(long, env = "NACELLE_VERIFY_INTERVAL_MS", default_value_t = 5_000)]
+    pub verify_interval_ms: u64,
+    /// A copy of a peer's client that its owner stopped confirming is removed after this (ms).
+    #[arg(long, env = "NACELLE_REPLICA_LEASE_MS", default_value_t = 30_000)]
+    pub replica_lease_ms: u64,
 }
 
 /// Resolved settings.
@@ -74,6 +106,29 @@ pub struct Config {
     pub conn_queue: usize,
     /// Spin before parking (µs).
     pub spin_before_park_us: u64,
+    /// Cluster settings; `None` = standalone.
+    pub cluster: Option<ClusterArgs>,
+}
+
+/// Cluster settings as given (resolved by `cluster::ClusterSetup`).
+#[derive(Debug, Clone)]
+pub struct ClusterArgs {
+    /// `--members` entries.
+    pub members: Vec<String>,
+    /// `--cluster-conf`.
+    pub cluster_conf: Option<std::path::PathBuf>,
+    /// UDP port of peer traffic.
+    pub peer_port: u16,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`.
+    pub tls: (
+        Option<std::path::PathBuf>,
+        Option<std::path::PathBuf>,
+        Option<std::path::PathBuf>,
+    ),
+    /// `--insecure`.
+    pub insecure: bool,
+    /// Distro settings.
+    pub distro: engine::distro::DistroConfig,
 }
 
 impl Args {
@@ -94,7 +149,9 @@ impl Args {
         let online = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let cores = self.cores.unwrap_or(online);
+        let cores = self
+            .cores
+            .unwrap_or(online.min(usize::from(engine::distro::PARTITIONS)));
         if cores == 0 || cores > 1024 {
             return Err(format!("--cores {cores} must be between 1 and 1024"));
         }
@@ -107,7 +164,53 @@ impl Args {
                     .into(),
             );
         }
+        let cluster = if self.members.iter().all(|m| m.trim().is_empty())
+            && self.cluster_conf.is_none()
+        {
+            None
+        } else {
+            let peer_port = match self.peer_port {
+                Some(p) => p,
+                None => self.http_port.checked_add(1001).ok_or_else(|| {
+                    format!(
+                        "--http-port {} + 1001 is not a port: set --peer-port",
+                        self.http_port
+                    )
+                })?,
+            };
+            if self.sync_delay_ms > 600_000
+                || !(500..=600_000).contains(&self.verify_interval_ms)
+                || self.replica_lease_ms < 2 * self.verify_interval_ms
+            {
+                return Err("--sync-delay-ms must be <= 600000, --verify-interval-ms within 500..=600000, and --replica-lease-ms at least twice the verify interval".into());
+            }
+            Some(ClusterArgs {
+                members: self
+                    .members
+                    .iter()
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect(),
+                cluster_conf: self.cluster_conf,
+                peer_port,
+                tls: (self.tls_cert, self.tls_key, self.tls_ca),
+                insecure: self.insecure,
+                distro: engine::distro::DistroConfig {
+                    sync_delay_ms: self.sync_delay_ms,
+                    verify_interval_ms: self.verify_interval_ms,
+                    replica_lease_ms: self.replica_lease_ms,
+                    ..engine::distro::DistroConfig::default()
+                },
+            })
+        };
+        if cores > usize::from(engine::distro::PARTITIONS) {
+            return Err(format!(
+                "--cores {cores}: at most {} cores are used (the number of Distro partitions)",
+                engine::distro::PARTITIONS
+            ));
+        }
         Ok(Config {
+            cluster,
             bind: self.bind,
             http_port: self.http_port,
             grpc_port,

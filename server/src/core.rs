@@ -14,6 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use engine::distro::{Members, NodeId};
 use engine::model::{ClientId, Interner, ServiceKey, Str};
 use engine::shard::{
     client_shard, ClientOp, Command, Now, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
@@ -27,6 +29,7 @@ use tracing::{debug, info, warn};
 use wire::proto::Payload;
 use wire::service_info::{self, NameStyle, Query};
 
+use crate::cluster::{encode_body, ClusterInfo, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
 
@@ -50,6 +53,33 @@ pub enum CoreMsg {
         /// The view to push.
         view: Arc<ServiceView>,
     },
+    /// A frame from a peer node for the partition this core owns (decoded here).
+    PeerIn {
+        /// Sender.
+        from: NodeId,
+        /// Frame body.
+        body: Bytes,
+    },
+    /// A frame body for a peer node (to core 0, which holds the transport).
+    PeerOut {
+        /// Destination.
+        to: NodeId,
+        /// Frame body.
+        body: Bytes,
+    },
+    /// The membership view changed.
+    Members(Members),
+    /// A peer forwarded an HTTP write for a client this node is responsible for.
+    ForwardIn {
+        /// Sender, which waits for the answer.
+        from: NodeId,
+        /// Its id of the forward.
+        id: u64,
+        /// Client.
+        client: ClientId,
+        /// Operation.
+        op: ClientOp,
+    },
 }
 
 /// A batch of messages from one core to another (one wake-up per batch, not per message).
@@ -70,6 +100,8 @@ pub struct Shared {
     /// High bits of this process's connection ids: unique per run, so that peers never
     /// mistake a new connection for one of an earlier run of this node.
     pub conn_prefix: u64,
+    /// The cluster, if this node is in one.
+    pub cluster: Option<Arc<ClusterInfo>>,
 }
 
 /// 24 bits that differ between runs of the process (time and pid mixed).
@@ -83,7 +115,7 @@ fn conn_prefix() -> u64 {
 
 impl Shared {
     /// New shared state for `cfg.cores` cores.
-    pub fn new(cfg: Config) -> Arc<Shared> {
+    pub fn new(cfg: Config, cluster: Option<Arc<ClusterInfo>>) -> Arc<Shared> {
         let n = cfg.cores;
         Arc::new(Shared {
             index: ReadIndex::new(n, cfg.cache_bytes),
@@ -91,6 +123,7 @@ impl Shared {
             metrics: (0..n).map(|_| Arc::new(CoreMetrics::default())).collect(),
             mono_origin: Instant::now(),
             conn_prefix: conn_prefix(),
+            cluster,
             cfg,
         })
     }
@@ -168,7 +201,16 @@ pub struct Core {
     outq: Vec<Vec<CoreMsg>>,
     doorbells: Vec<Option<LocalSender<()>>>,
     flush_scheduled: bool,
+    /// The membership as last seen (standalone: no peers).
+    members: Members,
+    /// Core 0 of a cluster node: the peer transport.
+    peer_io: Option<Rc<RefCell<PeerIo>>>,
+    /// Requests forwarded to us, by our waiter token: who waits, and their id.
+    remote_waiters: HashMap<u64, (NodeId, u64)>,
 }
+
+/// How long a forwarded HTTP write may wait for the responsible node.
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 
 thread_local! {
     static CORE: RefCell<Option<Core>> = const { RefCell::new(None) };
@@ -201,6 +243,7 @@ impl Core {
             shard_count: n,
             push_delay_ms: shared.cfg.push_delay_ms,
             beat_check_interval_ms: shared.cfg.beat_check_interval_ms,
+            distro: shared.cfg.cluster.as_ref().map(|c| c.distro.clone()),
             ..ShardConfig::default()
         };
         let shard = Shard::new(id, cfg, shared.index.clone(), shared.now());
@@ -243,6 +286,9 @@ impl Core {
             outq: (0..n).map(|_| Vec::new()).collect(),
             doorbells,
             flush_scheduled: false,
+            members: Members::standalone(),
+            peer_io: None,
+            remote_waiters: HashMap::new(),
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
 
@@ -264,6 +310,174 @@ impl Core {
         glommio::spawn_local(timer_loop()).detach();
     }
 
+    /// Installs the peer transport handle (core 0).
+    pub fn set_peer_io(&mut self, io: Rc<RefCell<PeerIo>>) {
+        self.peer_io = Some(io);
+    }
+
+    /// Whether every shard of this node has loaded its startup snapshot (always, standalone).
+    pub fn all_loaded(&self) -> bool {
+        self.shared.shard_stats.iter().all(|s| {
+            s.get()
+                .is_none_or(|st| st.distro.loaded.load(Ordering::Relaxed))
+        }) || self.shared.cluster.is_none()
+    }
+
+    /// Gives every core (this one included) a new membership view.
+    pub fn broadcast_members(&mut self, view: Members) {
+        for core in 0..self.n {
+            if core != self.id {
+                self.send_core(core, CoreMsg::Members(view.clone()));
+            }
+        }
+        self.apply_members(view);
+    }
+
+    fn apply_members(&mut self, view: Members) {
+        self.members = view.clone();
+        let now = self.now();
+        self.shard.handle_members(now, view);
+        self.execute_commands();
+    }
+
+    /// Core 0: a frame arrived from `from`. Distro frames go to the core owning their
+    /// partition undecoded; the rest is small and handled here.
+    pub fn route_peer_frame(&mut self, from: NodeId, body: Bytes) {
+        if let Some(p) = wire::peer::peek_partition(&body) {
+            let core = usize::from(p) % self.n;
+            if core == self.id {
+                self.on_peer_body(from, body);
+                self.schedule_flush();
+            } else {
+                self.send_core(core, CoreMsg::PeerIn { from, body });
+            }
+            return;
+        }
+        match wire::peer::decode_frame(&body) {
+            Ok(wire::peer::Frame::Forward { id, client, op }) => {
+                let core = client_shard(&client, self.n);
+                if core == self.id {
+                    self.accept_forward(from, id, client, op);
+                } else {
+                    self.send_core(
+                        core,
+                        CoreMsg::ForwardIn {
+                            from,
+                            id,
+                            client,
+                            op,
+                        },
+                    );
+                }
+            }
+            Ok(wire::peer::Frame::ForwardReply { id, result }) => {
+                let core = (id % 256) as usize;
+                let token = id / 256;
+                if core == self.id {
+                    self.complete(token, result);
+                } else if core < self.n {
+                    self.send_core(core, CoreMsg::Reply { token, result });
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.refuse_peer_frame(&from, &e.to_string()),
+        }
+    }
+
+    fn refuse_peer_frame(&self, from: &NodeId, why: &str) {
+        if let Some(info) = &self.shared.cluster {
+            let n = info.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+            // Logged sparingly: a broken peer sends many.
+            if n.is_power_of_two() {
+                warn!(peer = %from, refused = n + 1, "refused a peer frame: {why}");
+            }
+        }
+    }
+
+    fn on_peer_body(&mut self, from: NodeId, body: Bytes) {
+        match wire::peer::decode_frame(&body) {
+            Ok(wire::peer::Frame::Partition { partition, msg }) => {
+                let now = self.now();
+                self.shard.handle_peer(now, from, partition, msg);
+            }
+            Ok(_) => self.refuse_peer_frame(&from, "not a partition frame"),
+            Err(e) => self.refuse_peer_frame(&from, &e.to_string()),
+        }
+    }
+
+    /// Sends a frame body to a peer node (through core 0).
+    fn send_peer(&mut self, to: NodeId, body: Bytes) {
+        if let Some(io) = &self.peer_io {
+            io.borrow().send(&to, body);
+        } else if self.id != 0 {
+            self.send_core(0, CoreMsg::PeerOut { to, body });
+        }
+    }
+
+    /// A write forwarded by a peer: apply it here (never forward it again: the sender's
+    /// view made us responsible) and answer once it is readable.
+    fn accept_forward(&mut self, from: NodeId, id: u64, client: ClientId, op: ClientOp) {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.remote_waiters.insert(token, (from, id));
+        let now = self.now();
+        self.shard.handle(
+            now,
+            ShardMsg::Client {
+                client,
+                op,
+                reply: Some(ReplyTo {
+                    shard: self.id,
+                    token,
+                }),
+            },
+        );
+        self.schedule_flush();
+    }
+
+    /// Sends an HTTP write to the node responsible for its client; the answer arrives as a
+    /// `ForwardReply` on this core's waiter. If none comes in time (the owner just died and
+    /// its peers have not noticed yet), the write is applied here instead: an AP registry
+    /// takes the write, and the owner gets the client back once it answers again.
+    fn forward(
+        &mut self,
+        to: NodeId,
+        client: ClientId,
+        op: ClientOp,
+    ) -> oneshot::Receiver<OpResult> {
+        let (reply, rx) = self.waiter();
+        let id = reply.token * 256 + self.id as u64;
+        if let Some(info) = &self.shared.cluster {
+            info.stats.forwards.fetch_add(1, Ordering::Relaxed);
+        }
+        let fallback = (client.clone(), op.clone());
+        let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
+        self.send_peer(to, body);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(FORWARD_TIMEOUT).await;
+            with_core(|c| {
+                if !c.replies.contains_key(&reply.token) {
+                    return;
+                }
+                if let Some(info) = &c.shared.cluster {
+                    info.stats.forward_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                let (client, op) = fallback;
+                let owner = client_shard(&client, c.n);
+                c.route(
+                    owner,
+                    ShardMsg::Client {
+                        client,
+                        op,
+                        reply: Some(reply),
+                    },
+                );
+            });
+        })
+        .detach();
+        rx
+    }
+
     /// Current time for the shard.
     pub fn now(&self) -> Now {
         self.shared.now()
@@ -272,12 +486,8 @@ impl Core {
     /// Allocates a connection id whose client lives on this core.
     pub fn open_conn(&mut self, remote: SocketAddr, kill: oneshot::Sender<()>) -> u64 {
         self.next_conn_seq += 1;
-        let id = engine::shard::conn_id(
-            self.shared.conn_prefix,
-            self.id,
-            self.n,
-            self.next_conn_seq,
-        );
+        let id =
+            engine::shard::conn_id(self.shared.conn_prefix, self.id, self.n, self.next_conn_seq);
         let now = self.now();
         self.conns.insert(
             id,
@@ -343,6 +553,22 @@ impl Core {
         client: ClientId,
         op: ClientOp,
     ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
+        if client.is_heartbeat() && self.members.is_cluster() && !self.members.is_mine(&client) {
+            if let Some(node) = self.members.responsible_for(&client).cloned() {
+                // A SUSPICIOUS owner still counts for responsibility (so a flapping link does
+                // not reshuffle every client), but a write is not sent into a link that just
+                // failed: it is applied here, and the owner gets it back once it answers
+                // again (the next verify hands the client over).
+                let up = self
+                    .members
+                    .peers
+                    .iter()
+                    .any(|(n, h)| n == &node && *h == engine::distro::Health::Up);
+                if up {
+                    return Ok(self.forward(node, client, op));
+                }
+            }
+        }
         let owner = client_shard(&client, self.n);
         self.admit(owner)?;
         let (to, rx) = self.waiter();
@@ -420,10 +646,24 @@ impl Core {
                 clusters,
                 view,
             } => self.deliver_push(subscriber, &clusters, &view),
+            CoreMsg::PeerIn { from, body } => self.on_peer_body(from, body),
+            CoreMsg::PeerOut { to, body } => self.send_peer(to, body),
+            CoreMsg::Members(view) => self.apply_members(view),
+            CoreMsg::ForwardIn {
+                from,
+                id,
+                client,
+                op,
+            } => self.accept_forward(from, id, client, op),
         }
     }
 
     fn complete(&mut self, token: u64, result: OpResult) {
+        if let Some((node, id)) = self.remote_waiters.remove(&token) {
+            let body = encode_body(&wire::peer::Frame::ForwardReply { id, result });
+            self.send_peer(node, body);
+            return;
+        }
         if let Some(tx) = self.replies.remove(&token) {
             // The requester may have gone (client hung up): nothing to do then.
             let _ = tx.send(result);
@@ -454,8 +694,19 @@ impl Core {
         while let Some(cmd) = self.shard.poll_command() {
             match cmd {
                 Command::Send { shard, msg } => self.send_core(shard, CoreMsg::Shard(msg)),
-                // Standalone for now: the peer layer is wired in by the cluster work.
-                Command::Peer { .. } => {}
+                Command::Peer { to, partition, msg } => {
+                    let is_digest = matches!(msg, engine::distro::PeerMsg::Digest { .. });
+                    let body = encode_body(&wire::peer::Frame::Partition { partition, msg });
+                    if is_digest {
+                        if let Some(info) = &self.shared.cluster {
+                            info.stats.digest_frames.fetch_add(1, Ordering::Relaxed);
+                            info.stats
+                                .digest_bytes
+                                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+                        }
+                    }
+                    self.send_peer(to, body);
+                }
                 Command::Reply { to, result } => {
                     if to.shard == self.id {
                         self.complete(to.token, result);

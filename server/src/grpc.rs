@@ -210,6 +210,7 @@ fn error_payload(e: &OpError) -> Payload {
     let code = match e {
         OpError::NotFound(_) => code::NOT_FOUND,
         OpError::Invalid(_) | OpError::Conflict(_) => code::INVALID_PARAM,
+        OpError::Unavailable(_) => code::OVER_THRESHOLD,
     };
     payload::error(code, &e.to_string())
 }

@@ -95,6 +95,11 @@ impl From<OpError> for Failure {
                 code: 20005,
                 message: m,
             },
+            OpError::Unavailable(m) => Failure {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: 503,
+                message: m,
+            },
         }
     }
 }
@@ -704,10 +709,31 @@ fn operator_metrics(api: Api) -> Resp {
             .map(|m| m.connections.load(Ordering::Relaxed) as i64)
             .sum();
         let http_clients = s.stat(|x| x.heartbeat_clients.load(Ordering::Relaxed));
+        let all_clients = s.stat(|x| x.clients.load(Ordering::Relaxed));
+        let replicas = s.stat(|x| x.replica_clients.load(Ordering::Relaxed));
         // As Nacos counts them: every SDK connection is a client, plus every ip:port client.
         let clients = conns + http_clients;
+        let responsible = (all_clients - replicas).max(0);
+        // UP once the startup snapshot is loaded (Nacos: ServerStatusManager).
+        let status = if c.all_loaded() { "UP" } else { "DOWN" };
+        let mut members = String::new();
+        if let Some(info) = &s.cluster {
+            members.push_str(",\"members\":[");
+            let _ = write!(
+                members,
+                "{{\"address\":\"{}\",\"state\":\"UP\",\"self\":true}}",
+                info.me
+            );
+            if let Ok(h) = info.stats.health.lock() {
+                for (node, code) in h.iter() {
+                    let state = ["UP", "SUSPICIOUS", "DOWN"][usize::from(*code).min(2)];
+                    let _ = write!(members, ",{{\"address\":\"{node}\",\"state\":\"{state}\"}}");
+                }
+            }
+            members.push(']');
+        }
         format!(
-            "{{\"status\":\"UP\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{clients},\"connectionBasedClientCount\":{conns},\"ephemeralIpPortClientCount\":{http_clients},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{clients},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0}}",
+            "{{\"status\":\"{status}\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{clients},\"connectionBasedClientCount\":{conns},\"ephemeralIpPortClientCount\":{http_clients},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{responsible},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0{members}}}",
             s.stat(|x| x.services.load(Ordering::Relaxed)),
             s.stat(|x| x.instances.load(Ordering::Relaxed)),
             s.stat(|x| x.subscriptions.load(Ordering::Relaxed)),
@@ -753,6 +779,7 @@ fn prometheus() -> Resp {
         let cache = s.index.budget().used();
         let _ = writeln!(out, "# HELP nacelle_answer_cache_bytes Bytes of cached encoded answers.\n# TYPE nacelle_answer_cache_bytes gauge\nnacelle_answer_cache_bytes {cache}");
         crate::metrics::render_requests(&mut out, &s.metrics);
+        crate::metrics::render_cluster(&mut out, s, c.all_loaded());
     });
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(

@@ -6,6 +6,9 @@
 //!
 //! # Layout
 //! - `config`: flags and environment.
+//! - `cluster`: membership, the peer transport on core 0, routing of peer frames and
+//!   forwarded HTTP writes.
+//! - `peer`: the QUIC transport with mutual TLS, member lists; `certs`: `nacelle certs`.
 //! - `core`: the per-core context: shard, connections, cross-core mesh, timers.
 //! - `grpc`: the Nacos SDK protocol (9848): unary requests and the bi-stream.
 //! - `http`: the Nacos OpenAPI v1/v2 (8848) and Prometheus `/metrics`.
@@ -13,6 +16,7 @@
 //! - `rt`: hyper/tonic on glommio (executor, timer, IO).
 
 mod certs;
+mod cluster;
 mod config;
 mod core;
 mod grpc;
@@ -44,6 +48,17 @@ fn main() {
         )
         .with_target(false)
         .init();
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("certs") {
+        // `nacelle certs ...`: create the cluster CA and node certificates, then exit.
+        match certs::run(&argv[2..]) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("nacelle certs: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let cfg = match config::Args::parse().resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -65,8 +80,28 @@ fn run(cfg: config::Config) -> Result<(), String> {
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
     let n = cfg.cores;
-    info!(http = %http_addr, grpc = %grpc_addr, cores = n, "nacelle starting (standalone)");
-    let shared = Shared::new(cfg.clone());
+    let cluster = match &cfg.cluster {
+        Some(args) => Some(Arc::new(cluster::ClusterInfo::resolve(
+            args,
+            cfg.bind,
+            cfg.http_port,
+        )?)),
+        None => None,
+    };
+    match &cluster {
+        None => {
+            info!(http = %http_addr, grpc = %grpc_addr, cores = n, "nacelle starting (standalone)")
+        }
+        Some(c) => info!(
+            http = %http_addr,
+            grpc = %grpc_addr,
+            cores = n,
+            me = %c.me,
+            members = c.members.len(),
+            "nacelle starting (cluster)"
+        ),
+    }
+    let shared = Shared::new(cfg.clone(), cluster);
     let mesh = MeshBuilder::<MeshBatch, _>::full(n, 1024);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -96,6 +131,16 @@ fn run(cfg: config::Config) -> Result<(), String> {
                     .map_err(|e| format!("core {id}: HTTP bind: {e}"))?;
                 let grpc = glommio::net::TcpListener::bind(grpc_addr)
                     .map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
+                if id == 0 {
+                    if let Some(info) = shared.cluster.clone() {
+                        let io = cluster::start(info)?;
+                        let view = io.borrow().view();
+                        core::with_core(|c| {
+                            c.set_peer_io(io);
+                            c.broadcast_members(view);
+                        });
+                    }
+                }
                 glommio::spawn_local(http::serve(http, shared.cfg.max_message_bytes)).detach();
                 glommio::spawn_local(grpc::serve(grpc, shared.cfg.max_message_bytes)).detach();
                 if id == 0 {

@@ -165,3 +165,151 @@ pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
     let conns = sum(&|c| c.connections.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP nacelle_connections gRPC connections open.\n# TYPE nacelle_connections gauge\nnacelle_connections {conns}");
 }
+
+/// Writes the cluster series: Distro counters summed over the shards, peer traffic and
+/// member health.
+pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bool) {
+    let Some(info) = &shared.cluster else {
+        return;
+    };
+    let d = |f: fn(&engine::shard::DistroStats) -> u64| {
+        shared
+            .shard_stats
+            .iter()
+            .filter_map(|s| s.get())
+            .map(|s| f(&s.distro))
+            .sum::<u64>()
+    };
+    type Distro = fn(&engine::shard::DistroStats) -> u64;
+    let counters: [(&str, &str, Distro); 12] = [
+        (
+            "nacelle_distro_sync_batches_total",
+            "Sync batches sent to peers.",
+            |s| s.sync_batches.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_sync_items_total",
+            "Client changes sent to peers.",
+            |s| s.sync_items.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_sync_retries_total",
+            "Sync batches not acknowledged in time and sent again.",
+            |s| s.sync_retries.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_applied_total",
+            "Changes from peers applied.",
+            |s| s.applied.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_stale_total",
+            "Changes from peers ignored as older than what is held.",
+            |s| s.stale.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_verify_sent_total",
+            "Verify digests sent.",
+            |s| s.verify_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_verify_matched_total",
+            "Verify digests received that matched.",
+            |s| s.verify_matched.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_verify_differed_total",
+            "Verify digests received that differed.",
+            |s| s.verify_differed.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_resyncs_total",
+            "Clients peers asked to be sent again.",
+            |s| s.resyncs.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_replicas_expired_total",
+            "Copies removed because their owner stopped confirming them.",
+            |s| s.replicas_expired.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_snapshot_sent_total",
+            "Clients sent in snapshots.",
+            |s| s.snapshot_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_snapshot_received_total",
+            "Clients received in snapshots.",
+            |s| s.snapshot_received.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            d(get)
+        );
+    }
+    let st = &info.stats;
+    let peer: [(&str, &str, &AtomicU64); 9] = [
+        (
+            "nacelle_peer_forward_fallbacks_total",
+            "Forwarded writes applied locally because the responsible node did not answer in time.",
+            &st.forward_fallbacks,
+        ),
+        (
+            "nacelle_peer_frames_sent_total",
+            "Frames queued to peers.",
+            &st.frames_sent,
+        ),
+        (
+            "nacelle_peer_bytes_sent_total",
+            "Bytes of frames queued to peers.",
+            &st.bytes_sent,
+        ),
+        (
+            "nacelle_peer_frames_received_total",
+            "Frames received from peers.",
+            &st.frames_received,
+        ),
+        (
+            "nacelle_peer_bytes_received_total",
+            "Bytes of frames received from peers.",
+            &st.bytes_received,
+        ),
+        (
+            "nacelle_peer_frames_dropped_total",
+            "Frames not queued (peer down or its queue full).",
+            &st.frames_dropped,
+        ),
+        (
+            "nacelle_peer_frames_refused_total",
+            "Frames refused as malformed or from unknown addresses.",
+            &st.frames_refused,
+        ),
+        (
+            "nacelle_peer_forwards_total",
+            "HTTP writes forwarded to the responsible node.",
+            &st.forwards,
+        ),
+        (
+            "nacelle_distro_digest_bytes_total",
+            "Bytes of verify digests sent.",
+            &st.digest_bytes,
+        ),
+    ];
+    for (name, help, v) in peer {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP nacelle_up 1 once the startup snapshot is loaded.\n# TYPE nacelle_up gauge\nnacelle_up {}", u8::from(loaded));
+    out.push_str("# HELP nacelle_member_health Health of each peer as this node sees it (0 up, 1 suspicious, 2 down).\n# TYPE nacelle_member_health gauge\n");
+    if let Ok(h) = st.health.lock() {
+        for (node, code) in h.iter() {
+            let _ = writeln!(out, "nacelle_member_health{{member=\"{node}\"}} {code}");
+        }
+    }
+}

@@ -243,12 +243,17 @@ pub enum OpError {
     Invalid(String),
     /// The request conflicts with the current state.
     Conflict(String),
+    /// The node that must apply the request could not be reached in time (cluster).
+    Unavailable(String),
 }
 
 impl std::fmt::Display for OpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OpError::NotFound(m) | OpError::Invalid(m) | OpError::Conflict(m) => f.write_str(m),
+            OpError::NotFound(m)
+            | OpError::Invalid(m)
+            | OpError::Conflict(m)
+            | OpError::Unavailable(m) => f.write_str(m),
         }
     }
 }
@@ -304,6 +309,8 @@ pub struct ShardStats {
     pub clients: AtomicI64,
     /// Of which HTTP `ip:port` heartbeat clients.
     pub heartbeat_clients: AtomicI64,
+    /// Of which copies of clients another node is responsible for.
+    pub replica_clients: AtomicI64,
     /// Subscriptions to services owned by this shard.
     pub subscriptions: AtomicI64,
     /// Pushes emitted.

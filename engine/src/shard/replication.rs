@@ -39,15 +39,19 @@ pub(crate) struct ReplicaInfo {
     /// Removed publishes and the revision of their removal, so that a late, older upsert
     /// cannot bring them back (I2).
     pub(crate) tombstones: SmallVec<[(ServiceKey, u64); 1]>,
+    /// Which association with an owner this is: a client handed to a new owner (or back)
+    /// starts a new one, and revisions are only comparable within one (I2).
+    pub(crate) epoch: u64,
 }
 
 impl ReplicaInfo {
-    fn new(origin: NodeId, now_ms: u64) -> Box<ReplicaInfo> {
+    fn new(origin: NodeId, now_ms: u64, epoch: u64) -> Box<ReplicaInfo> {
         Box::new(ReplicaInfo {
             origin,
             renewed_ms: now_ms,
             floor: 0,
             tombstones: SmallVec::new(),
+            epoch,
         })
     }
 
@@ -367,9 +371,12 @@ impl Shard {
     /// Calls `f` for every publish this shard holds: client, service, revision, and the
     /// node responsible for the client (`None`: this node). For introspection and the
     /// simulator's invariant checks.
-    pub fn visit_entries(&self, mut f: impl FnMut(&ClientId, &ServiceKey, u64, Option<&NodeId>)) {
+    pub fn visit_entries(
+        &self,
+        mut f: impl FnMut(&ClientId, &ServiceKey, u64, Option<(&NodeId, u64)>),
+    ) {
         for (id, c) in &self.clients {
-            let origin = c.replica.as_ref().map(|i| &i.origin);
+            let origin = c.replica.as_ref().map(|i| (&i.origin, i.epoch));
             for e in &c.publishes {
                 f(id, &e.service, e.rev, origin);
             }
@@ -674,8 +681,10 @@ impl Shard {
                     return false;
                 }
                 self.stats.count_client(client, 1);
+                self.stats.replica_clients.fetch_add(1, Ordering::Relaxed);
                 let mut c = Client::new();
-                c.replica = Some(ReplicaInfo::new(origin.clone(), now_ms));
+                let epoch = next_rev(&mut self.clock, self.now.unix_ms);
+                c.replica = Some(ReplicaInfo::new(origin.clone(), now_ms, epoch));
                 self.clients.insert(client.clone(), c);
                 true
             }
@@ -709,6 +718,10 @@ impl Shard {
         };
         let old = c.replica.as_ref().map(|i| i.origin.clone());
         let mut changes: SmallVec<[(u64, u64); 4]> = SmallVec::new();
+        let delta = i64::from(origin.is_some()) - i64::from(old.is_some());
+        self.stats
+            .replica_clients
+            .fetch_add(delta, Ordering::Relaxed);
         match &origin {
             None => {
                 c.replica = None;
@@ -722,7 +735,8 @@ impl Shard {
                 c.revision = self.clock;
             }
             Some(o) => {
-                c.replica = Some(ReplicaInfo::new(o.clone(), now_ms));
+                let epoch = next_rev(&mut self.clock, self.now.unix_ms);
+                c.replica = Some(ReplicaInfo::new(o.clone(), now_ms, epoch));
                 for e in c.publishes.iter_mut() {
                     changes.push((e.rev, 0));
                     e.rev = 0;
@@ -908,6 +922,7 @@ impl Shard {
         };
         self.clients.swap_remove(client);
         self.stats.count_client(client, -1);
+        self.stats.replica_clients.fetch_sub(1, Ordering::Relaxed);
         self.remember_removal(client, min_rev, now_ms);
     }
 
@@ -925,6 +940,9 @@ impl Shard {
             return;
         };
         self.stats.count_client(client, -1);
+        if c.replica.is_some() {
+            self.stats.replica_clients.fetch_sub(1, Ordering::Relaxed);
+        }
         let origin = c.replica.as_ref().map(|i| i.origin.clone());
         // An older copy (a late message, another node's snapshot) must not bring the client
         // back (I2); its owner's current state may (this removal was our decision, not a
@@ -1006,6 +1024,19 @@ impl Shard {
         if !self.prepare_replica(origin, &state.client, state.rev) {
             return;
         }
+        let client = state.client.clone();
+        self.apply_full_state(origin, state);
+        // A heartbeat client this node's view makes ours, handed to us by its previous
+        // holder: take it over now, so it has an owner that renews and checks it.
+        if client.is_heartbeat()
+            && self.members_is_mine(&client)
+            && self.clients.contains_key(&client)
+        {
+            self.adopt_if_replica(&client);
+        }
+    }
+
+    fn apply_full_state(&mut self, origin: &NodeId, state: ClientState) {
         let client = state.client;
         let listed: HashSet<ServiceKey> = state.entries.iter().map(|e| e.service.clone()).collect();
         let stale: Vec<(ServiceKey, u64)> = self
@@ -1057,7 +1088,15 @@ impl Shard {
             let mine = owner.is_none() || owner == d.members.me;
             match (&c.replica, mine) {
                 (None, false) => {
-                    if let Some(o) = owner {
+                    // Handed over only to a member that answers: a SUSPICIOUS owner could
+                    // not take it, and the client would be nobody's.
+                    let up = owner.as_ref().is_some_and(|o| {
+                        d.members
+                            .peers
+                            .iter()
+                            .any(|(n, h)| n == o && *h == Health::Up)
+                    });
+                    if let (Some(o), true) = (owner, up) {
                         demote.push((id.clone(), o));
                     }
                 }
@@ -1066,6 +1105,20 @@ impl Shard {
             }
         }
         for (id, owner) in demote {
+            // The new owner may never have seen this client (it was written here while the
+            // owner was away): give it our state before it becomes the authority.
+            if let Some(c) = self.clients.get(&id) {
+                let state = Self::client_state(&id, c);
+                let partition = partition_of(&id);
+                self.send_peer(
+                    owner.clone(),
+                    partition,
+                    PeerMsg::Sync {
+                        seq: u64::MAX,
+                        items: vec![SyncItem::Full(state)],
+                    },
+                );
+            }
             self.set_origin(&id, Some(owner));
         }
         for id in adopt {

@@ -166,7 +166,7 @@ pub struct World {
     pub dup: f64,
     pub jitter_ms: u64,
     truth: BTreeMap<ClientId, TruthClient>,
-    seen_revs: BTreeMap<(usize, ClientId, ServiceKey), (Option<NodeId>, u64)>,
+    seen_revs: BTreeMap<(usize, ClientId, ServiceKey), (Option<(NodeId, u64)>, u64)>,
     pub violations: Vec<String>,
     pub log: Vec<String>,
     pub verbose: bool,
@@ -907,7 +907,12 @@ impl World {
             let mut revs = Vec::new();
             for s in &self.nodes[i].shards {
                 s.visit_entries(|c, svc, rev, origin| {
-                    revs.push((c.clone(), svc.clone(), rev, origin.cloned()))
+                    revs.push((
+                        c.clone(),
+                        svc.clone(),
+                        rev,
+                        origin.map(|(n, e)| (n.clone(), e)),
+                    ))
                 });
                 if s.max_inflight_batches() > max_inflight {
                     self.violations.push(format!(

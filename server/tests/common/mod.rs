@@ -29,6 +29,8 @@ pub struct Server {
     pub http: u16,
     /// gRPC port.
     pub grpc: u16,
+    /// Address it is bound to.
+    pub ip: String,
     log: PathBuf,
 }
 
@@ -52,45 +54,60 @@ impl Server {
             if http == grpc {
                 continue;
             }
-            let log = std::env::temp_dir().join(format!(
-                "nacelle-it-{}-{}.log",
-                std::process::id(),
-                NEXT_LOG.fetch_add(1, Ordering::Relaxed)
-            ));
-            let log_file = std::fs::File::create(&log).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_nacelle"))
-                .args(["--bind", "127.0.0.1", "--cores", "2"])
-                .args(["--http-port", &http.to_string()])
-                .args(["--grpc-port", &grpc.to_string()])
-                .args(extra)
-                .env("NACELLE_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().unwrap())
-                .stderr(log_file)
-                .spawn()
-                .expect("cannot start nacelle");
-            let mut server = Server {
-                child,
-                http,
-                grpc,
-                log,
-            };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = server.child.try_wait() {
-                    break; // exited (port taken by a racing test?): try other ports
-                }
-                if let Ok(r) = try_http(http, "GET", "/nacos/v1/ns/operator/metrics", None) {
-                    if r.status == 200 {
-                        return server;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            match Server::spawn("127.0.0.1", http, grpc, extra) {
+                Ok(s) => return s,
+                Err(log) => last_log = log,
             }
-            last_log = std::fs::read_to_string(&server.log).unwrap_or_default();
-            // Dropping kills it and removes the log.
         }
         panic!("nacelle did not become ready; last log:\n{last_log}");
+    }
+
+    /// Starts a server bound to `ip` on the given ports (cluster tests pick them); `Err`
+    /// carries its log when it did not become ready.
+    pub fn spawn(ip: &str, http: u16, grpc: u16, extra: &[&str]) -> Result<Server, String> {
+        let log = std::env::temp_dir().join(format!(
+            "nacelle-it-{}-{}.log",
+            std::process::id(),
+            NEXT_LOG.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nacelle"))
+            .args(["--bind", ip, "--cores", "2"])
+            .args(["--http-port", &http.to_string()])
+            .args(["--grpc-port", &grpc.to_string()])
+            .args(extra)
+            .env("NACELLE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("cannot start nacelle");
+        let mut server = Server {
+            child,
+            http,
+            grpc,
+            ip: ip.to_string(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                break; // exited (port taken by a racing test?): try other ports
+            }
+            if let Ok(r) = try_http_at(ip, http, "GET", "/nacos/v1/ns/operator/metrics", None) {
+                if r.status == 200 {
+                    return Ok(server);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(std::fs::read_to_string(&server.log).unwrap_or_default())
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether the process is still running (it never exits by itself).
@@ -105,17 +122,20 @@ impl Server {
 
     /// HTTP request to this server (panics on transport errors).
     pub fn http(&self, method: &str, path: &str) -> HttpResp {
-        http(self.http, method, path, None)
+        try_http_at(&self.ip, self.http, method, path, None)
+            .unwrap_or_else(|e| panic!("{method} {path} on {}:{}: {e}", self.ip, self.http))
     }
 
     /// HTTP request with a form body.
     pub fn http_form(&self, method: &str, path: &str, form: &str) -> HttpResp {
-        http(
+        try_http_at(
+            &self.ip,
             self.http,
             method,
             path,
             Some(("application/x-www-form-urlencoded", form.as_bytes())),
         )
+        .unwrap_or_else(|e| panic!("{method} {path} on {}:{}: {e}", self.ip, self.http))
     }
 
     /// `GET /nacos/v1/ns/operator/metrics` as JSON.
@@ -264,10 +284,21 @@ pub fn try_http(
     path: &str,
     body: Option<(&str, &[u8])>,
 ) -> std::io::Result<HttpResp> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    try_http_at("127.0.0.1", port, method, path, body)
+}
+
+/// [`try_http`] to another loopback address (cluster tests give each node its own).
+pub fn try_http_at(
+    ip: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> std::io::Result<HttpResp> {
+    let mut s = TcpStream::connect((ip, port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: nacelle-it\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\nUser-Agent: nacelle-it\r\n");
     match body {
         Some((ctype, b)) => {
             req.push_str(&format!(
