@@ -180,9 +180,9 @@ impl Args {
             };
             if self.sync_delay_ms > 600_000
                 || !(500..=600_000).contains(&self.verify_interval_ms)
-                || self.replica_lease_ms < 2 * self.verify_interval_ms
+                || self.replica_lease_ms < (2 * self.verify_interval_ms).max(10_000)
             {
-                return Err("--sync-delay-ms must be <= 600000, --verify-interval-ms within 500..=600000, and --replica-lease-ms at least twice the verify interval".into());
+                return Err("--sync-delay-ms must be <= 600000, --verify-interval-ms within 500..=600000, and --replica-lease-ms at least twice the verify interval and at least 10000 (longer than a dead node takes to be declared DOWN, so its clients move before their copies expire)".into());
             }
             Some(ClusterArgs {
                 members: self

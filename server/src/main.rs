@@ -127,10 +127,8 @@ fn run(cfg: config::Config) -> Result<(), String> {
                 };
                 let id = senders.peer_id();
                 Core::install(id, shared.clone(), senders, receivers).await;
-                let http = glommio::net::TcpListener::bind(http_addr)
-                    .map_err(|e| format!("core {id}: HTTP bind: {e}"))?;
-                let grpc = glommio::net::TcpListener::bind(grpc_addr)
-                    .map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
+                let http = listen(http_addr).map_err(|e| format!("core {id}: HTTP bind: {e}"))?;
+                let grpc = listen(grpc_addr).map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
                 if id == 0 {
                     if let Some(info) = shared.cluster.clone() {
                         let io = cluster::start(info)?;
@@ -165,4 +163,24 @@ fn run(cfg: config::Config) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// A listening socket shared by every core (SO_REUSEPORT) that a restarted process can bind
+/// again at once (SO_REUSEADDR): without it, connections of a killed process that their
+/// clients have not closed yet hold the port for up to a minute, and a crashed node could not
+/// come back. glommio's own `bind` sets only SO_REUSEPORT.
+fn listen(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::unix::io::IntoRawFd;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    let fd = sock.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to the listener.
+    #[allow(unsafe_code)]
+    let listener =
+        unsafe { <glommio::net::TcpListener as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+    Ok(listener)
 }

@@ -41,6 +41,14 @@ fn pick_ports(count: usize) -> Vec<(u16, u16)> {
     out
 }
 
+/// Cluster tests run one at a time: each runs three or four servers of two cores, and on a
+/// 2-core machine several at once would measure the scheduler, not the protocol.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct TestCluster {
     nodes: Vec<Option<Server>>,
     ports: Vec<(u16, u16)>,
@@ -81,13 +89,26 @@ impl TestCluster {
             "--verify-interval-ms",
             "1000",
             "--replica-lease-ms",
-            "4000",
+            "12000",
         ];
         args.extend(self.extra.iter().map(String::as_str));
         args.extend(more);
-        let server = Server::spawn("127.0.0.1", http, grpc, &args)
-            .unwrap_or_else(|log| panic!("node {i} did not start:\n{log}"));
-        self.nodes[i] = Some(server);
+        // A restarted node reuses its ports; the kernel may hold them a moment longer.
+        let mut last = String::new();
+        for _ in 0..20 {
+            match Server::spawn("127.0.0.1", http, grpc, &args) {
+                Ok(server) => {
+                    self.nodes[i] = Some(server);
+                    return;
+                }
+                Err(log) if log.contains("in use") => {
+                    last = log;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(log) => panic!("node {i} did not start:\n{log}"),
+            }
+        }
+        panic!("node {i} did not start:\n{last}");
     }
 
     fn node(&self, i: usize) -> &Server {
@@ -146,11 +167,24 @@ impl TestCluster {
         });
         if !ok {
             for (i, s) in self.running() {
-                eprintln!(
-                    "node {i} lists {} of {} endpoints",
-                    s.endpoints(service).len(),
-                    want.len()
-                );
+                let got = s.endpoints(service);
+                let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
+                let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).collect();
+                eprintln!("node {i}: missing {missing:?}, extra {extra:?}");
+                for l in s
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains("health") || l.contains("WARN"))
+                {
+                    eprintln!("  log: {l}");
+                }
+                let text = s.http("GET", "/metrics").text();
+                for line in text.lines().filter(|l| {
+                    !l.starts_with('#')
+                        && (l.contains("distro") || l.contains("member") || l.contains("expired"))
+                }) {
+                    eprintln!("  {line}");
+                }
             }
             panic!("{service} did not converge on every node within {within:?}");
         }
@@ -167,6 +201,7 @@ fn register_http(s: &Server, service: &str, ip: &str, port: u16) {
 
 #[test]
 fn http_writes_through_any_node_reach_every_node() {
+    let _serial = serial();
     let c = TestCluster::start(3, 3, &["--insecure"]);
     c.wait_formed(Duration::from_secs(15));
     // 30 heartbeat clients: about two thirds belong to another node and are forwarded.
@@ -214,6 +249,7 @@ fn http_writes_through_any_node_reach_every_node() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_grpc_registration_is_pushed_through_the_other_nodes() {
+    let _serial = serial();
     let c = TestCluster::start(3, 3, &["--insecure"]);
     c.wait_formed(Duration::from_secs(15));
     let mut subscribers = Vec::new();
@@ -276,6 +312,7 @@ async fn a_grpc_registration_is_pushed_through_the_other_nodes() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
+    let _serial = serial();
     let mut c = TestCluster::start(3, 3, &["--insecure"]);
     c.wait_formed(Duration::from_secs(15));
     // A gRPC client that stays connected to node 2 and HTTP clients of every node.
@@ -310,7 +347,19 @@ async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
 
     c.kill(1);
     drop(doomed);
-    // Writes continue while node 1 is down; its HTTP clients move to the others.
+    // Once the others see node 1 DOWN, its HTTP clients have moved to them, and writes go on.
+    let dead = format!("127.0.0.1:{}", c.ports[1].0);
+    let seen_down = wait_until(Duration::from_secs(20), || {
+        [0, 2].iter().all(|i| {
+            c.node(*i).operator_metrics()["members"]
+                .as_array()
+                .is_some_and(|ms| {
+                    ms.iter()
+                        .any(|m| m["address"] == dead.as_str() && m["state"] == "DOWN")
+                })
+        })
+    });
+    assert!(seen_down, "a killed node is declared DOWN");
     register_http(c.node(0), "inventory", "10.3.2.1", 80);
     expected.push("10.3.2.1:80".into());
     expected.retain(|e| e != "10.3.0.2:9000");
@@ -318,7 +367,7 @@ async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
 
     c.start_node(1);
     c.wait_formed(Duration::from_secs(15));
-    c.wait_everywhere("inventory", &expected, Duration::from_secs(5));
+    c.wait_everywhere("inventory", &expected, Duration::from_secs(10));
     let m = c.node(1).operator_metrics();
     assert_eq!(m["status"], "UP", "{m}");
     // Its snapshot came from a peer.
@@ -332,6 +381,7 @@ async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_joining_node_loads_100k_instances_before_it_reports_up() {
+    let _serial = serial();
     let mut c = TestCluster::start(4, 3, &["--insecure"]);
     c.wait_formed(Duration::from_secs(20));
     // 100 services x 1,000 instances, batch-registered over 10 connections to node 0.
@@ -382,6 +432,7 @@ async fn a_joining_node_loads_100k_instances_before_it_reports_up() {
 
 #[test]
 fn only_nodes_with_a_certificate_of_the_cluster_ca_can_join() {
+    let _serial = serial();
     let dir = std::env::temp_dir().join(format!("nacelle-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let certs = |args: &[&str]| {
@@ -463,6 +514,7 @@ fn only_nodes_with_a_certificate_of_the_cluster_ca_can_join() {
 
 #[test]
 fn a_cluster_without_certificates_needs_an_explicit_insecure_flag() {
+    let _serial = serial();
     let ports = pick_ports(2);
     let members = format!("127.0.0.1:{},127.0.0.1:{}", ports[0].0, ports[1].0);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nacelle"))

@@ -190,6 +190,9 @@ pub(crate) struct DistroState {
     last_tick_ms: u64,
     last_expiry_ms: u64,
     next_id: u64,
+    /// Heartbeat clients being handed to their new owner: ours until it acknowledged our
+    /// full state, so a client is never nobody's (the owner may have died meanwhile).
+    handovers: HashMap<ClientId, NodeId, StableHasher>,
 }
 
 impl Shard {
@@ -232,6 +235,7 @@ impl Shard {
             last_tick_ms: now.mono_ms,
             last_expiry_ms: now.mono_ms,
             next_id: (self.id as u64) << 48 | (now.unix_ms & 0xFFFF_FFFF),
+            handovers: HashMap::default(),
         }));
         self.set_timer(now.mono_ms + TICK_MS, Timer::DistroTick);
         self.set_timer(verify_at, Timer::Verify);
@@ -289,8 +293,11 @@ impl Shard {
                 self.send_peer(from, partition, PeerMsg::SyncAck { seq });
             }
             PeerMsg::SyncAck { seq } => {
-                if let Some(part) = self.link_part(&from, partition) {
-                    part.inflight.remove(&seq);
+                let done = self
+                    .link_part(&from, partition)
+                    .and_then(|part| part.inflight.remove(&seq));
+                if let Some(done) = done {
+                    self.complete_handovers(&from, &done.keys);
                 }
                 self.pump(&from, partition);
             }
@@ -749,6 +756,32 @@ impl Shard {
         }
     }
 
+    /// `peer` acknowledged a batch: clients handed to it are its now.
+    fn complete_handovers(&mut self, peer: &NodeId, keys: &[SyncKey]) {
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
+        if d.handovers.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        for k in keys {
+            if k.service.is_none() && d.handovers.get(&k.client) == Some(peer) {
+                d.handovers.remove(&k.client);
+                done.push(k.client.clone());
+            }
+        }
+        for client in done {
+            let still_native = self
+                .clients
+                .get(&client)
+                .is_some_and(|c| c.replica.is_none());
+            if still_native && !self.members_is_mine(&client) {
+                self.set_origin(&client, Some(peer.clone()));
+            }
+        }
+    }
+
     /// Gives every publish of one of our clients a fresh revision.
     fn restamp_native(&mut self, client: &ClientId) {
         let Some(c) = self.clients.get_mut(client) else {
@@ -1104,23 +1137,31 @@ impl Shard {
                 _ => {}
             }
         }
+        // The new owner may never have seen a client (it was written here while the owner
+        // was away): it gets our full state through the acknowledged sync path, and the
+        // client stays ours until that is acknowledged.
+        let mut pending = HashMap::default();
         for (id, owner) in demote {
-            // The new owner may never have seen this client (it was written here while the
-            // owner was away): give it our state before it becomes the authority.
-            if let Some(c) = self.clients.get(&id) {
-                let state = Self::client_state(&id, c);
-                let partition = partition_of(&id);
-                self.send_peer(
-                    owner.clone(),
-                    partition,
-                    PeerMsg::Sync {
-                        seq: u64::MAX,
-                        items: vec![SyncItem::Full(state)],
+            let already = self
+                .distro
+                .as_ref()
+                .and_then(|d| d.handovers.get(&id))
+                .is_some_and(|o| o == &owner);
+            if !already {
+                self.mark_for(
+                    &owner,
+                    SyncKey {
+                        client: id.clone(),
+                        service: None,
                     },
                 );
             }
-            self.set_origin(&id, Some(owner));
+            pending.insert(id, owner);
         }
+        if let Some(d) = self.distro.as_mut() {
+            d.handovers = pending;
+        }
+        self.arm_sync_timer();
         for id in adopt {
             self.adopt_if_replica(&id);
         }
@@ -1308,12 +1349,21 @@ impl Shard {
                 listed.insert(client);
             }
         }
-        // Replicas of `from` in the listed slices that it does not list are gone there.
+        // Replicas of `from` in the listed slices that it does not list are gone there. A
+        // heartbeat client's existence is decided by the node our view makes responsible:
+        // while views disagree (a member just went DOWN for one node but not yet for
+        // another), a node that handed the client over no longer lists it, yet it lives.
+        let members = self
+            .distro
+            .as_ref()
+            .map(|d| d.members.clone())
+            .unwrap_or_default();
         let unlisted: Vec<ClientId> = self
             .clients
             .iter()
             .filter(|(id, c)| {
                 c.replica.as_ref().is_some_and(|i| i.origin == from)
+                    && (!id.is_heartbeat() || members.responsible_for(id) == Some(&from))
                     && partition_of(id) == partition
                     && listed_slices.contains(&slice_of(id))
                     && !listed.contains(*id)

@@ -544,12 +544,19 @@ impl World {
 
     /// Where an HTTP write entering at `entry` ends up: the responsible node by the entry's
     /// view, if the entry can reach it (the server forwards; the forward fails otherwise).
+    /// Like the server: a write goes to the node the entry's view makes responsible when
+    /// that node is UP and reachable; otherwise (it is SUSPICIOUS, or the forward would time
+    /// out) the entry applies it itself.
     fn route_http(&self, entry: usize, client: &ClientId) -> Option<usize> {
         let target = match self.nodes[entry].members.responsible_for(client) {
             Some(id) => self.node_of(id)?,
             None => entry,
         };
-        (target == entry || self.link_usable(entry, target)).then_some(target)
+        if target == entry || self.link_usable(entry, target) {
+            Some(target)
+        } else {
+            Some(entry)
+        }
     }
 
     fn random_action(&mut self) {
@@ -952,8 +959,20 @@ impl World {
             let visible = self.visible(i);
             let now = self.now_ms;
             let nodes = &self.nodes;
+            // Every running node has seen every running peer UP, and every stopped one
+            // DOWN, for a while: views agree, so responsibility is settled.
+            let calm_cluster = (0..nodes.len()).filter(|k| nodes[*k].alive).all(|k| {
+                nodes[k].seen.iter().enumerate().all(|(j, (h, since))| {
+                    let want = if nodes[j].alive { Health::Up } else { Health::Down };
+                    j == k || (*h == want && since + grace <= now)
+                })
+            });
             let expected = self.truth_set(|c, t, at| {
-                let Some(owner) = t.node else { return false };
+                // Heartbeat clients: on a cluster where every node has seen every other UP
+                // for a while, they are everywhere (their beats reach their owner).
+                let Some(owner) = t.node else {
+                    return c.is_heartbeat() && calm_cluster && at + grace <= now;
+                };
                 !c.is_heartbeat()
                     && at + grace <= now
                     && nodes[owner].alive
