@@ -23,7 +23,7 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 
-step "unit, property and socket tests"
+step "unit, property, socket and cluster tests (Distro simulator: \${DISTRO_SEEDS:-200} seeds)"
 cargo test --workspace --release
 
 step "benches (test mode)"

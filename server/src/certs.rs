@@ -17,7 +17,7 @@
 //! and is valid for both server and client authentication: each node accepts connections *and*
 //! dials its peers with the same certificate. Keys are ECDSA P-256.
 
-// main.rs dispatches `nacelle certs` in a later change; until then only the tests call this.
+// The transport tests compile this file on its own (by path) and use only part of it.
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;

@@ -3,6 +3,10 @@
 //! the others; nodes are killed with SIGKILL and restarted; a node joins a cluster that
 //! already holds 100,000 instances; certificates decide who may join.
 
+// Each async test has its own single-threaded runtime on its own thread; the guard that
+// serialises them is meant to be held for the whole test, awaits included.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use std::net::{TcpListener, UdpSocket};

@@ -807,11 +807,7 @@ impl Shard {
 
     /// Takes over a client held as a replica (it is now ours) and tells every peer.
     pub(super) fn adopt_if_replica(&mut self, client: &ClientId) {
-        if !self
-            .clients
-            .get(client)
-            .is_some_and(|c| c.replica.is_some())
-        {
+        if self.clients.get(client).is_none_or(|c| c.replica.is_none()) {
             return;
         }
         self.set_origin(client, None);

@@ -139,6 +139,9 @@ struct TruthClient {
     next_beat_ms: u64,
 }
 
+/// The owner association (node, epoch) and revision a node last showed for a publish.
+type SeenRev = (Option<(NodeId, u64)>, u64);
+
 /// Message counts by kind, for the quiet-verify check.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Traffic {
@@ -166,7 +169,7 @@ pub struct World {
     pub dup: f64,
     pub jitter_ms: u64,
     truth: BTreeMap<ClientId, TruthClient>,
-    seen_revs: BTreeMap<(usize, ClientId, ServiceKey), (Option<(NodeId, u64)>, u64)>,
+    seen_revs: BTreeMap<(usize, ClientId, ServiceKey), SeenRev>,
     pub violations: Vec<String>,
     pub log: Vec<String>,
     pub verbose: bool,
@@ -765,19 +768,17 @@ impl World {
                 self.blocked.insert((a, b));
                 self.say(format!("one-way cut {a} -> {b}"));
             }
-            55..=69 => {
-                if !self.blocked.is_empty() {
-                    self.blocked.clear();
-                    self.say("network heals".into());
-                }
+            55..=69 if !self.blocked.is_empty() => {
+                self.blocked.clear();
+                self.say("network heals".into());
             }
-            70..=79 => {
-                if !self.scenario.late.contains(&a) || self.now_ms >= self.scenario.join_at_ms {
-                    if self.nodes[a].alive {
-                        self.crash_node(a);
-                    } else {
-                        self.start_node(a);
-                    }
+            70..=79
+                if !self.scenario.late.contains(&a) || self.now_ms >= self.scenario.join_at_ms =>
+            {
+                if self.nodes[a].alive {
+                    self.crash_node(a);
+                } else {
+                    self.start_node(a);
                 }
             }
             80..=84 => {
@@ -963,7 +964,11 @@ impl World {
             // DOWN, for a while: views agree, so responsibility is settled.
             let calm_cluster = (0..nodes.len()).filter(|k| nodes[*k].alive).all(|k| {
                 nodes[k].seen.iter().enumerate().all(|(j, (h, since))| {
-                    let want = if nodes[j].alive { Health::Up } else { Health::Down };
+                    let want = if nodes[j].alive {
+                        Health::Up
+                    } else {
+                        Health::Down
+                    };
                     j == k || (*h == want && since + grace <= now)
                 })
             });

@@ -11,7 +11,7 @@
 //! The frames themselves (hello, Distro messages) are the codec's business: this layer carries
 //! opaque `Bytes`.
 
-// main.rs wires the cluster in a later change; until then only the tests use most of this.
+// `tests/peer_transport.rs` compiles this module on its own (by path) and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
 pub mod members;
