@@ -21,9 +21,10 @@ mkdir -p perf/results
 MEMBERS="127.0.0.1:$PORT,127.0.0.2:$PORT,127.0.0.3:$PORT,127.0.0.4:$PORT"
 start() { target/release/nacelle --bind "127.0.0.$1" --http-port $PORT --members "$MEMBERS" --insecure --cores 1 >"$WORK/n$1.log" 2>&1 & PIDS+=($!); }
 metrics() { curl -sf "http://127.0.0.$1:$PORT/nacos/v1/ns/operator/metrics"; }
+is_up() { metrics "$1" 2>/dev/null | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["status"] != "UP")' 2>/dev/null; }
 prom() { curl -sf "http://127.0.0.$1:$PORT/metrics" | awk -v n="$2" '$1==n {print $2}'; }
 for i in 1 2 3; do start $i; done
-for _ in $(seq 100); do metrics 3 2>/dev/null | grep -q '"UP"' && break; sleep 0.1; done
+for _ in $(seq 100); do is_up 3 && break; sleep 0.1; done
 sleep 3
 
 echo "== convergence (write on node 1, subscribers on nodes 2 and 3)"
@@ -49,7 +50,7 @@ until grep -q "holding" "$WORK/lg.log" 2>/dev/null; do kill -0 $LG 2>/dev/null |
 total=$((INSTANCES + held))
 for _ in $(seq 300); do [ "$(metrics 3 | python3 -c 'import json,sys; print(json.load(sys.stdin)["instanceCount"])')" -ge "$total" ] && break; sleep 1; done
 t0=$(date +%s.%N); start 4
-until metrics 4 2>/dev/null | grep -q '"UP"'; do sleep 0.05; done
+until is_up 4; do sleep 0.05; done
 t1=$(date +%s.%N)
 joined=$(metrics 4 | python3 -c 'import json,sys; print(json.load(sys.stdin)["instanceCount"])')
 up_s=$(python3 -c "print(round($t1 - $t0, 2))")
