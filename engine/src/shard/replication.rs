@@ -1460,11 +1460,25 @@ impl Shard {
         };
         let lease = d.cfg.replica_lease_ms;
         let renewed = &d.renewed;
+        // An owner we are connected to is alive: if its verify did not get through, it is
+        // slow or its link is saturated, which must never expire its clients (I4; Nacos
+        // #8408). What it deleted reaches us as a `Drop` or through verify's client lists.
+        // Leases expire the copies of owners we cannot reach.
+        let reachable: Vec<&NodeId> = d
+            .members
+            .peers
+            .iter()
+            .filter(|(_, h)| *h == Health::Up)
+            .map(|(n, _)| n)
+            .collect();
         let expired: Vec<ClientId> = self
             .clients
             .iter()
             .filter_map(|(id, c)| {
                 let info = c.replica.as_ref()?;
+                if reachable.contains(&&info.origin) {
+                    return None;
+                }
                 let slice_renewed = renewed
                     .get(&(info.origin.clone(), partition_of(id)))
                     .map_or(0, |s| s[slice_of(id) as usize]);
