@@ -32,13 +32,13 @@ target/release/loadgen converge --targets 127.0.0.1:$PORT,127.0.0.2:$PORT,127.0.
   --services 20 --subscribers 5 --rate 200 --duration 20 --no-progress --report "$WORK/converge.json" | tail -6
 
 echo "== verify traffic with $CLIENTS agreeing HTTP clients"
-wrk -t2 -c64 -d60s -s perf/http/register-lasting.lua "http://127.0.0.1:$PORT" -- 1000 $((CLIENTS / 2)) 0 >/dev/null
+wrk -t2 -c64 -d60s -s perf/http/register.lua "http://127.0.0.1:$PORT" -- 1000 $((CLIENTS / 2)) 0 lasting >/dev/null
 sleep 12   # let sync settle and a verify round pass
 b0=$(prom 1 nacelle_distro_digest_bytes_total); f0=$(prom 1 nacelle_distro_verify_sent_total); d0=$(prom 2 nacelle_distro_verify_differed_total)
 sleep 20   # four rounds
 b1=$(prom 1 nacelle_distro_digest_bytes_total); f1=$(prom 1 nacelle_distro_verify_sent_total); d1=$(prom 2 nacelle_distro_verify_differed_total)
 held=$(metrics 2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["instanceCount"])')
-rounds=4; pairs=3   # node 1 sends to nodes 2 and 3 (node 4 is down: no digests to it)
+rounds=4   # node 1 sends to nodes 2 and 3 (node 4 is down: no digests to it)
 per_pair=$(( (b1 - b0) / rounds / 2 ))
 echo "node 2 holds $held instances; digest bytes per round per peer pair: $per_pair; digests that differed meanwhile: $((d1 - d0))"
 

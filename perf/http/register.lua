@@ -1,7 +1,9 @@
 -- wrk script: HTTP v1 registrations of distinct instances (Nacos OpenAPI), spread over
 -- SERVICES services, each with two short metadata entries, stopping new registrations after
 -- LIMIT per thread (later requests are cheap liveness GETs, excluded by the harness).
--- Usage: wrk -t2 -c64 -d30s -s register.lua http://127.0.0.1:8848 -- <services> <limit_per_thread> <offset>
+-- Usage: wrk -t2 -c64 -d30s -s register.lua http://127.0.0.1:8848 -- <services> <limit_per_thread> <offset> [lasting]
+-- `lasting`: heartbeat timeouts of a day (preserved.*.timeout metadata), so the instances
+-- outlive a measurement without beats.
 local thread_counter = 0
 function setup(thread)
   thread:set("tid", thread_counter)
@@ -14,6 +16,9 @@ function init(args)
   offset = tonumber(args[3] or "0")
   n = 0
   meta = "%7B%22zone%22%3A%22z1%22%2C%22ver%22%3A%221.0%22%7D" -- {"zone":"z1","ver":"1.0"}
+  if args[4] == "lasting" then
+    meta = "%7B%22zone%22%3A%22z1%22%2C%22preserved.heart.beat.timeout%22%3A%2286400000%22%2C%22preserved.ip.delete.timeout%22%3A%2286400000%22%7D"
+  end
 end
 
 function request()
