@@ -6,7 +6,8 @@
 #
 # Steps: formatting, clippy (-D warnings), unit + property + socket tests (release build,
 # shared with the server binary), criterion benches in test mode (one iteration each), and the
-# official-SDK conformance suites against a freshly started nacelle.
+# official-SDK conformance suites against a freshly started nacelle, then against node 2 of a
+# 3-node cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==== %s ====\n' "$*"; }
@@ -31,5 +32,8 @@ cargo test -p bench --benches --release
 
 step "official SDK conformance (Python gRPC, Node HTTP, Rust gRPC)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
+
+step "official SDKs against a 3-node cluster (suites on node 2; test_cluster.py writes on one node, reads on the others)"
+NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle-cluster
 
 printf '\nall tests passed in %ss\n' "$((SECONDS - started))"

@@ -3,6 +3,9 @@
 #
 #   tests/sdk/run.sh nacelle   # uses ${NACELLE_BIN:-target/release/nacelle}
 #   tests/sdk/run.sh rnacos    # uses ${RNACOS_BIN:-rnacos on PATH or ~/.cargo/bin/rnacos}
+#   tests/sdk/run.sh nacelle-cluster
+#       three nacelle nodes (127.0.0.1-3, same ports, one core each); every suite talks to
+#       node 2, and test_cluster.py writes through one node and reads through the others
 #
 # Optional environment:
 #   SDK_SUITES="python node rust"   which suites to run (default: all three)
@@ -16,8 +19,8 @@ set -uo pipefail
 
 KIND="${1:-}"
 case "$KIND" in
-  nacelle|rnacos) ;;
-  *) echo "usage: $0 nacelle|rnacos" >&2; exit 2 ;;
+  nacelle|rnacos|nacelle-cluster) ;;
+  *) echo "usage: $0 nacelle|rnacos|nacelle-cluster" >&2; exit 2 ;;
 esac
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,18 +29,20 @@ SUITES="${SDK_SUITES:-python node rust}"
 SUITE_TIMEOUT="${SDK_SUITE_TIMEOUT:-110}"
 HOST=127.0.0.1
 WORK="$(mktemp -d /tmp/nacos-sdk-conformance.XXXXXX)"
-SERVER_PID=""
+SERVER_PIDS=()
 
 log() { printf '[sdk-conformance] %s\n' "$*"; }
 
 cleanup() {
   local rc=$?
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill "$SERVER_PID" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
-  fi
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || continue
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
   if [[ -n "${SDK_KEEP_LOGS:-}" ]]; then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
   exit $rc
 }
@@ -75,7 +80,7 @@ want node && { install_node || SETUP_FAIL=1; }
 want rust && { build_rust || SETUP_FAIL=1; }
 
 # ---------------------------------------------------------------- server binary
-if [[ "$KIND" == nacelle ]]; then
+if [[ "$KIND" == nacelle* ]]; then
   BIN="${NACELLE_BIN:-$REPO_ROOT/target/release/nacelle}"
 else
   BIN="${RNACOS_BIN:-$(command -v rnacos 2>/dev/null || echo "$HOME/.cargo/bin/rnacos")}"
@@ -88,20 +93,23 @@ fi
 [[ -x "$BIN" ]] || { log "server binary not found or not executable: $BIN"; exit 1; }
 
 # ---------------------------------------------------------------- ports
-# HTTP port P with P+1000 (gRPC) and P+2000 (r-nacos console) free on 127.0.0.1.
-read -r HTTP_PORT GRPC_PORT < <(python3 - <<'EOF'
-import random, socket
-def free(p):
-    s = socket.socket()
+# HTTP port P with P+1000 (gRPC), P+1001 (UDP, cluster peers) and P+2000 (r-nacos console)
+# free on every host used.
+if [[ "$KIND" == nacelle-cluster ]]; then NODES=(127.0.0.1 127.0.0.2 127.0.0.3); else NODES=("$HOST"); fi
+read -r HTTP_PORT GRPC_PORT < <(python3 - "${NODES[@]}" <<'EOF'
+import random, socket, sys
+def free(host, p, kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
     try:
-        s.bind(("127.0.0.1", p)); return True
+        s.bind((host, p)); return True
     except OSError:
         return False
     finally:
         s.close()
 for _ in range(500):
     p = random.randint(20000, 40000)
-    if free(p) and free(p + 1000) and free(p + 2000):
+    if all(free(h, p) and free(h, p + 1000) and free(h, p + 1001, socket.SOCK_DGRAM) and free(h, p + 2000)
+           for h in sys.argv[1:]):
         print(p, p + 1000); break
 EOF
 )
@@ -113,6 +121,15 @@ log "starting $KIND ($BIN) http=$HTTP_PORT grpc=$GRPC_PORT"
 if [[ "$KIND" == nacelle ]]; then
   "$BIN" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --bind "$HOST" --cores "${NACELLE_CORES:-2}" \
     >"$SERVER_LOG" 2>&1 &
+elif [[ "$KIND" == nacelle-cluster ]]; then
+  MEMBERS=$(printf "%s:$HTTP_PORT," "${NODES[@]}"); MEMBERS=${MEMBERS%,}
+  for i in "${!NODES[@]}"; do
+    "$BIN" --http-port "$HTTP_PORT" --bind "${NODES[$i]}" --members "$MEMBERS" --insecure \
+      --cores "${NACELLE_CORES:-1}" >"$WORK/node$((i + 1)).log" 2>&1 &
+    SERVER_PIDS+=($!)
+  done
+  # Suites talk to node 2: neither the first member nor the one they were written against.
+  HOST=${NODES[1]}; SERVER_LOG="$WORK/node2.log"
 else
   mkdir -p "$WORK/rnacos-data"
   env RNACOS_HTTP_PORT="$HTTP_PORT" RNACOS_GRPC_PORT="$GRPC_PORT" \
@@ -121,14 +138,26 @@ else
       RNACOS_RAFT_NODE_ADDR="127.0.0.1:$GRPC_PORT" \
       "$BIN" >"$SERVER_LOG" 2>&1 &
 fi
-SERVER_PID=$!
+[[ "$KIND" == nacelle-cluster ]] || SERVER_PIDS+=($!)
 
+all_alive() {
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
+# A cluster node answers /operator/metrics while loading; it is ready when it says UP.
+node_up() {
+  curl -sf -m 2 "http://$1:$HTTP_PORT/nacos/v1/ns/operator/metrics" 2>/dev/null \
+    | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin).get("status") != "UP")' 2>/dev/null
+}
 ready=0
 for _ in $(seq 1 300); do
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    log "server exited during startup:"; tail -40 "$SERVER_LOG"; exit 1
+  if ! all_alive; then
+    log "server exited during startup:"; tail -40 "$WORK"/*.log; exit 1
   fi
-  if curl -sf -m 2 "http://$HOST:$HTTP_PORT/nacos/v1/ns/operator/metrics" >/dev/null 2>&1; then
+  if [[ "$KIND" == nacelle-cluster ]]; then
+    up=1; for h in "${NODES[@]}"; do node_up "$h" || up=0; done
+    [[ $up == 1 ]] && { ready=1; break; }
+  elif curl -sf -m 2 "http://$HOST:$HTTP_PORT/nacos/v1/ns/operator/metrics" >/dev/null 2>&1; then
     ready=1; break
   fi
   sleep 0.2
@@ -137,6 +166,9 @@ done
 log "server ready: $(curl -s -m 2 "http://$HOST:$HTTP_PORT/nacos/v1/ns/operator/metrics" | head -c 200)"
 
 export NACOS_HOST="$HOST" NACOS_HTTP_PORT="$HTTP_PORT" NACOS_GRPC_PORT="$GRPC_PORT" SERVER_KIND="$KIND"
+if [[ "$KIND" == nacelle-cluster ]]; then
+  NACOS_CLUSTER_HOSTS=$(IFS=,; echo "${NODES[*]}"); export NACOS_CLUSTER_HOSTS
+fi
 # Keep SDK environment overrides from leaking into the Rust client.
 unset NACOS_CLIENT_SERVER_ADDRESS NACOS_CLIENT_SERVER_PORT NACOS_CLIENT_NAMESPACE NACOS_CLIENT_ENDPOINT
 
@@ -161,8 +193,8 @@ want python && run_suite python bash -c "cd '$SDK_DIR/python' && timeout $SUITE_
 want node && run_suite node bash -c "cd '$SDK_DIR/node' && timeout $SUITE_TIMEOUT node --test naming.test.js"
 want rust && run_suite rust bash -c "cd '$SDK_DIR/rust' && timeout $SUITE_TIMEOUT cargo test -q -- --test-threads=4 --show-output"
 
-if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-  log "WARNING: server process died during the run; last log lines:"; tail -40 "$SERVER_LOG"
+if ! all_alive; then
+  log "WARNING: a server process died during the run; last log lines:"; tail -40 "$WORK"/*.log
   SETUP_FAIL=1
 fi
 

@@ -4,7 +4,9 @@ Environment (set by tests/sdk/run.sh):
   NACOS_HOST        server host (default 127.0.0.1)
   NACOS_HTTP_PORT   HTTP port (default 8848)
   NACOS_GRPC_PORT   gRPC port (default HTTP+1000); the SDK derives it as HTTP + port_offset
-  SERVER_KIND       nacelle | rnacos  (used only to flag known r-nacos deviations)
+  SERVER_KIND       nacelle | rnacos | nacelle-cluster (used only to flag known r-nacos deviations)
+  NACOS_CLUSTER_HOSTS  comma-separated hosts of a 3-node cluster sharing the ports above
+                       (set by `tests/sdk/run.sh nacelle-cluster`; test_cluster.py needs it)
 """
 import asyncio
 import functools
@@ -56,11 +58,12 @@ def async_test(fn):
     return wrapper
 
 
-async def new_client(app_name="conformance"):
+async def new_client(app_name="conformance", host=None):
+    host = host or HOST
     cache_dir = os.path.join(_TMP, "cache", uuid.uuid4().hex[:8])
     cfg = (
         ClientConfigBuilder()
-        .server_address(f"{HOST}:{HTTP_PORT}")
+        .server_address(f"{host}:{HTTP_PORT}")
         .log_level(logging.INFO)
         .log_dir(os.path.join(_TMP, "logs"))
         .cache_dir(cache_dir)
@@ -74,7 +77,7 @@ async def new_client(app_name="conformance"):
     client = await NacosNamingService.create_naming_service(cfg)
     if not await client.server_health():
         await client.shutdown()
-        raise AssertionError(f"python SDK could not connect to gRPC {HOST}:{GRPC_PORT}")
+        raise AssertionError(f"python SDK could not connect to gRPC {host}:{GRPC_PORT}")
     return client
 
 
