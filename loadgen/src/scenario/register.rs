@@ -152,22 +152,7 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
     let took = start.elapsed();
     pb.finish_and_clear();
     let done = registered.load(Ordering::Relaxed);
-    println!(
-        "registered {done}/{} instances in {:.2} s ({:.0} instances/s)",
-        a.instances,
-        took.as_secs_f64(),
-        done as f64 / took.as_secs_f64().max(1e-9)
-    );
-
-    let mut report = Report::new("register", "request", rec.snapshot(), took);
-    report.extra("mode", json!("grpc"));
-    report.extra("instances_target", json!(a.instances));
-    report.extra("instances_registered", json!(done));
-    report.extra(
-        "instances_per_s",
-        json!((done as f64 / took.as_secs_f64().max(1e-9)).round()),
-    );
-    report.extra("connections", json!(a.connections));
+    let mut report = summary(a, "grpc", rec.snapshot(), done, took);
     report.extra(
         "connections_up",
         json!(conns.iter().filter(|c| c.is_some()).count()),
@@ -204,6 +189,24 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
         );
     }
     Ok(report)
+}
+
+/// Prints the registration line and starts the report both modes share: `done` of
+/// `--instances` registered in `took`.
+fn summary(a: &RegisterArgs, mode: &str, rec: Recorder, done: u64, took: Duration) -> Report {
+    let per_s = done as f64 / took.as_secs_f64().max(1e-9);
+    println!(
+        "registered {done}/{} instances in {:.2} s ({per_s:.0} instances/s)",
+        a.instances,
+        took.as_secs_f64(),
+    );
+    let mut report = Report::new("register", "request", rec, took);
+    report.extra("mode", json!(mode));
+    report.extra("instances_target", json!(a.instances));
+    report.extra("instances_registered", json!(done));
+    report.extra("instances_per_s", json!(per_s.round()));
+    report.extra("connections", json!(a.connections));
+    report
 }
 
 /// Result of counting every service's instances after the run.
@@ -440,21 +443,7 @@ async fn http(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
     let took = start.elapsed();
     pb.finish_and_clear();
     let done = registered.load(Ordering::Relaxed);
-    println!(
-        "registered {done}/{} instances in {:.2} s ({:.0} instances/s)",
-        a.instances,
-        took.as_secs_f64(),
-        done as f64 / took.as_secs_f64().max(1e-9)
-    );
-    let mut report = Report::new("register", "request", rec.snapshot(), took);
-    report.extra("mode", json!("http"));
-    report.extra("instances_target", json!(a.instances));
-    report.extra("instances_registered", json!(done));
-    report.extra(
-        "instances_per_s",
-        json!((done as f64 / took.as_secs_f64().max(1e-9)).round()),
-    );
-    report.extra("connections", json!(a.connections));
+    let mut report = summary(a, "http", rec.snapshot(), done, took);
     report.extra("http_beat", json!(a.http_beat));
 
     if !a.no_verify {
