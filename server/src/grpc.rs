@@ -8,13 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use engine::model::{ClientId, Host, ServiceKey};
+use engine::model::{ClientId, ServiceKey};
 use engine::shard::{ClientOp, OpError, OpOutcome, OpResult};
 use futures_channel::{mpsc, oneshot};
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;
 use tracing::{debug, warn};
-use wire::naming::{ConnectionSetup, NamingRequest, StreamAck};
+use wire::naming::{self, ConnectionSetup, NamingRequest, StreamAck};
 use wire::payload::{self, code, json_str};
 use wire::proto::bi_request_stream_server::{BiRequestStream, BiRequestStreamServer};
 use wire::proto::request_server::{Request, RequestServer};
@@ -284,11 +284,7 @@ async fn unary(ctx: ConnCtx, p: Payload) -> Payload {
 }
 
 fn parse(body: &[u8]) -> Result<(NamingRequest, ServiceKey), Payload> {
-    let req = NamingRequest::parse(body).map_err(|e| payload::error(code::INVALID_PARAM, &e.0))?;
-    let key = req
-        .service_key()
-        .map_err(|e| payload::error(code::INVALID_PARAM, &e.0))?;
-    Ok((req, key))
+    NamingRequest::parse_keyed(body).map_err(|e| payload::error(code::INVALID_PARAM, &e.0))
 }
 
 async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
@@ -297,58 +293,7 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
         Err(e) => return e,
     };
     let op_type = req.kind.clone().unwrap_or_default();
-    let built: Result<ClientOp, String> = with_core(|c| match (kind, op_type.as_str()) {
-        ("InstanceRequest", "registerInstance") => {
-            let spec = req
-                .instance
-                .ok_or("instance is required")?
-                .into_spec()
-                .map_err(|e| e.0)?;
-            let instance = spec.build(&mut c.interner).map_err(|e| e.0)?;
-            Ok(ClientOp::Register {
-                service: key,
-                instance,
-            })
-        }
-        ("InstanceRequest", "deregisterInstance") => {
-            let spec = req
-                .instance
-                .ok_or("instance is required")?
-                .into_spec()
-                .map_err(|e| e.0)?;
-            let host = Host::parse(&spec.ip).map_err(|e| e.0)?;
-            let port = u16::try_from(spec.port)
-                .map_err(|_| format!("port {} is out of range", spec.port))?;
-            let cluster = c.interner.intern(
-                spec.cluster
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("DEFAULT"),
-            );
-            Ok(ClientOp::Deregister {
-                service: key,
-                host,
-                port,
-                cluster,
-            })
-        }
-        ("BatchInstanceRequest", "batchRegisterInstance") => {
-            let list = req.instances.ok_or("instances is required")?;
-            let mut instances = Vec::with_capacity(list.len());
-            for i in list {
-                instances.push(
-                    i.into_spec()
-                        .and_then(|s| s.build(&mut c.interner))
-                        .map_err(|e| e.0)?,
-                );
-            }
-            Ok(ClientOp::BatchRegister {
-                service: key,
-                instances,
-            })
-        }
-        (_, other) => Err(format!("unknown {kind} type {other:?}")),
-    });
+    let built = with_core(|c| naming::instance_op(kind, req, key, &mut c.interner));
     let op = match built {
         Ok(op) => op,
         Err(msg) => return payload::error(code::INVALID_PARAM, &msg),
@@ -436,18 +381,7 @@ fn service_list(body: &[u8]) -> Payload {
         Ok(r) => r,
         Err(e) => return payload::error(code::INVALID_PARAM, &e.0),
     };
-    let namespace = req
-        .namespace
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or("public");
-    let group = req
-        .group_name
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or("DEFAULT_GROUP");
-    let page_no = req.page_no.unwrap_or(1).max(1) as usize;
-    let page_size = req.page_size.unwrap_or(10).clamp(1, 10_000) as usize;
+    let (namespace, group, page_no, page_size) = req.service_page();
     let (count, page) =
         crate::http::list_services(namespace, Some(group), page_no, page_size, true);
     let names: Vec<String> = page.iter().map(|n| json_str(n)).collect();

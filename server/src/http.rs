@@ -9,12 +9,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use engine::model::{ClientId, Host, InstanceSpec, Metadata, ServiceKey, DEFAULT_CLUSTER};
-use engine::shard::{ClientOp, InstancePatch, OpError, OpOutcome, ServiceOp};
+use engine::model::{ClientId, ServiceKey};
+use engine::shard::{ClientOp, OpError, OpOutcome, ServiceOp};
 use glommio::net::TcpListener;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use tracing::{debug, warn};
+use wire::http_params::{self, Api, ParamError, Params};
 use wire::payload::json_str;
 use wire::service_info::{self, NameStyle, Query};
 
@@ -51,13 +52,6 @@ pub async fn serve(listener: TcpListener, max_body: usize) {
     }
 }
 
-/// API version of a request: v1 answers bare values, v2 wraps them as `{code,message,data}`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Api {
-    V1,
-    V2,
-}
-
 /// An HTTP error: status, Nacos v2 code and message.
 struct Failure {
     status: StatusCode,
@@ -66,18 +60,17 @@ struct Failure {
 }
 
 fn bad(message: impl Into<String>) -> Failure {
-    Failure {
-        status: StatusCode::BAD_REQUEST,
-        code: 20002,
-        message: message.into(),
-    }
+    Failure::from(http_params::bad(message))
 }
 
-fn missing(name: &str) -> Failure {
-    Failure {
-        status: StatusCode::BAD_REQUEST,
-        code: 10000,
-        message: format!("Required parameter '{name}' is missing"),
+/// Every refused parameter is a 400 with its Nacos v2 code.
+impl From<ParamError> for Failure {
+    fn from(e: ParamError) -> Failure {
+        Failure {
+            status: StatusCode::BAD_REQUEST,
+            code: e.code,
+            message: e.message,
+        }
     }
 }
 
@@ -111,99 +104,6 @@ impl From<Overloaded> for Failure {
             code: 503,
             message: "server is over its threshold, retry later".into(),
         }
-    }
-}
-
-/// The parameters of a request: query string and form body, query first (as Nacos reads them).
-struct Params {
-    pairs: Vec<(String, String)>,
-}
-
-impl Params {
-    fn parse(query: Option<&str>, body: &[u8]) -> Params {
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        if let Some(q) = query {
-            pairs.extend(
-                form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())),
-            );
-        }
-        pairs.extend(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
-        Params { pairs }
-    }
-    fn get(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    }
-    fn any(&self, names: &[&str]) -> Option<&str> {
-        names.iter().find_map(|n| self.get(n))
-    }
-    fn required(&self, name: &str) -> Result<&str, Failure> {
-        self.get(name).ok_or_else(|| missing(name))
-    }
-    fn bool(&self, names: &[&str]) -> Result<Option<bool>, Failure> {
-        match self.any(names) {
-            None => Ok(None),
-            Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
-            Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(v) => Err(bad(format!(
-                "parameter {} must be true or false, got {v:?}",
-                names[0]
-            ))),
-        }
-    }
-    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, Failure> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| bad(format!("parameter {name} is not a valid number: {v:?}"))),
-        }
-    }
-    fn service_key(&self) -> Result<ServiceKey, Failure> {
-        let name = self.required("serviceName")?;
-        ServiceKey::new(
-            self.any(&["namespaceId", "tenant"]).unwrap_or(""),
-            self.get("groupName").unwrap_or(""),
-            name,
-        )
-        .map_err(|e| bad(e.0))
-    }
-    fn port(&self) -> Result<u16, Failure> {
-        let port: i64 = self.number("port")?.ok_or_else(|| missing("port"))?;
-        u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))
-    }
-    /// The service and the instance address a write names.
-    fn address(&self) -> Result<(ServiceKey, Host, u16, engine::Str), Failure> {
-        let key = self.service_key()?;
-        let host = Host::parse(self.required("ip")?).map_err(|e| bad(e.0))?;
-        Ok((key, host, self.port()?, self.cluster().into()))
-    }
-    fn cluster(&self) -> &str {
-        self.any(&["clusterName", "cluster"])
-            .unwrap_or(DEFAULT_CLUSTER)
-    }
-    fn metadata(&self) -> Result<Option<Metadata>, Failure> {
-        self.get("metadata")
-            .map(|m| Metadata::parse_param(m).map_err(|e| bad(e.0)))
-            .transpose()
-    }
-    fn instance_spec(&self) -> Result<InstanceSpec, Failure> {
-        Ok(InstanceSpec {
-            ip: self.required("ip")?.to_owned(),
-            port: i64::from(self.port()?),
-            weight: self.number("weight")?,
-            healthy: self.bool(&["healthy"])?,
-            enabled: self.bool(&["enabled", "enable"])?,
-            ephemeral: self.bool(&["ephemeral"])?,
-            cluster: Some(self.cluster().to_owned()),
-            metadata: self.metadata()?.unwrap_or_default(),
-            instance_id: None,
-        })
     }
 }
 
@@ -359,12 +259,7 @@ async fn register(api: Api, p: &Params) -> Result<Resp, Failure> {
 /// instance from the parameters, defaults included); an unknown instance is an error.
 async fn update(api: Api, p: &Params) -> Result<Resp, Failure> {
     let (key, host, port, cluster) = p.address()?;
-    let patch = InstancePatch {
-        weight: Some(p.number("weight")?.unwrap_or(1.0)),
-        enabled: Some(p.bool(&["enabled", "enable"])?.unwrap_or(true)),
-        healthy: p.bool(&["healthy"])?,
-        metadata: Some(p.metadata()?.unwrap_or_default()),
-    };
+    let patch = p.replacement()?;
     let op = ClientOp::Update {
         service: key,
         host: host.clone(),
@@ -378,12 +273,7 @@ async fn update(api: Api, p: &Params) -> Result<Resp, Failure> {
 
 async fn patch(api: Api, p: &Params) -> Result<Resp, Failure> {
     let (key, host, port, cluster) = p.address()?;
-    let patch = InstancePatch {
-        weight: p.number("weight")?,
-        enabled: p.bool(&["enabled", "enable"])?,
-        healthy: p.bool(&["healthy"])?,
-        metadata: p.metadata()?,
-    };
+    let patch = p.patch()?;
     let client = ClientId::for_address(&host, port);
     submit(
         client,
@@ -415,67 +305,17 @@ async fn deregister(api: Api, p: &Params) -> Result<Resp, Failure> {
     Ok(ok_answer(api))
 }
 
-/// The RsInfo JSON of a v1 beat.
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct BeatInfo {
-    ip: Option<String>,
-    port: Option<i64>,
-    cluster: Option<String>,
-    weight: Option<f64>,
-    metadata: Option<serde_json::Value>,
-    ephemeral: Option<bool>,
-}
-
 async fn beat(api: Api, p: &Params) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    let info: Option<BeatInfo> = match p.get("beat") {
-        Some(b) => {
-            Some(serde_json::from_str(b).map_err(|e| bad(format!("beat is not valid JSON: {e}")))?)
-        }
-        None => None,
-    };
-    let ip = p
-        .get("ip")
-        .map(str::to_owned)
-        .or_else(|| info.as_ref().and_then(|b| b.ip.clone()))
-        .ok_or_else(|| missing("ip"))?;
-    let port = match p.number::<i64>("port")? {
-        Some(port) => port,
-        None => info
-            .as_ref()
-            .and_then(|b| b.port)
-            .ok_or_else(|| missing("port"))?,
-    };
-    let port =
-        u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))?;
-    let cluster = p
-        .any(&["clusterName", "cluster"])
-        .map(str::to_owned)
-        .or_else(|| {
-            info.as_ref()
-                .and_then(|b| b.cluster.clone())
-                .filter(|c| !c.is_empty())
-        })
-        .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
-    let host = Host::parse(&ip).map_err(|e| bad(e.0))?;
-    let reregister = match info {
-        Some(b) => {
-            let metadata = match &b.metadata {
-                Some(v) => Metadata::from_json(v).map_err(|e| bad(e.0))?,
-                None => Metadata::default(),
-            };
-            let spec = InstanceSpec {
-                ip: ip.clone(),
-                port: i64::from(port),
-                weight: b.weight,
-                ephemeral: b.ephemeral,
-                cluster: Some(cluster.clone()),
-                metadata,
-                ..Default::default()
-            };
-            Some(with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?)
-        }
+    let http_params::Beat {
+        key,
+        host,
+        port,
+        cluster,
+        reregister,
+        ..
+    } = p.beat()?;
+    let reregister = match reregister {
+        Some(spec) => Some(with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?),
         None => None,
     };
     let client = ClientId::for_address(&host, port);
@@ -507,9 +347,11 @@ async fn beat(api: Api, p: &Params) -> Result<Resp, Failure> {
 }
 
 fn instance_list(api: Api, p: &Params) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    let clusters = p.any(&["clusters", "clusterName"]).unwrap_or("");
-    let healthy_only = p.bool(&["healthyOnly"])?.unwrap_or(false);
+    let http_params::InstanceQuery {
+        key,
+        clusters,
+        healthy_only,
+    } = p.instance_query()?;
     let query = Query {
         clusters,
         healthy_only,
@@ -532,10 +374,8 @@ fn instance_list(api: Api, p: &Params) -> Result<Resp, Failure> {
 }
 
 fn instance_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    let host = Host::parse(p.required("ip")?).map_err(|e| bad(e.0))?;
-    let port = p.port()?;
-    let cluster = p.cluster().to_owned();
+    let (key, host, port, cluster) = p.instance_detail()?;
+    let cluster = cluster.to_owned();
     let index = with_core(|c| c.shared.index.clone());
     let found = index.read(&key, |view| {
         let inst = view?.instances().find(|i| i.host == host && i.port == port && *i.cluster == *cluster)?;
@@ -600,28 +440,12 @@ pub fn list_services(
 }
 
 fn service_list(api: Api, p: &Params) -> Result<Resp, Failure> {
-    let namespace = p.any(&["namespaceId", "tenant"]).unwrap_or("public");
-    let group = p.get("groupName").unwrap_or("DEFAULT_GROUP");
-    let (default_no, default_size) = match api {
-        Api::V1 => (None, None),
-        Api::V2 => (Some(1), Some(20)),
-    };
-    let page_no: i64 = p
-        .number("pageNo")?
-        .or(default_no)
-        .ok_or_else(|| missing("pageNo"))?;
-    let page_size: i64 = p
-        .number("pageSize")?
-        .or(default_size)
-        .ok_or_else(|| missing("pageSize"))?;
-    if page_no < 1 || !(1..=10_000).contains(&page_size) {
-        return Err(bad("pageNo must be >= 1 and pageSize within 1..=10000"));
-    }
+    let page = p.service_page(api)?;
     let (count, names) = list_services(
-        namespace,
-        Some(group),
-        page_no as usize,
-        page_size as usize,
+        page.namespace,
+        Some(page.group),
+        page.page_no,
+        page.page_size,
         api == Api::V1,
     );
     let names: Vec<String> = names.iter().map(|n| json_str(n)).collect();
@@ -679,9 +503,11 @@ async fn configure_service(
     p: &Params,
     must_exist: Option<bool>,
 ) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    let protect_threshold: Option<f32> = p.number("protectThreshold")?;
-    let metadata = p.metadata()?;
+    let http_params::ServiceConfig {
+        key,
+        protect_threshold,
+        metadata,
+    } = p.service_config()?;
     service_op(
         key,
         ServiceOp::Configure {

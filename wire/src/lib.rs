@@ -10,7 +10,9 @@
 //!   `wire/regen.sh`; the file is checked in so builds need no `protoc`).
 //! - [`payload`]: `Payload` <-> (message type, JSON body), and response envelopes.
 //! - [`naming`]: the JSON request bodies of the naming module and their conversion into
-//!   engine instances.
+//!   engine instances and operations.
+//! - [`http_params`]: the HTTP OpenAPI's query and form parameters and their validation per
+//!   route.
 //! - [`service_info`]: `ServiceInfo` JSON from a published view, cached per view.
 //! - [`peer`]: the node-to-node frames of a cluster (Distro traffic per partition, forwarded
 //!   writes and their replies) as length-prefixed flatbuffers (`schemas/peer.fbs`, generated
@@ -44,6 +46,7 @@ mod peer_fb {
     pub use nacelle::peer::*;
 }
 
+pub mod http_params;
 pub mod naming;
 pub mod payload;
 pub mod peer;

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use engine::model::{InstanceSpec, InvalidInput, Metadata, ServiceKey};
+use engine::model::{Host, InstanceSpec, Interner, InvalidInput, Metadata, ServiceKey};
+use engine::shard::ClientOp;
 use serde::Deserialize;
 
 /// An instance as the SDK sends it.
@@ -103,6 +104,95 @@ impl NamingRequest {
             self.group_name.as_deref().unwrap_or(""),
             self.service_name.as_deref().unwrap_or(""),
         )
+    }
+
+    /// Parses a body that must name a service (every naming request but `ServiceListRequest`).
+    pub fn parse_keyed(body: &[u8]) -> Result<(NamingRequest, ServiceKey), InvalidInput> {
+        let req = NamingRequest::parse(body)?;
+        let key = req.service_key()?;
+        Ok((req, key))
+    }
+
+    /// The page a `ServiceListRequest` asks for: namespace (`public`), group (`DEFAULT_GROUP`),
+    /// 1-based page number and a page size clamped to `1..=10000` (default 10).
+    pub fn service_page(&self) -> (&str, &str, usize, usize) {
+        let namespace = self
+            .namespace
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("public");
+        let group = self
+            .group_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("DEFAULT_GROUP");
+        let page_no = self.page_no.unwrap_or(1).max(1) as usize;
+        let page_size = self.page_size.unwrap_or(10).clamp(1, 10_000) as usize;
+        (namespace, group, page_no, page_size)
+    }
+}
+
+/// The engine operation of an `InstanceRequest` or `BatchInstanceRequest` (`kind`) whose body
+/// is `req` naming `key`: register, deregister or batch register, by `req.kind`. Cluster names
+/// are interned by `interner`. The error is the message of an `INVALID_PARAM` answer.
+pub fn instance_op(
+    kind: &str,
+    req: NamingRequest,
+    key: ServiceKey,
+    interner: &mut Interner,
+) -> Result<ClientOp, String> {
+    let op_type = req.kind.as_deref().unwrap_or_default();
+    match (kind, op_type) {
+        ("InstanceRequest", "registerInstance") => {
+            let spec = req
+                .instance
+                .ok_or("instance is required")?
+                .into_spec()
+                .map_err(|e| e.0)?;
+            let instance = spec.build(interner).map_err(|e| e.0)?;
+            Ok(ClientOp::Register {
+                service: key,
+                instance,
+            })
+        }
+        ("InstanceRequest", "deregisterInstance") => {
+            let spec = req
+                .instance
+                .ok_or("instance is required")?
+                .into_spec()
+                .map_err(|e| e.0)?;
+            let host = Host::parse(&spec.ip).map_err(|e| e.0)?;
+            let port = u16::try_from(spec.port)
+                .map_err(|_| format!("port {} is out of range", spec.port))?;
+            let cluster = interner.intern(
+                spec.cluster
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("DEFAULT"),
+            );
+            Ok(ClientOp::Deregister {
+                service: key,
+                host,
+                port,
+                cluster,
+            })
+        }
+        ("BatchInstanceRequest", "batchRegisterInstance") => {
+            let list = req.instances.ok_or("instances is required")?;
+            let mut instances = Vec::with_capacity(list.len());
+            for i in list {
+                instances.push(
+                    i.into_spec()
+                        .and_then(|s| s.build(interner))
+                        .map_err(|e| e.0)?,
+                );
+            }
+            Ok(ClientOp::BatchRegister {
+                service: key,
+                instances,
+            })
+        }
+        (_, other) => Err(format!("unknown {kind} type {other:?}")),
     }
 }
 

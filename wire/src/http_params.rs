@@ -1,0 +1,417 @@
+//! The parameters of the HTTP OpenAPI (v1 and v2 naming): the query string and form body as
+//! pairs, and their validation into what each route needs. Pure functions of the bytes a client
+//! sent, so the fuzz target `http_params` (see [`crate::fuzzing`]) reaches all of them; the
+//! server's handlers only add the engine call and the answer.
+//!
+//! Every error here is an HTTP 400; [`ParamError::code`] is the Nacos v2 code.
+
+use engine::model::{Host, InstanceSpec, Metadata, ServiceKey, DEFAULT_CLUSTER};
+use engine::shard::InstancePatch;
+
+/// API version of a request: v1 answers bare values, v2 wraps them as `{code,message,data}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `/nacos/v1/ns`.
+    V1,
+    /// `/nacos/v2/ns`.
+    V2,
+}
+
+/// Nacos v2 code of a missing parameter.
+pub const CODE_MISSING: i32 = 10000;
+/// Nacos v2 code of an invalid parameter.
+pub const CODE_INVALID: i32 = 20002;
+
+/// A refused parameter (HTTP 400): Nacos v2 code and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamError {
+    /// [`CODE_MISSING`] or [`CODE_INVALID`].
+    pub code: i32,
+    /// For the client.
+    pub message: String,
+}
+
+/// An invalid parameter.
+pub fn bad(message: impl Into<String>) -> ParamError {
+    ParamError {
+        code: CODE_INVALID,
+        message: message.into(),
+    }
+}
+
+/// A missing parameter.
+pub fn missing(name: &str) -> ParamError {
+    ParamError {
+        code: CODE_MISSING,
+        message: format!("Required parameter '{name}' is missing"),
+    }
+}
+
+/// The parameters of a request: query string and form body, query first (as Nacos reads them).
+#[derive(Debug, Default)]
+pub struct Params {
+    /// Every pair in order, percent-decoded (invalid UTF-8 replaced).
+    pub pairs: Vec<(String, String)>,
+}
+
+/// What a heartbeat (`PUT /instance/beat`) names, from its parameters and its `beat` JSON.
+#[derive(Debug)]
+pub struct Beat {
+    /// Service.
+    pub key: ServiceKey,
+    /// Address as sent.
+    pub ip: String,
+    /// Address parsed.
+    pub host: Host,
+    /// Port.
+    pub port: u16,
+    /// Cluster (`DEFAULT` when none is named).
+    pub cluster: String,
+    /// The instance to register again if the server forgot it (present when a `beat` body
+    /// was sent, as Nacos does); not yet validated by [`InstanceSpec::build`].
+    pub reregister: Option<InstanceSpec>,
+}
+
+/// The RsInfo JSON of a v1 beat.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct BeatInfo {
+    ip: Option<String>,
+    port: Option<i64>,
+    cluster: Option<String>,
+    weight: Option<f64>,
+    metadata: Option<serde_json::Value>,
+    ephemeral: Option<bool>,
+}
+
+/// `GET /instance/list`.
+#[derive(Debug)]
+pub struct InstanceQuery<'a> {
+    /// Service.
+    pub key: ServiceKey,
+    /// Cluster filter as sent (comma separated, may be empty).
+    pub clusters: &'a str,
+    /// Only healthy instances.
+    pub healthy_only: bool,
+}
+
+/// `GET /service/list`.
+#[derive(Debug)]
+pub struct ServicePage<'a> {
+    /// Namespace (`public` by default).
+    pub namespace: &'a str,
+    /// Group (`DEFAULT_GROUP` by default).
+    pub group: &'a str,
+    /// 1-based page.
+    pub page_no: usize,
+    /// Page size, `1..=10000`.
+    pub page_size: usize,
+}
+
+/// `POST`/`PUT /service`.
+#[derive(Debug)]
+pub struct ServiceConfig {
+    /// Service.
+    pub key: ServiceKey,
+    /// New protect threshold.
+    pub protect_threshold: Option<f32>,
+    /// New metadata.
+    pub metadata: Option<Metadata>,
+}
+
+impl Params {
+    /// Parses the query string and the form body.
+    pub fn parse(query: Option<&str>, body: &[u8]) -> Params {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        if let Some(q) = query {
+            pairs.extend(
+                form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())),
+            );
+        }
+        pairs.extend(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+        Params { pairs }
+    }
+
+    /// The value of the first `name` pair, unless that value is empty (empty = absent).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The value of the first of `names` that has one.
+    pub fn any(&self, names: &[&str]) -> Option<&str> {
+        names.iter().find_map(|n| self.get(n))
+    }
+
+    /// A parameter that must be there.
+    pub fn required(&self, name: &str) -> Result<&str, ParamError> {
+        self.get(name).ok_or_else(|| missing(name))
+    }
+
+    /// A boolean (`true`/`false`, any case) under the first of `names` that has a value.
+    pub fn bool(&self, names: &[&str]) -> Result<Option<bool>, ParamError> {
+        match self.any(names) {
+            None => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
+            Some(v) => Err(bad(format!(
+                "parameter {} must be true or false, got {v:?}",
+                names[0]
+            ))),
+        }
+    }
+
+    /// A number (surrounding blanks ignored).
+    pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ParamError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| bad(format!("parameter {name} is not a valid number: {v:?}"))),
+        }
+    }
+
+    /// `serviceName` (required), `groupName`, `namespaceId` (or `tenant`).
+    pub fn service_key(&self) -> Result<ServiceKey, ParamError> {
+        let name = self.required("serviceName")?;
+        ServiceKey::new(
+            self.any(&["namespaceId", "tenant"]).unwrap_or(""),
+            self.get("groupName").unwrap_or(""),
+            name,
+        )
+        .map_err(|e| bad(e.0))
+    }
+
+    /// `port` (required), `0..=65535`.
+    pub fn port(&self) -> Result<u16, ParamError> {
+        let port: i64 = self.number("port")?.ok_or_else(|| missing("port"))?;
+        u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))
+    }
+
+    /// The service and the instance address a write names.
+    pub fn address(&self) -> Result<(ServiceKey, Host, u16, engine::Str), ParamError> {
+        let key = self.service_key()?;
+        let host = Host::parse(self.required("ip")?).map_err(|e| bad(e.0))?;
+        Ok((key, host, self.port()?, self.cluster().into()))
+    }
+
+    /// `clusterName` (or `cluster`), `DEFAULT` when absent.
+    pub fn cluster(&self) -> &str {
+        self.any(&["clusterName", "cluster"])
+            .unwrap_or(DEFAULT_CLUSTER)
+    }
+
+    /// `metadata`: a JSON object or `k=v,k=v`.
+    pub fn metadata(&self) -> Result<Option<Metadata>, ParamError> {
+        self.get("metadata")
+            .map(|m| Metadata::parse_param(m).map_err(|e| bad(e.0)))
+            .transpose()
+    }
+
+    /// The instance a register (`POST /instance`) describes.
+    pub fn instance_spec(&self) -> Result<InstanceSpec, ParamError> {
+        Ok(InstanceSpec {
+            ip: self.required("ip")?.to_owned(),
+            port: i64::from(self.port()?),
+            weight: self.number("weight")?,
+            healthy: self.bool(&["healthy"])?,
+            enabled: self.bool(&["enabled", "enable"])?,
+            ephemeral: self.bool(&["ephemeral"])?,
+            cluster: Some(self.cluster().to_owned()),
+            metadata: self.metadata()?.unwrap_or_default(),
+            instance_id: None,
+        })
+    }
+
+    /// The change of `PUT /instance`: Nacos builds the instance from the parameters, so absent
+    /// fields take their defaults (weight 1, enabled, empty metadata).
+    pub fn replacement(&self) -> Result<InstancePatch, ParamError> {
+        Ok(InstancePatch {
+            weight: Some(self.number("weight")?.unwrap_or(1.0)),
+            enabled: Some(self.bool(&["enabled", "enable"])?.unwrap_or(true)),
+            healthy: self.bool(&["healthy"])?,
+            metadata: Some(self.metadata()?.unwrap_or_default()),
+        })
+    }
+
+    /// The change of `PATCH /instance`: only the fields sent.
+    pub fn patch(&self) -> Result<InstancePatch, ParamError> {
+        Ok(InstancePatch {
+            weight: self.number("weight")?,
+            enabled: self.bool(&["enabled", "enable"])?,
+            healthy: self.bool(&["healthy"])?,
+            metadata: self.metadata()?,
+        })
+    }
+
+    /// `PUT /instance/beat`: the address comes from the parameters or else the `beat` JSON.
+    pub fn beat(&self) -> Result<Beat, ParamError> {
+        let key = self.service_key()?;
+        let info: Option<BeatInfo> = match self.get("beat") {
+            Some(b) => Some(
+                serde_json::from_str(b).map_err(|e| bad(format!("beat is not valid JSON: {e}")))?,
+            ),
+            None => None,
+        };
+        let ip = self
+            .get("ip")
+            .map(str::to_owned)
+            .or_else(|| info.as_ref().and_then(|b| b.ip.clone()))
+            .ok_or_else(|| missing("ip"))?;
+        let port = match self.number::<i64>("port")? {
+            Some(port) => port,
+            None => info
+                .as_ref()
+                .and_then(|b| b.port)
+                .ok_or_else(|| missing("port"))?,
+        };
+        let port = u16::try_from(port)
+            .map_err(|_| bad(format!("port {port} is out of range 0..65535")))?;
+        let cluster = self
+            .any(&["clusterName", "cluster"])
+            .map(str::to_owned)
+            .or_else(|| {
+                info.as_ref()
+                    .and_then(|b| b.cluster.clone())
+                    .filter(|c| !c.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
+        let host = Host::parse(&ip).map_err(|e| bad(e.0))?;
+        let reregister = match info {
+            Some(b) => {
+                let metadata = match &b.metadata {
+                    Some(v) => Metadata::from_json(v).map_err(|e| bad(e.0))?,
+                    None => Metadata::default(),
+                };
+                Some(InstanceSpec {
+                    ip: ip.clone(),
+                    port: i64::from(port),
+                    weight: b.weight,
+                    ephemeral: b.ephemeral,
+                    cluster: Some(cluster.clone()),
+                    metadata,
+                    ..Default::default()
+                })
+            }
+            None => None,
+        };
+        Ok(Beat {
+            key,
+            ip,
+            host,
+            port,
+            cluster,
+            reregister,
+        })
+    }
+
+    /// `GET /instance/list`.
+    pub fn instance_query(&self) -> Result<InstanceQuery<'_>, ParamError> {
+        let key = self.service_key()?;
+        let clusters = self.any(&["clusters", "clusterName"]).unwrap_or("");
+        let healthy_only = self.bool(&["healthyOnly"])?.unwrap_or(false);
+        Ok(InstanceQuery {
+            key,
+            clusters,
+            healthy_only,
+        })
+    }
+
+    /// `GET /instance`: service, address and cluster of one instance.
+    pub fn instance_detail(&self) -> Result<(ServiceKey, Host, u16, &str), ParamError> {
+        let key = self.service_key()?;
+        let host = Host::parse(self.required("ip")?).map_err(|e| bad(e.0))?;
+        let port = self.port()?;
+        Ok((key, host, port, self.cluster()))
+    }
+
+    /// `GET /service/list`: v1 requires `pageNo` and `pageSize`, v2 defaults them to 1 and 20.
+    pub fn service_page(&self, api: Api) -> Result<ServicePage<'_>, ParamError> {
+        let namespace = self.any(&["namespaceId", "tenant"]).unwrap_or("public");
+        let group = self.get("groupName").unwrap_or("DEFAULT_GROUP");
+        let (default_no, default_size) = match api {
+            Api::V1 => (None, None),
+            Api::V2 => (Some(1), Some(20)),
+        };
+        let page_no: i64 = self
+            .number("pageNo")?
+            .or(default_no)
+            .ok_or_else(|| missing("pageNo"))?;
+        let page_size: i64 = self
+            .number("pageSize")?
+            .or(default_size)
+            .ok_or_else(|| missing("pageSize"))?;
+        if page_no < 1 || !(1..=10_000).contains(&page_size) {
+            return Err(bad("pageNo must be >= 1 and pageSize within 1..=10000"));
+        }
+        Ok(ServicePage {
+            namespace,
+            group,
+            page_no: page_no as usize,
+            page_size: page_size as usize,
+        })
+    }
+
+    /// `POST`/`PUT /service`.
+    pub fn service_config(&self) -> Result<ServiceConfig, ParamError> {
+        let key = self.service_key()?;
+        let protect_threshold: Option<f32> = self.number("protectThreshold")?;
+        let metadata = self.metadata()?;
+        Ok(ServiceConfig {
+            key,
+            protect_threshold,
+            metadata,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_comes_before_body_and_empty_values_are_absent() {
+        let p = Params::parse(
+            Some("serviceName=a&ip=&port=80"),
+            b"serviceName=b&ip=10.0.0.1",
+        );
+        assert_eq!(p.get("serviceName"), Some("a"));
+        assert_eq!(p.get("ip"), None);
+        assert_eq!(p.required("ip").unwrap_err().code, CODE_MISSING);
+        assert_eq!(p.port().unwrap(), 80);
+    }
+
+    #[test]
+    fn beat_takes_the_address_from_its_json() {
+        let beat = form_urlencoded::Serializer::new(String::new())
+            .append_pair("serviceName", "G@@svc")
+            .append_pair(
+                "beat",
+                r#"{"serviceName":"G@@svc","ip":"10.0.0.7","port":81,"cluster":"","weight":1,"metadata":{"a":1},"scheduled":true}"#,
+            )
+            .finish();
+        let b = Params::parse(Some(&beat), b"").beat().unwrap();
+        assert_eq!(
+            (b.ip.as_str(), b.port, b.cluster.as_str()),
+            ("10.0.0.7", 81, "DEFAULT")
+        );
+        assert_eq!(b.key.group(), "G");
+        assert_eq!(b.reregister.unwrap().metadata.json(), r#"{"a":"1"}"#);
+    }
+
+    #[test]
+    fn service_pages_have_v2_defaults_only() {
+        let p = Params::parse(Some("pageSize=5"), b"");
+        assert_eq!(p.service_page(Api::V1).unwrap_err(), missing("pageNo"));
+        let page = p.service_page(Api::V2).unwrap();
+        assert_eq!((page.page_no, page.page_size), (1, 5));
+        let p = Params::parse(Some("pageNo=0&pageSize=5"), b"");
+        assert_eq!(p.service_page(Api::V2).unwrap_err().code, CODE_INVALID);
+    }
+}
