@@ -5,7 +5,9 @@
 //!
 //! Every error here is an HTTP 400; [`ParamError::code`] is the Nacos v2 code.
 
-use engine::model::{Host, InstanceSpec, Metadata, ServiceKey, DEFAULT_CLUSTER};
+use engine::model::{
+    validate_cluster_name, Host, InstanceSpec, Metadata, ServiceKey, DEFAULT_CLUSTER,
+};
 use engine::shard::InstancePatch;
 
 /// API version of a request: v1 answers bare values, v2 wraps them as `{code,message,data}`.
@@ -193,11 +195,27 @@ impl Params {
         u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range 0..65535")))
     }
 
-    /// The service and the instance address a write names.
+    /// The service and the instance address a write names. The cluster name is validated as
+    /// a register's is: a write may be forwarded to the node owning its client, whose peer
+    /// decoder refuses a frame with an illegal name (the write would wait for the forward to
+    /// time out, and the refusal would look like a broken peer).
     pub fn address(&self) -> Result<(ServiceKey, Host, u16, engine::Str), ParamError> {
         let key = self.service_key()?;
         let host = Host::parse(self.required("ip")?).map_err(|e| bad(e.0))?;
-        Ok((key, host, self.port()?, self.cluster().into()))
+        let port = self.port()?;
+        let cluster = self.cluster();
+        validate_cluster_name(cluster).map_err(|e| bad(e.0))?;
+        Ok((key, host, port, cluster.into()))
+    }
+
+    /// `weight` of an update: finite and >= 0, as a register's (and a peer's decoder) wants.
+    fn new_weight(&self) -> Result<Option<f64>, ParamError> {
+        match self.number::<f64>("weight")? {
+            Some(w) if !w.is_finite() || w < 0.0 => {
+                Err(bad(format!("weight {w} must be a number >= 0")))
+            }
+            w => Ok(w),
+        }
     }
 
     /// `clusterName` (or `cluster`), `DEFAULT` when absent.
@@ -232,7 +250,7 @@ impl Params {
     /// fields take their defaults (weight 1, enabled, empty metadata).
     pub fn replacement(&self) -> Result<InstancePatch, ParamError> {
         Ok(InstancePatch {
-            weight: Some(self.number("weight")?.unwrap_or(1.0)),
+            weight: Some(self.new_weight()?.unwrap_or(1.0)),
             enabled: Some(self.bool(&["enabled", "enable"])?.unwrap_or(true)),
             healthy: self.bool(&["healthy"])?,
             metadata: Some(self.metadata()?.unwrap_or_default()),
@@ -242,7 +260,7 @@ impl Params {
     /// The change of `PATCH /instance`: only the fields sent.
     pub fn patch(&self) -> Result<InstancePatch, ParamError> {
         Ok(InstancePatch {
-            weight: self.number("weight")?,
+            weight: self.new_weight()?,
             enabled: self.bool(&["enabled", "enable"])?,
             healthy: self.bool(&["healthy"])?,
             metadata: self.metadata()?,
@@ -282,6 +300,7 @@ impl Params {
             })
             .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
         let host = Host::parse(&ip).map_err(|e| bad(e.0))?;
+        validate_cluster_name(&cluster).map_err(|e| bad(e.0))?;
         let reregister = match info {
             Some(b) => {
                 let metadata = match &b.metadata {
@@ -403,6 +422,26 @@ mod tests {
         );
         assert_eq!(b.key.group(), "G");
         assert_eq!(b.reregister.unwrap().metadata.json(), r#"{"a":"1"}"#);
+    }
+
+    /// Found by the `http_params` fuzz target: these used to pass here and reach the engine,
+    /// and a forwarded write carrying them was refused by the owner's peer decoder.
+    #[test]
+    fn writes_refuse_what_a_peer_would_refuse() {
+        let p = Params::parse(
+            Some("serviceName=a&ip=1.2.3.4&port=1&clusterName=DEFAULT%22"),
+            b"",
+        );
+        assert_eq!(p.address().unwrap_err().code, CODE_INVALID);
+        assert_eq!(p.beat().unwrap_err().code, CODE_INVALID);
+        for weight in ["NaN", "inf", "-1", "1e400"] {
+            let q = format!("serviceName=a&ip=1.2.3.4&port=1&weight={weight}");
+            let p = Params::parse(Some(&q), b"");
+            assert_eq!(p.patch().unwrap_err().code, CODE_INVALID, "{weight}");
+            assert_eq!(p.replacement().unwrap_err().code, CODE_INVALID, "{weight}");
+        }
+        let p = Params::parse(Some("serviceName=a&ip=1.2.3.4&port=1&weight=-0"), b"");
+        assert!(p.patch().is_ok());
     }
 
     #[test]
