@@ -207,6 +207,8 @@ pub struct Core {
     peer_io: Option<Rc<RefCell<PeerIo>>>,
     /// Requests forwarded to us, by our waiter token: who waits, and their id.
     remote_waiters: HashMap<u64, (NodeId, u64)>,
+    /// Whether "startup snapshot loaded" was logged.
+    load_logged: bool,
 }
 
 /// How long a forwarded HTTP write may wait for the responsible node.
@@ -289,6 +291,7 @@ impl Core {
             members: Members::standalone(),
             peer_io: None,
             remote_waiters: HashMap::new(),
+            load_logged: false,
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
 
@@ -823,6 +826,18 @@ impl Core {
         {
             self.shard.handle_timeout(now);
             self.execute_commands();
+        }
+        if !self.load_logged && self.shard.is_loaded() {
+            self.load_logged = true;
+            if self.shared.cluster.is_some() {
+                let stats = self.shard.stats();
+                info!(
+                    core = self.id,
+                    after_ms = stats.distro.load_ms.load(Ordering::Relaxed),
+                    clients = stats.distro.snapshot_received.load(Ordering::Relaxed),
+                    "startup snapshot loaded"
+                );
+            }
         }
     }
 

@@ -109,15 +109,36 @@ impl Members {
         out
     }
 
-    /// The node responsible for an HTTP (`ip:port`) client: a hash of the address over the
-    /// sorted candidates. `None` when standalone (this node is responsible).
+    /// The node responsible for an HTTP (`ip:port`) client: rendezvous (highest random
+    /// weight) hashing of the address over the candidates. `None` when standalone (this node
+    /// is responsible).
+    ///
+    /// Rendezvous rather than `hash % members`: when one member goes down (or one node
+    /// wrongly believes it is down, as in an asymmetric partition) only that member's clients
+    /// move, each to its second choice. With a modulo, most clients would change owner and
+    /// nodes whose views differ would disagree about most clients instead of a few.
     pub fn responsible_for(&self, client: &ClientId) -> Option<&NodeId> {
-        let candidates = self.candidates();
-        if candidates.len() <= 1 {
+        let key = stable_hash(&(client, 0xd15_u32));
+        let mut best: Option<(u64, &NodeId)> = None;
+        let mut count = 0;
+        for node in self
+            .peers
+            .iter()
+            .filter(|(_, h)| *h != Health::Down)
+            .map(|(n, _)| n)
+            .chain(self.me.iter())
+        {
+            count += 1;
+            let weight = mix64(key ^ mix64(stable_hash(node)));
+            let better = best.is_none_or(|(w, b)| weight > w || (weight == w && node < b));
+            if better {
+                best = Some((weight, node));
+            }
+        }
+        if count <= 1 {
             return self.me.as_ref();
         }
-        let h = stable_hash(&(client, 0xd15_u32));
-        Some(candidates[(h % candidates.len() as u64) as usize])
+        best.map(|(_, n)| n)
     }
 
     /// Whether this node is responsible for `client`. Connection clients belong to the node
@@ -179,6 +200,13 @@ impl Default for DistroConfig {
     }
 }
 
+/// The splitmix64 finalizer: spreads the bits of a combined key (rendezvous weights).
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +231,41 @@ mod tests {
             *owners.entry(ra).or_insert(0) += 1;
         }
         assert_eq!(owners.len(), 3, "every member gets clients: {owners:?}");
+    }
+
+    #[test]
+    fn a_member_going_down_moves_only_its_own_clients() {
+        let all = members(
+            "a:1",
+            &[
+                ("b:1", Health::Up),
+                ("c:1", Health::Up),
+                ("d:1", Health::Up),
+            ],
+        );
+        let without_c = members(
+            "a:1",
+            &[
+                ("b:1", Health::Up),
+                ("c:1", Health::Down),
+                ("d:1", Health::Up),
+            ],
+        );
+        let (mut moved, mut of_c) = (0, 0);
+        for port in 0..2000u16 {
+            let c = ClientId::V4(Ipv4Addr::new(10, 0, 1, 1), port);
+            let before = all.responsible_for(&c).cloned().unwrap();
+            let after = without_c.responsible_for(&c).cloned().unwrap();
+            if before.as_str() == "c:1" {
+                of_c += 1;
+                assert_ne!(after.as_str(), "c:1");
+            } else {
+                assert_eq!(before, after, "{c:?} moved although its owner stayed up");
+            }
+            moved += usize::from(before != after);
+        }
+        assert_eq!(moved, of_c);
+        assert!((350..650).contains(&of_c), "a quarter each: {of_c}");
     }
 
     #[test]

@@ -75,6 +75,8 @@ impl ReplicaInfo {
 pub struct DistroStats {
     /// The startup snapshot is loaded (or there was nobody to load it from).
     pub loaded: AtomicBool,
+    /// Milliseconds from the start of Distro to `loaded`.
+    pub load_ms: AtomicU64,
     /// Sync batches sent.
     pub sync_batches: AtomicU64,
     /// Sync items sent.
@@ -1522,6 +1524,8 @@ impl Shard {
         {
             // Nobody to load from: this node starts the cluster's data.
             d.loaded = true;
+            let took = now_ms.saturating_sub(d.started_ms);
+            self.stats.distro.load_ms.store(took, Ordering::Relaxed);
             self.stats.distro.loaded.store(true, Ordering::Relaxed);
             return;
         }
@@ -1612,6 +1616,8 @@ impl Shard {
         };
         if d.loads.values().all(|l| l.done) {
             d.loaded = true;
+            let took = now_ms.saturating_sub(d.started_ms);
+            self.stats.distro.load_ms.store(took, Ordering::Relaxed);
             self.stats.distro.loaded.store(true, Ordering::Relaxed);
             // The snapshot may hold heartbeat clients this node is now responsible for
             // (they moved while it was away): take them over at once.
