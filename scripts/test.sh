@@ -30,6 +30,9 @@ cargo test --workspace --release
 step "benches (test mode)"
 cargo test -p bench --benches --release
 
+step "fuzzing (${FUZZ_SECONDS:-15} s per target; stable mirrors when nightly is missing)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
+
 step "official SDK conformance (Python gRPC, Node HTTP, Rust gRPC)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
 

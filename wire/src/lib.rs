@@ -18,6 +18,8 @@
 //!   writes and their replies) as length-prefixed flatbuffers (`schemas/peer.fbs`, generated
 //!   code checked in, `wire/regen.sh` regenerates and diffs it too); decoding verifies the
 //!   buffer and every value, since the bytes come from the network.
+//! - [`fuzzing`]: the properties of the fuzz targets (`fuzz/`) and their seeds, shared with
+//!   the stable mirrors in `tests/fuzz.rs`.
 
 #![deny(missing_docs)]
 
@@ -46,6 +48,7 @@ mod peer_fb {
     pub use nacelle::peer::*;
 }
 
+pub mod fuzzing;
 pub mod http_params;
 pub mod naming;
 pub mod payload;
