@@ -465,7 +465,14 @@ impl Core {
                 if let Some(info) = &c.shared.cluster {
                     info.stats.forward_fallbacks.fetch_add(1, Ordering::Relaxed);
                 }
-                let (client, op) = fallback;
+                let (client, mut op) = fallback;
+                if let ClientOp::Beat { reregister, .. } = &mut op {
+                    // A late beat must not recreate an instance: the client may have
+                    // deregistered meanwhile (the DELETE went through while this beat waited
+                    // for a restarting owner). An unknown instance answers "not found", and
+                    // a live client re-registers.
+                    *reregister = None;
+                }
                 let owner = client_shard(&client, c.n);
                 c.route(
                     owner,

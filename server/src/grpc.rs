@@ -71,6 +71,10 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
                 .timer(LocalTimer)
                 .max_frame_size(1 << 20)
                 .max_header_list_size(64 << 10)
+                // h2's default (20) treats a client cancelling timed-out calls faster than an
+                // overloaded core accepts them as a reset flood and closes the connection,
+                // which removes every instance it registered. Still bounded per connection.
+                .max_pending_accept_reset_streams(Some(1024))
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(hyper_io(stream), svc);

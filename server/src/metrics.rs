@@ -181,7 +181,7 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
             .sum::<u64>()
     };
     type Distro = fn(&engine::shard::DistroStats) -> u64;
-    let counters: [(&str, &str, Distro); 12] = [
+    let counters: [(&str, &str, Distro); 13] = [
         (
             "nacelle_distro_sync_batches_total",
             "Sync batches sent to peers.",
@@ -231,6 +231,11 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
             "nacelle_distro_replicas_expired_total",
             "Copies removed because their owner stopped confirming them.",
             |s| s.replicas_expired.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_claims_followed_total",
+            "Heartbeat clients kept by following another node's claim when the owner in this node's view expired them (member views disagreed).",
+            |s| s.claims_followed.load(Ordering::Relaxed),
         ),
         (
             "nacelle_distro_snapshot_sent_total",

@@ -203,6 +203,20 @@ fn register_http(s: &Server, service: &str, ip: &str, port: u16) {
     assert_eq!(r.status, 200, "register {ip}:{port}: {}", r.text());
 }
 
+/// Registers an HTTP instance that stays healthy for two minutes without beating: a test
+/// that outlives the default 30 s delete timeout stands for clients that keep beating.
+fn register_http_lasting(s: &Server, service: &str, ip: &str, port: u16) {
+    // {"preserved.heart.beat.timeout":"120000","preserved.ip.delete.timeout":"120000"}
+    let metadata = "%7B%22preserved.heart.beat.timeout%22%3A%22120000%22%2C%22preserved.ip.delete.timeout%22%3A%22120000%22%7D";
+    let r = s.http(
+        "POST",
+        &format!(
+            "/nacos/v1/ns/instance?serviceName={service}&ip={ip}&port={port}&metadata={metadata}"
+        ),
+    );
+    assert_eq!(r.status, 200, "register {ip}:{port}: {}", r.text());
+}
+
 #[test]
 fn http_writes_through_any_node_reach_every_node() {
     let _serial = serial();
@@ -317,7 +331,9 @@ async fn a_grpc_registration_is_pushed_through_the_other_nodes() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
     let _serial = serial();
-    let mut c = TestCluster::start(3, 3, &["--insecure"]);
+    // The test runs longer than the default idle detection of a silent gRPC client and the
+    // delete timeout of a silent HTTP one; both stand for live clients here.
+    let mut c = TestCluster::start(3, 3, &["--insecure", "--client-idle-ms", "120000"]);
     c.wait_formed(Duration::from_secs(15));
     // A gRPC client that stays connected to node 2 and HTTP clients of every node.
     let mut keeper = Conn::open(c.node(2).grpc).await;
@@ -344,7 +360,7 @@ async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
         .await;
     let mut expected: Vec<String> = vec!["10.3.0.1:9000".into(), "10.3.0.2:9000".into()];
     for k in 0..12u16 {
-        register_http(c.node(0), "inventory", &format!("10.3.1.{}", k + 1), 80);
+        register_http_lasting(c.node(0), "inventory", &format!("10.3.1.{}", k + 1), 80);
         expected.push(format!("10.3.1.{}:80", k + 1));
     }
     c.wait_everywhere("inventory", &expected, Duration::from_secs(3));
@@ -364,7 +380,7 @@ async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
         })
     });
     assert!(seen_down, "a killed node is declared DOWN");
-    register_http(c.node(0), "inventory", "10.3.2.1", 80);
+    register_http_lasting(c.node(0), "inventory", "10.3.2.1", 80);
     expected.push("10.3.2.1:80".into());
     expected.retain(|e| e != "10.3.0.2:9000");
     c.wait_everywhere("inventory", &expected, Duration::from_secs(15));

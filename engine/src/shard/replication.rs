@@ -42,6 +42,9 @@ pub(crate) struct ReplicaInfo {
     /// Which association with an owner this is: a client handed to a new owner (or back)
     /// starts a new one, and revisions are only comparable within one (I2).
     pub(crate) epoch: u64,
+    /// Followed because its owner in our view expired it while `origin` claimed it (views
+    /// disagree): `origin`'s verify lists decide its existence, whatever our view says.
+    pub(crate) by_claim: bool,
 }
 
 impl ReplicaInfo {
@@ -52,6 +55,7 @@ impl ReplicaInfo {
             floor: 0,
             tombstones: SmallVec::new(),
             epoch,
+            by_claim: false,
         })
     }
 
@@ -99,6 +103,9 @@ pub struct DistroStats {
     pub replicas_expired: AtomicU64,
     /// Replicas removed because their owner no longer has them.
     pub replicas_pruned: AtomicU64,
+    /// Heartbeat clients followed to another claimant when the owner in our view expired
+    /// them (views disagreed).
+    pub claims_followed: AtomicU64,
     /// Clients sent in snapshots.
     pub snapshot_sent: AtomicU64,
     /// Clients received in snapshots.
@@ -180,6 +187,15 @@ pub(crate) struct DistroState {
     digests: HashMap<(Option<NodeId>, u16), Digest>,
     /// Per-slice confirmation times of replicas, by (origin, partition).
     renewed: HashMap<(NodeId, u16), Box<[u64]>>,
+    /// When each peer last went DOWN (or left the member list), as seen here: the leases of
+    /// its copies run from then at the earliest, so the members that take over its heartbeat
+    /// clients have a whole lease to announce them before anyone drops a copy.
+    down_since: HashMap<NodeId, u64>,
+    /// Heartbeat clients that a node other than the one we follow holds as its own (its
+    /// view of the members differs from ours: an asymmetric partition), and when it last
+    /// said so. When the owner we follow expires such a client — it gets no beats, they go
+    /// to the claimant — we follow the claimant instead of deleting a live instance.
+    claims: HashMap<ClientId, (NodeId, u64), StableHasher>,
     /// Replicas removed as a whole, for a lease: the lowest revision that may bring one
     /// back, and when it was removed (I2).
     dropped: HashMap<ClientId, (u64, u64), StableHasher>,
@@ -227,6 +243,8 @@ impl Shard {
             links: BTreeMap::new(),
             digests: HashMap::new(),
             renewed: HashMap::new(),
+            down_since: HashMap::new(),
+            claims: HashMap::default(),
             dropped: HashMap::default(),
             sync_timer_set: false,
             round: 0,
@@ -258,6 +276,18 @@ impl Shard {
             return;
         }
         let old = std::mem::replace(&mut d.members, members);
+        let now_ms = now.mono_ms;
+        for (n, h) in &old.peers {
+            let health_now = d
+                .members
+                .peers
+                .iter()
+                .find(|(m, _)| m == n)
+                .map(|(_, h)| *h);
+            if *h != Health::Down && health_now.is_none_or(|h| h == Health::Down) {
+                d.down_since.insert(n.clone(), now_ms);
+            }
+        }
         // Links follow the member list (health does not remove a link: a DOWN peer keeps
         // its queue, bounded, until it is back or removed).
         let peers: BTreeSet<NodeId> = d.members.peers.iter().map(|(n, _)| n.clone()).collect();
@@ -998,6 +1028,8 @@ impl Shard {
                     self.replica_put(from, &client, entry);
                     self.renew(&client);
                     self.drop_replica_if_empty(&client, None);
+                } else {
+                    self.note_claim(from, &client);
                 }
             }
             SyncItem::Remove {
@@ -1010,16 +1042,90 @@ impl Shard {
                     self.drop_replica_if_empty(&client, None);
                 }
             }
-            SyncItem::Full(state) => self.apply_full(from, state),
+            SyncItem::Full(state) => {
+                let client = state.client.clone();
+                if !self.apply_full(from, state) {
+                    self.note_claim(from, &client);
+                }
+            }
             SyncItem::Drop { client, rev } => {
                 self.observe_rev(rev);
+                self.withdraw_claim(from, &client);
                 if !self.clients.contains_key(&client) {
                     self.remember_removal(&client, rev + 1, self.now.mono_ms);
-                } else if self.prepare_replica(from, &client, rev) {
+                } else if self.prepare_replica(from, &client, rev)
+                    && !self.follow_claimant(from, &client)
+                {
                     self.replica_drop(from, &client, rev);
                 }
             }
         }
+    }
+
+    /// Notes that `from` holds heartbeat client `client` as its own while we follow another
+    /// node for it.
+    fn note_claim(&mut self, from: &NodeId, client: &ClientId) {
+        if !client.is_heartbeat() {
+            return;
+        }
+        let now_ms = self.now.mono_ms;
+        let follows_other = self
+            .clients
+            .get(client)
+            .and_then(|c| c.replica.as_ref())
+            .is_some_and(|i| &i.origin != from);
+        if let (true, Some(d)) = (follows_other, self.distro.as_mut()) {
+            // Bounded by the heartbeat clients we hold; stale ones go with the leases.
+            d.claims.insert(client.clone(), (from.clone(), now_ms));
+        }
+    }
+
+    fn withdraw_claim(&mut self, from: &NodeId, client: &ClientId) {
+        if let Some(d) = self.distro.as_mut() {
+            if d.claims.get(client).is_some_and(|(n, _)| n == from) {
+                d.claims.remove(client);
+            }
+        }
+    }
+
+    /// The owner we follow (`from`) dropped heartbeat client `client`; if another reachable
+    /// node claimed it within a lease, follow that node instead (its data stays visible) and
+    /// ask it for the client's state. Returns whether it did.
+    fn follow_claimant(&mut self, from: &NodeId, client: &ClientId) -> bool {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_mut() else {
+            return false;
+        };
+        let Some((claimant, at)) = d.claims.get(client).cloned() else {
+            return false;
+        };
+        let reachable = d
+            .members
+            .peers
+            .iter()
+            .any(|(n, h)| n == &claimant && *h != Health::Down);
+        if &claimant == from || !reachable || now_ms.saturating_sub(at) > d.cfg.replica_lease_ms {
+            d.claims.remove(client);
+            return false;
+        }
+        d.claims.remove(client);
+        bump(&self.stats.distro.claims_followed, 1);
+        self.set_origin(client, Some(claimant.clone()));
+        if let Some(info) = self
+            .clients
+            .get_mut(client)
+            .and_then(|c| c.replica.as_mut())
+        {
+            info.by_claim = true;
+        }
+        self.send_peer(
+            claimant,
+            partition_of(client),
+            PeerMsg::Resync {
+                clients: vec![client.clone()],
+            },
+        );
+        true
     }
 
     fn members_is_mine(&self, client: &ClientId) -> bool {
@@ -1050,10 +1156,12 @@ impl Shard {
 
     /// Applies a client's full state: newer publishes replace, publishes it lacks that are
     /// older than the state go, newer ones stay (a later change already applied, I2).
-    fn apply_full(&mut self, origin: &NodeId, state: ClientState) {
+    /// Applies a client's full state from `origin`; false when `origin` is not the node we
+    /// follow for it.
+    fn apply_full(&mut self, origin: &NodeId, state: ClientState) -> bool {
         self.observe_rev(state.rev);
         if !self.prepare_replica(origin, &state.client, state.rev) {
-            return;
+            return false;
         }
         let client = state.client.clone();
         self.apply_full_state(origin, state);
@@ -1065,6 +1173,7 @@ impl Shard {
         {
             self.adopt_if_replica(&client);
         }
+        true
     }
 
     fn apply_full_state(&mut self, origin: &NodeId, state: ClientState) {
@@ -1319,6 +1428,7 @@ impl Shard {
         let mut listed_slices: HashSet<u16> = HashSet::new();
         let mut listed: HashSet<ClientId> = HashSet::new();
         let mut resync = Vec::new();
+        let mut claims = Vec::new();
         for (slice, list) in lists {
             listed_slices.insert(slice);
             for ClientHash { client, state_hash } in list {
@@ -1334,6 +1444,11 @@ impl Shard {
                 // A removal we remember is not cleared here: the resync below makes the
                 // owner restamp the client above its clock, which has seen ours (digests
                 // carry clocks), so its answer passes the memory while stale copies do not.
+                if client.is_heartbeat()
+                    && matches!(&held, Some((Some(origin), _)) if origin != &from)
+                {
+                    claims.push(client.clone());
+                }
                 match held {
                     Some((Some(origin), hash)) if origin == from && hash == state_hash => {}
                     // Ours: we are responsible and will tell it ours; nothing to ask.
@@ -1361,7 +1476,9 @@ impl Shard {
             .iter()
             .filter(|(id, c)| {
                 c.replica.as_ref().is_some_and(|i| i.origin == from)
-                    && (!id.is_heartbeat() || members.responsible_for(id) == Some(&from))
+                    && (!id.is_heartbeat()
+                        || members.responsible_for(id) == Some(&from)
+                        || c.replica.as_ref().is_some_and(|i| i.by_claim))
                     && partition_of(id) == partition
                     && listed_slices.contains(&slice_of(id))
                     && !listed.contains(*id)
@@ -1370,6 +1487,9 @@ impl Shard {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        for client in claims {
+            self.note_claim(&from, &client);
+        }
         bump(&self.stats.distro.replicas_pruned, unlisted.len() as u64);
         for id in unlisted {
             self.remove_replica(&id);
@@ -1465,14 +1585,17 @@ impl Shard {
         // An owner we are connected to is alive: if its verify did not get through, it is
         // slow or its link is saturated, which must never expire its clients (I4; Nacos
         // #8408). What it deleted reaches us as a `Drop` or through verify's client lists.
-        // Leases expire the copies of owners we cannot reach.
+        // Leases expire the copies of owners we cannot reach. A SUSPICIOUS owner may still
+        // be alive (and is still responsible for its heartbeat clients in every view): its
+        // copies wait until it is declared DOWN, and then a whole lease more.
         let reachable: Vec<&NodeId> = d
             .members
             .peers
             .iter()
-            .filter(|(_, h)| *h == Health::Up)
+            .filter(|(_, h)| *h != Health::Down)
             .map(|(n, _)| n)
             .collect();
+        let down_since = &d.down_since;
         let expired: Vec<ClientId> = self
             .clients
             .iter()
@@ -1484,11 +1607,14 @@ impl Shard {
                 let slice_renewed = renewed
                     .get(&(info.origin.clone(), partition_of(id)))
                     .map_or(0, |s| s[slice_of(id) as usize]);
-                let last = info.renewed_ms.max(slice_renewed);
+                let went_down = down_since.get(&info.origin).copied().unwrap_or(0);
+                let last = info.renewed_ms.max(slice_renewed).max(went_down);
                 (now_ms.saturating_sub(last) > lease).then(|| id.clone())
             })
             .collect();
         d.dropped
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= lease);
+        d.claims
             .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= lease);
         bump(&self.stats.distro.replicas_expired, expired.len() as u64);
         for id in expired {
@@ -1546,12 +1672,15 @@ impl Shard {
             if let Some(s) = load.source.take() {
                 load.tried.insert(s);
             }
-            let next = up
-                .iter()
+            // Partitions are spread over the UP peers (each starts at its own peer), so a
+            // joining node loads from all of them at once.
+            let start = usize::from(*p) % up.len();
+            let next = (0..up.len())
+                .map(|i| &up[(start + i) % up.len()])
                 .find(|n| !load.tried.contains(*n))
                 .or_else(|| {
                     load.tried.clear();
-                    up.first()
+                    up.get(start)
                 })
                 .cloned();
             if let Some(peer) = next {
@@ -1654,6 +1783,7 @@ impl Shard {
         };
         let window = d.cfg.snapshot_window;
         let chunk = d.cfg.snapshot_chunk_clients.max(1);
+        let chunk_instances = d.cfg.snapshot_chunk_instances.max(1);
         let stall = d.cfg.snapshot_timeout_ms;
         let me = d.members.me.clone().unwrap_or_else(|| NodeId::new("?"));
         // A stream whose reader vanished is given up.
@@ -1664,8 +1794,9 @@ impl Shard {
         for s in serving.iter_mut() {
             while !s.finished && s.next_seq < s.acked + window {
                 let mut out = Vec::new();
+                let mut instances = 0;
                 let total = self.clients.len();
-                while s.cursor < total && out.len() < chunk {
+                while s.cursor < total && out.len() < chunk && instances < chunk_instances {
                     if let Some((id, c)) = self.clients.get_index(s.cursor) {
                         if partition_of(id) == s.partition && !c.publishes.is_empty() {
                             let origin = c
@@ -1673,6 +1804,8 @@ impl Shard {
                                 .as_ref()
                                 .map_or_else(|| me.clone(), |i| i.origin.clone());
                             let mut state = Self::client_state(id, c);
+                            instances +=
+                                state.entries.iter().map(|e| e.publish.len()).sum::<usize>();
                             if let Some(info) = c.replica.as_ref() {
                                 // A copy is complete only up to its last full state; its
                                 // newest revision may come from a single publish.

@@ -868,6 +868,16 @@ impl Inner {
                 self.stats.accepted += 1;
                 self.incoming += 1;
                 debug!(%remote, "peer transport: incoming connection");
+                // A peer dialing us is back (a restart): dial it now rather than when our
+                // backoff says, so that our frames to it (its snapshot answers, acks) do not
+                // wait for up to `backoff_max`.
+                let min = self.cfg.backoff_min;
+                if let Some(p) = self.peers.get_mut(&remote) {
+                    if p.conn.is_none() && p.next_dial > now {
+                        p.next_dial = now;
+                        p.backoff = min;
+                    }
+                }
                 self.conns.insert(
                     ch,
                     Conn {
