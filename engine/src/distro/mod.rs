@@ -176,6 +176,8 @@ pub struct DistroConfig {
     pub snapshot_chunk_instances: usize,
     /// Snapshot chunks in flight.
     pub snapshot_window: u64,
+    /// Snapshot chunks in flight to one requesting peer, over all its partitions.
+    pub snapshot_peer_window: u64,
     /// A snapshot that makes no progress for this long is asked of another peer (ms).
     pub snapshot_timeout_ms: u64,
     /// A starting node with no reachable peer for this long starts empty (ms).
@@ -197,6 +199,7 @@ impl Default for DistroConfig {
             snapshot_chunk_clients: 2_000,
             snapshot_chunk_instances: 8_000,
             snapshot_window: 4,
+            snapshot_peer_window: 16,
             snapshot_timeout_ms: 3_000,
             startup_alone_ms: 3_000,
             max_pending_keys: 1_000_000,

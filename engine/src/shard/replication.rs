@@ -1789,10 +1789,29 @@ impl Shard {
         // A stream whose reader vanished is given up.
         d.serving
             .retain(|s| !s.finished && now_ms.saturating_sub(s.last_ms) < stall);
+        let peer_window = d.cfg.snapshot_peer_window.max(1);
         let mut serving = std::mem::take(&mut d.serving);
         let mut msgs = Vec::new();
-        for s in serving.iter_mut() {
-            while !s.finished && s.next_seq < s.acked + window {
+        // Chunks in flight per requesting peer, over all its partitions: a joining node asks
+        // for every partition at once, and 64 windows of big chunks would overflow the peer
+        // queue (dropped chunks restart their partition). Streams take turns, one chunk each.
+        let mut in_flight: HashMap<NodeId, u64> = HashMap::new();
+        for s in &serving {
+            *in_flight.entry(s.to.clone()).or_default() += s.next_seq.saturating_sub(s.acked);
+        }
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            for s in serving.iter_mut() {
+                if s.finished || s.next_seq >= s.acked + window {
+                    continue;
+                }
+                let used = in_flight.entry(s.to.clone()).or_default();
+                if *used >= peer_window {
+                    continue;
+                }
+                *used += 1;
+                progressed = true;
                 let mut out = Vec::new();
                 let mut instances = 0;
                 let total = self.clients.len();
