@@ -241,9 +241,11 @@ test('HTTP heartbeat expiry honours preserved.* metadata: unhealthy, then delete
     assert.equal(reg.status, 200, reg.text);
 
     const start = Date.now();
-    const first = await rawList(svc);
-    const victim0 = first.hosts.find(h => h.ip === '10.16.0.1');
-    assert.ok(victim0 && victim0.healthy === true, 'freshly registered instance must be healthy');
+    // Through a cluster node that is not responsible for the client, the answer means "applied
+    // by the owner"; this node lists it once replication reached it, a few ms later.
+    const victim0 = await waitUntil(
+      async () => (await rawList(svc)).hosts.find(h => h.ip === '10.16.0.1'), 900, 'the new instance listed');
+    assert.ok(victim0.healthy === true, 'freshly registered instance must be healthy');
     assert.equal(victim0.metadata['preserved.heart.beat.timeout'], '1000');
 
     let sawUnhealthy = false;
