@@ -101,6 +101,15 @@ async def query_direct(client, service, group="DEFAULT_GROUP", healthy_only=Fals
     return await client.grpc_client_proxy.query_instance_of_service(service, group, "", healthy_only)
 
 
+async def close_clients(*clients):
+    """Shut clients down, ignoring errors (best-effort cleanup in `finally` blocks)."""
+    for c in clients:
+        try:
+            await c.shutdown()
+        except Exception:  # noqa: BLE001 - best-effort cleanup
+            pass
+
+
 def addrs(instances):
     return sorted((i.ip, i.port) for i in instances)
 

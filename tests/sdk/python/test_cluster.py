@@ -19,6 +19,7 @@ from conftest import (
     PUSH_TIMEOUT,
     addrs,
     async_test,
+    close_clients,
     new_client,
     query_direct,
     unique_service,
@@ -31,12 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def _close(*clients):
-    for c in clients:
-        try:
-            await c.shutdown()
-        except Exception:  # noqa: BLE001 - best-effort cleanup
-            pass
+_close = close_clients
 
 
 class Watch:

@@ -20,6 +20,7 @@ from conftest import (
     PUSH_TIMEOUT,
     addrs,
     async_test,
+    close_clients,
     new_client,
     query_direct,
     rnacos_deviation,
@@ -30,12 +31,7 @@ from conftest import (
 GROUP = "DEFAULT_GROUP"
 
 
-async def _close(*clients):
-    for c in clients:
-        try:
-            await c.shutdown()
-        except Exception:  # noqa: BLE001 - best-effort cleanup
-            pass
+_close = close_clients
 
 
 @async_test
