@@ -104,6 +104,13 @@ impl ServiceKey {
         } else {
             group.trim()
         };
+        // The grouped name `group@@name` must name this key again (answers show it, and
+        // clients send it back): a group with `@@`, or ending in `@`, would split elsewhere.
+        if group.contains("@@") || group.ends_with('@') {
+            return Err(invalid(format!(
+                "group name {group:?} must not contain '@@' or end with '@'"
+            )));
+        }
         let namespace = if namespace.trim().is_empty() {
             DEFAULT_NAMESPACE
         } else {
@@ -684,6 +691,11 @@ mod tests {
         assert!(ServiceKey::new("", "", "  ").is_err());
         assert!(ServiceKey::new("", "other", "g1@@svc").is_err());
         assert!(ServiceKey::new("", "", "a@@b@@c").is_err());
+        // Keys whose grouped name would split elsewhere.
+        assert!(ServiceKey::new("", "a@@b", "svc").is_err());
+        assert!(ServiceKey::new("", "DEFAULT_GROU@", "svc").is_err());
+        let odd = ServiceKey::new("", "g", "@svc").unwrap();
+        assert_eq!(ServiceKey::new("", "", &odd.grouped_name()).unwrap(), odd);
     }
 
     #[test]
