@@ -234,7 +234,7 @@ test('HTTP heartbeat expiry honours preserved.* metadata: unhealthy, then delete
       namespaceId: 'public', serviceName: grouped, ip: '10.16.0.1', port: '1', ephemeral: 'true',
       metadata: JSON.stringify({
         'preserved.heart.beat.timeout': '1000',
-        'preserved.ip.delete.timeout': '2000',
+        'preserved.ip.delete.timeout': '3000',
         'preserved.heart.beat.interval': '500',
       }),
     });
@@ -258,7 +258,7 @@ test('HTTP heartbeat expiry honours preserved.* metadata: unhealthy, then delete
       await sleep(150);
     }
     assert.ok(sawUnhealthy, 'instance never reported healthy=false before removal');
-    assert.ok(goneAt, 'instance not removed within 12 s (ip.delete.timeout=2000)');
+    assert.ok(goneAt, 'instance not removed within 12 s (ip.delete.timeout=3000)');
     const rest = (await rawList(svc)).hosts;
     assert.deepEqual(addrs(rest), ['10.16.0.9:9'], 'companion instance must survive');
     assert.equal(rest[0].healthy, true);
