@@ -45,6 +45,11 @@ pub struct Args {
     /// IPIs in glommio; a short spin avoids that between requests under load.
     #[arg(long, env = "NACELLE_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
+    /// Overload shedding: when a busy core runs this late (ms), it answers part of the new
+    /// reads with 503 "over threshold" (writes from 3x this lag; heartbeats and deregistrations
+    /// never). 0 turns shedding off.
+    #[arg(long, env = "NACELLE_OVERLOAD_LAG_MS", default_value_t = 50)]
+    pub overload_lag_ms: u64,
     /// Cluster members as `ip:httpPort,...` (this node included). No members = standalone.
     #[arg(long, env = "NACELLE_MEMBERS", value_delimiter = ',')]
     pub members: Vec<String>,
@@ -106,6 +111,8 @@ pub struct Config {
     pub conn_queue: usize,
     /// Spin before parking (µs).
     pub spin_before_park_us: u64,
+    /// Lag from which a busy core sheds reads (ms; 0 = never).
+    pub overload_lag_ms: u64,
     /// Cluster settings; `None` = standalone.
     pub cluster: Option<ClusterArgs>,
 }
@@ -223,6 +230,7 @@ impl Args {
             max_message_bytes: self.max_message_bytes.clamp(4096, 256 << 20),
             conn_queue: self.conn_queue.max(16),
             spin_before_park_us: self.spin_before_park_us.min(10_000),
+            overload_lag_ms: self.overload_lag_ms,
         })
     }
 }

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use wire::proto::Payload;
 use wire::service_info::{self, NameStyle, Query};
 
+use crate::admission::{thread_cpu_time, Admission, Class};
 use crate::cluster::{encode_body, ClusterInfo, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
@@ -209,6 +210,10 @@ pub struct Core {
     remote_waiters: HashMap<u64, (NodeId, u64)>,
     /// Whether "startup snapshot loaded" was logged.
     load_logged: bool,
+    /// Overload shedding.
+    admission: Admission,
+    /// Whether the last tick found the core shedding (to log transitions once).
+    was_shedding: bool,
 }
 
 /// How long a forwarded HTTP write may wait for the responsible node.
@@ -274,6 +279,7 @@ impl Core {
             })
             .detach();
         }
+        let shared_lag_ms = shared.cfg.overload_lag_ms;
         let core = Core {
             id,
             n,
@@ -292,6 +298,11 @@ impl Core {
             peer_io: None,
             remote_waiters: HashMap::new(),
             load_logged: false,
+            admission: Admission::new(
+                Duration::from_millis(shared_lag_ms),
+                conn_prefix() ^ id as u64,
+            ),
+            was_shedding: false,
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
 
@@ -896,6 +907,41 @@ impl Core {
         }
     }
 
+    /// Whether to serve a request of `class` now, or refuse it as over threshold.
+    pub fn admit_request(&mut self, class: Class) -> bool {
+        let admitted = self.admission.admit(class);
+        if !admitted {
+            let counter = match class {
+                Class::Write => &self.metrics.shed_writes,
+                _ => &self.metrics.shed_reads,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Feeds one housekeeping tick's lag to the admission control.
+    fn on_lag(&mut self, lag: Duration, wall: Duration, busy: Duration) {
+        self.admission.on_tick(lag, wall, busy);
+        let (read, write) = self.admission.shedding();
+        let shedding = read > 0.0 || write > 0.0;
+        if shedding != self.was_shedding {
+            self.was_shedding = shedding;
+            if shedding {
+                warn!(
+                    core = self.id,
+                    lag_ms = lag.as_millis() as u64,
+                    "core overloaded: shedding part of new requests with 503 over threshold"
+                );
+            } else {
+                info!(
+                    core = self.id,
+                    "core no longer overloaded: admitting every request"
+                );
+            }
+        }
+    }
+
     /// Periodic housekeeping.
     pub fn collect_garbage(&mut self) {
         self.shard.collect_garbage();
@@ -909,11 +955,21 @@ async fn timer_loop() {
     let tick = Duration::from_millis(10);
     let mut since_detect = Duration::ZERO;
     let mut since_gc = Duration::ZERO;
+    let mut last = Instant::now();
+    let mut last_cpu = thread_cpu_time();
     loop {
         glommio::timer::sleep(tick).await;
         since_detect += tick;
         since_gc += tick;
-        with_core(|c| c.on_timer());
+        // How late this tick fired is how long a request arriving now waits for its turn.
+        let (now, cpu) = (Instant::now(), thread_cpu_time());
+        let wall = now - last;
+        let busy = cpu.saturating_sub(last_cpu);
+        (last, last_cpu) = (now, cpu);
+        with_core(|c| {
+            c.on_lag(wall.saturating_sub(tick), wall, busy);
+            c.on_timer()
+        });
         if since_detect >= Duration::from_secs(1) {
             since_detect = Duration::ZERO;
             with_core(|c| c.detect_idle_clients());

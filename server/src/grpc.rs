@@ -21,6 +21,7 @@ use wire::proto::request_server::{Request, RequestServer};
 use wire::proto::Payload;
 use wire::service_info::{self, NameStyle, Query};
 
+use crate::admission::Class;
 use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
 use crate::rt::{hyper_io, LocalExec, LocalTimer};
@@ -219,6 +220,11 @@ fn error_payload(e: &OpError) -> Payload {
     payload::error(code, &e.to_string())
 }
 
+/// The "over threshold" answer if the core sheds a request of `class` now.
+fn shed(class: Class) -> Option<Payload> {
+    (!with_core(|c| c.admit_request(class))).then(overloaded)
+}
+
 fn overloaded() -> Payload {
     payload::error(
         code::OVER_THRESHOLD,
@@ -271,9 +277,9 @@ async fn unary(ctx: ConnCtx, p: Payload) -> Payload {
             Kind::GrpcInstance,
             payload::error(code::INVALID_PARAM, "persistent instances are not supported: Nacelle registers ephemeral instances only"),
         ),
-        "ServiceQueryRequest" => (Kind::GrpcQuery, query(env.body)),
+        "ServiceQueryRequest" => (Kind::GrpcQuery, shed(Class::Read).unwrap_or_else(|| query(env.body))),
         "SubscribeServiceRequest" => (Kind::GrpcSubscribe, subscribe(ctx, env.body).await),
-        "ServiceListRequest" => (Kind::GrpcServiceList, service_list(env.body)),
+        "ServiceListRequest" => (Kind::GrpcServiceList, shed(Class::Read).unwrap_or_else(|| service_list(env.body))),
         other => (
             Kind::GrpcInternal,
             payload::error(code::NO_HANDLER, &format!("{other} is not supported: Nacelle serves the naming module only")),
@@ -297,6 +303,14 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
         Err(e) => return e,
     };
     let op_type = req.kind.clone().unwrap_or_default();
+    let class = if op_type.starts_with("deregister") || op_type.starts_with("batchDeregister") {
+        Class::Essential
+    } else {
+        Class::Write
+    };
+    if let Some(refused) = shed(class) {
+        return refused;
+    }
     let built = with_core(|c| naming::instance_op(kind, req, key, &mut c.interner));
     let op = match built {
         Ok(op) => op,
@@ -356,7 +370,15 @@ async fn subscribe(ctx: ConnCtx, body: &[u8]) -> Payload {
         Err(e) => return e,
     };
     let clusters = req.clusters.clone().unwrap_or_default();
-    let op = if req.subscribe.unwrap_or(true) {
+    let subscribing = req.subscribe.unwrap_or(true);
+    if let Some(refused) = shed(if subscribing {
+        Class::Write
+    } else {
+        Class::Essential
+    }) {
+        return refused;
+    }
+    let op = if subscribing {
         ClientOp::Subscribe {
             service: key.clone(),
             clusters: clusters.as_str().into(),

@@ -19,6 +19,7 @@ use wire::http_params::{self, Api, ParamError, Params};
 use wire::payload::json_str;
 use wire::service_info::{self, NameStyle, Query};
 
+use crate::admission::Class;
 use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
 use crate::rt::{hyper_io, LocalTimer};
@@ -115,6 +116,15 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    if !with_core(|c| c.admit_request(class_of(&method, &path))) {
+        // Refused before reading the body: shedding must cost far less than serving.
+        let f = Failure::from(Overloaded);
+        return Ok(if path.starts_with("/nacos/v2/") {
+            json(f.status, wrap_v2(f.code, &f.message, "null"))
+        } else {
+            text(f.status, f.message)
+        });
+    }
     let body = match Limited::new(req.into_body(), max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -158,6 +168,22 @@ async fn handle(
     };
     with_core(|c| c.metrics.record(kind, started.elapsed(), ok));
     Ok(resp)
+}
+
+/// How a request fares under overload (see `admission`).
+fn class_of(method: &Method, path: &str) -> Class {
+    let route = match path
+        .strip_prefix("/nacos/v1/ns")
+        .or_else(|| path.strip_prefix("/nacos/v2/ns"))
+    {
+        Some(r) => r,
+        None => return Class::Essential, // metrics and health probes
+    };
+    match (method, route) {
+        (_, "/operator/metrics") | (_, "/instance/beat") | (&Method::DELETE, _) => Class::Essential,
+        (&Method::GET, _) => Class::Read,
+        _ => Class::Write,
+    }
 }
 
 async fn route_naming(api: Api, method: &Method, route: &str, p: &Params) -> Result<Resp, Failure> {

@@ -15,6 +15,7 @@
 //! - `metrics`: per-core counters and latency histograms.
 //! - `rt`: hyper/tonic on glommio (executor, timer, IO).
 
+mod admission;
 mod certs;
 mod cluster;
 mod config;
@@ -72,12 +73,31 @@ fn main() {
     }
 }
 
+/// How long a starting node waits for its ports to become free.
+const BIND_PATIENCE: Duration = Duration::from_secs(5);
+
 fn run(cfg: config::Config) -> Result<(), String> {
     let http_addr = SocketAddr::new(cfg.bind, cfg.http_port);
     let grpc_addr = SocketAddr::new(cfg.bind, cfg.grpc_port);
     // Bind once up front so a taken port is a clear error, not a panic inside an executor.
+    // The listening sockets of a process that just exited outlive it briefly (glommio's
+    // io_uring holds them until the kernel has torn the ring down, ≈ 0.1–0.2 s): an immediate
+    // restart waits for them a few seconds instead of failing.
     for addr in [http_addr, grpc_addr] {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let mut waited = Duration::ZERO;
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && waited < BIND_PATIENCE => {
+                    if waited.is_zero() {
+                        info!(%addr, "address in use; waiting up to {BIND_PATIENCE:?} for it");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    waited += Duration::from_millis(100);
+                }
+                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+            }
+        }
     }
     let n = cfg.cores;
     let cluster = match &cfg.cluster {

@@ -72,6 +72,10 @@ pub struct CoreMetrics {
     pub connections_closed_by_server: AtomicU64,
     /// Requests refused because the core was overloaded.
     pub overloaded: AtomicU64,
+    /// Reads shed by the admission control.
+    pub shed_reads: AtomicU64,
+    /// Writes shed by the admission control.
+    pub shed_writes: AtomicU64,
 }
 
 impl CoreMetrics {
@@ -128,7 +132,7 @@ pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
         );
     }
     type Counter = fn(&CoreMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Counter); 5] = [
+    let counters: [(&str, &str, Counter); 7] = [
         (
             "nacelle_pushes_sent_total",
             "Pushes sent to subscribers.",
@@ -151,8 +155,18 @@ pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
         ),
         (
             "nacelle_overloaded_total",
-            "Requests refused with 503 because a core was overloaded.",
+            "Requests refused with 503 because a core's queues to other cores were full.",
             |c| &c.overloaded,
+        ),
+        (
+            "nacelle_shed_reads_total",
+            "Reads refused with 503 by overload shedding (a busy core running late).",
+            |c| &c.shed_reads,
+        ),
+        (
+            "nacelle_shed_writes_total",
+            "Writes refused with 503 by overload shedding (a busy core running late).",
+            |c| &c.shed_writes,
         ),
     ];
     for (name, help, get) in counters {
