@@ -31,6 +31,7 @@ const EXAMPLES: &str = "Examples:
   loadgen query --rate 5000 --duration 30 --services 100 --prepare --instances-per-service 20
   loadgen subscribe --services 10 --subscribers 5 --rate 100 --duration 10
   loadgen churn --rate 500 --duration 60 --mix 45,45,10
+  taskset -c 1 loadgen --threads 1 flood --rate 60000 --duration 15 --services 100 --prepare --instances-per-service 1
   loadgen converge --targets 10.0.0.1:8848,10.0.0.2:8848,10.0.0.3:8848
 
 Run `loadgen <scenario> --help` for every flag of a scenario.";
@@ -83,6 +84,23 @@ pub enum Scenario {
     /// Same flags and mechanics as `subscribe`; needs at least two --targets (a server may be
     /// listed twice to measure the single-node path).
     Converge(SubscribeArgs),
+    /// Overload test: open-loop gRPC ServiceQueryRequests at --rate/s like `query`, through a
+    /// cheap client so that one generator core can offer more than one server core answers.
+    ///
+    /// Each service's request is encoded once (gRPC frame of the Nacos Payload with its JSON
+    /// body) and sent as is on a new HTTP/2 stream (the `h2` crate, no tonic, no per-request
+    /// protobuf or JSON). The answer is classified from the gRPC status, the Payload's
+    /// metadata.type and, for an ErrorResponse, its errorCode: "over threshold" (the server
+    /// shedding load) is `nacos:503` in errors_by_kind, also given as `shed`/`shed_per_s`.
+    /// Connections do the SDK handshake (ServerCheck, bi-stream ConnectionSetup) first.
+    ///
+    /// Latency (latency_us) is of the answered requests only, from the intended send time (no
+    /// coordinated omission); one dispatcher per tokio worker issues every request that is due
+    /// each time it wakes (tokio's timer: about 1 ms), so send_lag_us shows whether the
+    /// generator kept up. `loadgen_cpu_s` is the generator's own CPU time; `timeline` gives
+    /// answered, shed and latency per second of the run. Fastest with one pinned thread:
+    /// `taskset -c 1 loadgen --threads 1 flood ...`.
+    Flood(FloodArgs),
 }
 
 impl Scenario {
@@ -93,6 +111,7 @@ impl Scenario {
             Scenario::Query(a) => &a.common,
             Scenario::Subscribe(a) | Scenario::Converge(a) => &a.common,
             Scenario::Churn(a) => &a.common,
+            Scenario::Flood(a) => &a.common,
         }
     }
 }
@@ -205,6 +224,39 @@ pub struct QueryArgs {
     #[arg(long, value_enum, default_value_t = Mode::Grpc)]
     pub mode: Mode,
     /// First register --instances-per-service instances in every service (over gRPC).
+    #[arg(long)]
+    pub prepare: bool,
+    /// Instances per service registered by --prepare.
+    #[arg(long, default_value_t = 10)]
+    pub instances_per_service: u32,
+    /// Ask for healthy instances only.
+    #[arg(long)]
+    pub healthy_only: bool,
+    /// Queries allowed in flight before new ones are dropped (counted as `overload-dropped`).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_inflight: usize,
+}
+
+/// `flood` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// Number of services queried (round-robin).
+    #[arg(long, default_value_t = 100)]
+    pub services: u32,
+    /// Queries per second offered (open loop).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// HTTP/2 connections the queries are spread over (round-robin).
+    #[arg(long, default_value_t = 8)]
+    pub connections: u32,
+    /// First register --instances-per-service instances in every service (over gRPC, on
+    /// separate tonic connections held during the run).
     #[arg(long)]
     pub prepare: bool,
     /// Instances per service registered by --prepare.

@@ -10,6 +10,7 @@
 //! loadgen subscribe --targets 127.0.0.1:8848 --services 10 --subscribers 5 --rate 100
 //! loadgen churn     --targets 127.0.0.1:8848 --rate 500 --duration 60
 //! loadgen converge  --targets 10.0.0.1:8848,10.0.0.2:8848,10.0.0.3:8848
+//! loadgen flood     --targets 127.0.0.1:8848 --rate 60000 --duration 15 --prepare
 //! ```
 //!
 //! Every gRPC connection does the SDK handshake: unary `ServerCheckRequest`, then the
@@ -29,16 +30,19 @@
 //! - [`cli`]: the clap command line (every scenario and flag is documented in `--help`).
 //! - [`grpc`]: one Nacos gRPC connection: handshake, unary requests with timeouts, the
 //!   bi-stream reader answering server requests, push delivery, idle health checks.
+//! - [`raw`]: a cheap gRPC client for `flood` (h2, pre-encoded requests, answers classified
+//!   without decoding them).
 //! - [`http`]: a minimal keep-alive HTTP/1.1 client for the v1 OpenAPI.
 //! - [`layout`]: target parsing, service/instance naming, the plan that spreads instances
 //!   over services and connections (one publish per service per connection), request bodies.
 //! - [`stats`]: latency recorders, error classification, the pacer and the JSON/human report.
-//! - [`scenario`]: `register`, `query`, `subscribe` + `converge`, `churn`.
+//! - [`scenario`]: `register`, `query`, `subscribe` + `converge`, `churn`, `flood`.
 
 mod cli;
 mod grpc;
 mod http;
 mod layout;
+mod raw;
 mod scenario;
 mod stats;
 

@@ -1,6 +1,7 @@
 //! The scenarios and what they share.
 
 mod churn;
+mod flood;
 mod query;
 mod register;
 mod subscribe;
@@ -23,6 +24,7 @@ pub async fn run(s: Scenario) -> Result<Report, String> {
         Scenario::Subscribe(a) => (subscribe::run(&a, false).await?, serde_json::to_value(&a)),
         Scenario::Converge(a) => (subscribe::run(&a, true).await?, serde_json::to_value(&a)),
         Scenario::Churn(a) => (churn::run(&a).await?, serde_json::to_value(&a)),
+        Scenario::Flood(a) => (flood::run(&a).await?, serde_json::to_value(&a)),
     };
     report.extra("stream", stream_counters());
     report.extra("config", config.unwrap_or(Value::Null));
