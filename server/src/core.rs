@@ -431,6 +431,40 @@ impl Core {
     /// A write forwarded by a peer: apply it here (never forward it again: the sender's
     /// view made us responsible) and answer once it is readable.
     fn accept_forward(&mut self, from: NodeId, id: u64, client: ClientId, op: ClientOp) {
+        if id < 256 {
+            // A beat relayed to us as a claimant of its client (`Command::RelayBeat`).
+            let owner = client_shard(&client, self.n);
+            self.route(
+                owner,
+                ShardMsg::BeatRelayed {
+                    client,
+                    op,
+                    to_claimants: false,
+                },
+            );
+            return;
+        }
+        // Views may disagree (a member is DOWN for the sender but not for us): the write goes
+        // on to the member our view makes responsible. Each hop goes to a member that ranks
+        // higher for the client than the hop before it (rendezvous order is the same on every
+        // node, and every view contains its node), so a write never loops.
+        if let Some(next) = self.next_hop(&client).filter(|n| n != &from) {
+            self.relay_beat(&client, &op);
+            let rx = self.forward(next, client, op);
+            glommio::spawn_local(async move {
+                let result = rx.await.unwrap_or_else(|_| {
+                    Err(engine::shard::OpError::Unavailable(
+                        "the forwarded request was dropped".into(),
+                    ))
+                });
+                with_core(|c| {
+                    let body = encode_body(&wire::peer::Frame::ForwardReply { id, result });
+                    c.send_peer(from, body);
+                });
+            })
+            .detach();
+            return;
+        }
         self.next_token += 1;
         let token = self.next_token;
         self.remote_waiters.insert(token, (from, id));
@@ -447,6 +481,36 @@ impl Core {
             },
         );
         self.schedule_flush();
+    }
+
+    /// The UP member other than us that our view makes responsible for heartbeat client
+    /// `client`, if any.
+    fn next_hop(&self, client: &ClientId) -> Option<NodeId> {
+        if !client.is_heartbeat() || !self.members.is_cluster() || self.members.is_mine(client) {
+            return None;
+        }
+        let node = self.members.responsible_for(client)?;
+        self.members
+            .peers
+            .iter()
+            .any(|(n, h)| n == node && *h == engine::distro::Health::Up)
+            .then(|| node.clone())
+    }
+
+    /// A beat forwarded through this node tells the client's shard here that it is alive
+    /// (see `ShardMsg::BeatRelayed`).
+    fn relay_beat(&mut self, client: &ClientId, op: &ClientOp) {
+        if matches!(op, ClientOp::Beat { .. }) {
+            let owner = client_shard(client, self.n);
+            self.route(
+                owner,
+                ShardMsg::BeatRelayed {
+                    client: client.clone(),
+                    op: op.clone(),
+                    to_claimants: true,
+                },
+            );
+        }
     }
 
     /// Sends an HTTP write to the node responsible for its client; the answer arrives as a
@@ -574,21 +638,13 @@ impl Core {
         client: ClientId,
         op: ClientOp,
     ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
-        if client.is_heartbeat() && self.members.is_cluster() && !self.members.is_mine(&client) {
-            if let Some(node) = self.members.responsible_for(&client).cloned() {
-                // A SUSPICIOUS owner still counts for responsibility (so a flapping link does
-                // not reshuffle every client), but a write is not sent into a link that just
-                // failed: it is applied here, and the owner gets it back once it answers
-                // again (the next verify hands the client over).
-                let up = self
-                    .members
-                    .peers
-                    .iter()
-                    .any(|(n, h)| n == &node && *h == engine::distro::Health::Up);
-                if up {
-                    return Ok(self.forward(node, client, op));
-                }
-            }
+        // A SUSPICIOUS owner still counts for responsibility (so a flapping link does not
+        // reshuffle every client), but a write is not sent into a link that just failed: it
+        // is applied here, and the owner gets it back once it answers again (the next verify
+        // hands the client over).
+        if let Some(node) = self.next_hop(&client) {
+            self.relay_beat(&client, &op);
+            return Ok(self.forward(node, client, op));
         }
         let owner = client_shard(&client, self.n);
         self.admit(owner)?;
@@ -726,6 +782,12 @@ impl Core {
                                 .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
                         }
                     }
+                    self.send_peer(to, body);
+                }
+                Command::RelayBeat { to, client, op } => {
+                    // An id below 256 (token 0) marks a relayed beat: no waiter, no answer.
+                    let id = self.id as u64;
+                    let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
                     self.send_peer(to, body);
                 }
                 Command::Reply { to, result } => {

@@ -195,7 +195,7 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
             .sum::<u64>()
     };
     type Distro = fn(&engine::shard::DistroStats) -> u64;
-    let counters: [(&str, &str, Distro); 13] = [
+    let counters: [(&str, &str, Distro); 14] = [
         (
             "nacelle_distro_sync_batches_total",
             "Sync batches sent to peers.",
@@ -250,6 +250,11 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
             "nacelle_distro_claims_followed_total",
             "Heartbeat clients kept by following another node's claim when the owner in this node's view expired them (member views disagreed).",
             |s| s.claims_followed.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_beats_relayed_to_claimants_total",
+            "Beats also relayed to a node that claims their HTTP client against this node's view (member views disagreed).",
+            |s| s.beats_relayed_to_claimants.load(Ordering::Relaxed),
         ),
         (
             "nacelle_distro_snapshot_sent_total",

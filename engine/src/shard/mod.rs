@@ -209,6 +209,23 @@ pub enum ShardMsg {
         /// Who waits for the outcome.
         reply: Option<ReplyTo>,
     },
+    /// To the client's owner: a heartbeat of HTTP client `client` passed through this node on
+    /// its way to the node this node's view makes responsible (it was forwarded). The client
+    /// is alive: a copy held here is renewed, and a node that claims the client against this
+    /// node's view (views disagree, e.g. during an asymmetric partition) gets the beat too,
+    /// so that it does not expire a live client it believes it owns.
+    ///
+    /// A beat relayed this way never changes who owns the client: a copy is only renewed,
+    /// and a client owned here gets the beat applied.
+    BeatRelayed {
+        /// Client (a heartbeat client).
+        client: ClientId,
+        /// The beat, as forwarded.
+        op: ClientOp,
+        /// Whether claimants get it too (false for a beat a peer relayed to us as a
+        /// claimant: it goes no further).
+        to_claimants: bool,
+    },
     /// To the service's owner.
     Service {
         /// Service.
@@ -286,6 +303,16 @@ pub enum Command {
         partition: u16,
         /// Message.
         msg: PeerMsg,
+    },
+    /// Relay beat `op` of HTTP client `client` to node `to`, a node that claims the client
+    /// (it applies it as `ShardMsg::BeatRelayed` without `to_claimants`; no answer).
+    RelayBeat {
+        /// Destination node.
+        to: NodeId,
+        /// Client.
+        client: ClientId,
+        /// Operation.
+        op: ClientOp,
     },
     /// Send `view` to the subscriber connection (Nacos `NotifySubscriberRequest`).
     Push {
@@ -615,6 +642,15 @@ impl Shard {
                 let still_here = self.reply_slot.take();
                 if let Some(to) = if travels { still_here } else { reply } {
                     self.deferred_replies.push((to, result));
+                }
+            }
+            ShardMsg::BeatRelayed {
+                client,
+                op,
+                to_claimants,
+            } => {
+                if client_shard(&client, self.cfg.shard_count) == self.id {
+                    self.on_beat_relayed(client, op, to_claimants);
                 }
             }
             ShardMsg::Service { service, op, reply } => {

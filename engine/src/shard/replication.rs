@@ -14,8 +14,8 @@ use indexmap::IndexSet;
 use smallvec::SmallVec;
 
 use super::{
-    next_rev, Client, ClientId, Command, PublishEntry, ServiceKey, ServiceOp, Shard, StableHasher,
-    Timer,
+    next_rev, Client, ClientId, ClientOp, Command, PublishEntry, ServiceKey, ServiceOp, Shard,
+    StableHasher, Timer,
 };
 use crate::distro::{
     client_digest, client_seed, entry_digest, partition_of, slice_of, ClientHash, ClientState,
@@ -45,6 +45,11 @@ pub(crate) struct ReplicaInfo {
     /// Followed because its owner in our view expired it while `origin` claimed it (views
     /// disagree): `origin`'s verify lists decide its existence, whatever our view says.
     pub(crate) by_claim: bool,
+    /// Handed over by us to `origin`, which has not shown it has the client yet (no data from
+    /// it, not in its verify lists). While views disagree the new owner may have ignored the
+    /// handover, so its lists prove nothing: the copy lives on its own lease, renewed by the
+    /// beats that pass through us, whether `origin` is reachable or not.
+    pub(crate) unconfirmed: bool,
 }
 
 impl ReplicaInfo {
@@ -56,6 +61,7 @@ impl ReplicaInfo {
             tombstones: SmallVec::new(),
             epoch,
             by_claim: false,
+            unconfirmed: false,
         })
     }
 
@@ -106,6 +112,8 @@ pub struct DistroStats {
     /// Heartbeat clients followed to another claimant when the owner in our view expired
     /// them (views disagreed).
     pub claims_followed: AtomicU64,
+    /// Beats relayed to a node that claimed their client against this node's view.
+    pub beats_relayed_to_claimants: AtomicU64,
     /// Clients sent in snapshots.
     pub snapshot_sent: AtomicU64,
     /// Clients received in snapshots.
@@ -734,7 +742,12 @@ impl Shard {
                     true
                 }
                 None => false,
-                Some(info) if &info.origin == origin => true,
+                Some(info) if &info.origin == origin => {
+                    if info.unconfirmed {
+                        self.confirm(client);
+                    }
+                    true
+                }
                 Some(_) if takes_over => {
                     self.set_origin(client, Some(origin.clone()));
                     true
@@ -810,6 +823,13 @@ impl Shard {
                 .is_some_and(|c| c.replica.is_none());
             if still_native && !self.members_is_mine(&client) {
                 self.set_origin(&client, Some(peer.clone()));
+                if let Some(info) = self
+                    .clients
+                    .get_mut(&client)
+                    .and_then(|c| c.replica.as_mut())
+                {
+                    info.unconfirmed = true;
+                }
             }
         }
     }
@@ -844,6 +864,17 @@ impl Shard {
         }
         self.set_origin(client, None);
         self.note_native_change(client, None);
+    }
+
+    /// The owner of a copy we handed over showed that it has the client.
+    fn confirm(&mut self, client: &ClientId) {
+        if let Some(info) = self
+            .clients
+            .get_mut(client)
+            .and_then(|c| c.replica.as_mut())
+        {
+            info.unconfirmed = false;
+        }
     }
 
     fn renew(&mut self, client: &ClientId) {
@@ -1126,6 +1157,58 @@ impl Shard {
             },
         );
         true
+    }
+
+    /// A beat of heartbeat client `client` passed through this node towards the member our
+    /// view makes responsible. The client is alive: renew our copy (its owner may be one we
+    /// cannot hear, e.g. one-way loss), and relay the beat to a reachable node that claimed
+    /// the client within a lease against our view — it believes it owns the client and would
+    /// otherwise expire it for lack of beats, deleting a live instance there.
+    pub(super) fn on_beat_relayed(&mut self, client: ClientId, op: ClientOp, to_claimants: bool) {
+        if !client.is_heartbeat() || !matches!(op, ClientOp::Beat { .. }) {
+            return;
+        }
+        match self.clients.get(&client) {
+            None => return,
+            Some(c) if c.replica.is_some() => self.renew(&client),
+            // Ours (in our view or not): the beat keeps it alive here. Applied as a plain
+            // beat, it cannot make us the owner of anything.
+            // It never re-creates an instance: the responsible node decides that.
+            Some(_) => {
+                let mut beat = op.clone();
+                if let ClientOp::Beat { reregister, .. } = &mut beat {
+                    *reregister = None;
+                }
+                let _ = self.apply_client_op(client.clone(), beat);
+            }
+        }
+        if !to_claimants {
+            return;
+        }
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_ref() else {
+            return;
+        };
+        let Some((claimant, at)) = d.claims.get(&client) else {
+            return;
+        };
+        let responsible = d.members.responsible_for(&client);
+        let up = d
+            .members
+            .peers
+            .iter()
+            .any(|(n, h)| n == claimant && *h == Health::Up);
+        if up
+            && responsible != Some(claimant)
+            && now_ms.saturating_sub(*at) <= d.cfg.replica_lease_ms
+        {
+            bump(&self.stats.distro.beats_relayed_to_claimants, 1);
+            self.out.push_back(Command::RelayBeat {
+                to: claimant.clone(),
+                client,
+                op,
+            });
+        }
     }
 
     fn members_is_mine(&self, client: &ClientId) -> bool {
@@ -1449,6 +1532,9 @@ impl Shard {
                 {
                     claims.push(client.clone());
                 }
+                if matches!(&held, Some((Some(origin), _)) if origin == &from) {
+                    self.confirm(&client);
+                }
                 match held {
                     Some((Some(origin), hash)) if origin == from && hash == state_hash => {}
                     // Ours: we are responsible and will tell it ours; nothing to ask.
@@ -1475,7 +1561,9 @@ impl Shard {
             .clients
             .iter()
             .filter(|(id, c)| {
-                c.replica.as_ref().is_some_and(|i| i.origin == from)
+                c.replica
+                    .as_ref()
+                    .is_some_and(|i| i.origin == from && !i.unconfirmed)
                     && (!id.is_heartbeat()
                         || members.responsible_for(id) == Some(&from)
                         || c.replica.as_ref().is_some_and(|i| i.by_claim))
@@ -1601,6 +1689,9 @@ impl Shard {
             .iter()
             .filter_map(|(id, c)| {
                 let info = c.replica.as_ref()?;
+                if info.unconfirmed {
+                    return (now_ms.saturating_sub(info.renewed_ms) > lease).then(|| id.clone());
+                }
                 if reachable.contains(&&info.origin) {
                     return None;
                 }

@@ -179,7 +179,8 @@ impl Sim {
                 match cmd {
                     Command::Send { shard, msg } => {
                         let expected = match &msg {
-                            ShardMsg::Client { client, .. } => {
+                            ShardMsg::Client { client, .. }
+                            | ShardMsg::BeatRelayed { client, .. } => {
                                 client_shard(client, self.cfg.shard_count)
                             }
                             ShardMsg::Service { service, .. } => self.index.owner_of(service),
@@ -191,7 +192,7 @@ impl Sim {
                         }
                         self.queue.push_back((from, shard, msg));
                     }
-                    Command::Peer { to, .. } => {
+                    Command::Peer { to, .. } | Command::RelayBeat { to, .. } => {
                         self.misroutes
                             .push(format!("standalone shard {from} sent to peer {to}"));
                     }

@@ -183,6 +183,8 @@ pub struct World {
     services: Vec<ServiceKey>,
     http_ids: Vec<ClientId>,
     next_ip: u32,
+    /// Beats a shard relayed to a claimant (`Command::RelayBeat`), applied after the write.
+    relayed: Vec<(usize, ClientId, ClientOp)>,
 }
 
 const VIEW_EVERY_MS: u64 = 100;
@@ -211,6 +213,7 @@ impl World {
             truth: BTreeMap::new(),
             seen_revs: BTreeMap::new(),
             violations: Vec::new(),
+            relayed: Vec::new(),
             log: Vec::new(),
             verbose: false,
             traffic: Traffic::default(),
@@ -379,6 +382,13 @@ impl World {
                         }
                         Command::Peer { to, partition, msg } => {
                             self.transmit(i, s, to, partition, msg)
+                        }
+                        Command::RelayBeat { to, client, op } => {
+                            if let Some(j) = self.node_of(&to) {
+                                if self.link_usable(i, j) {
+                                    self.relayed.push((j, client, op));
+                                }
+                            }
                         }
                         Command::Reply { .. } | Command::Push { .. } => {}
                     }
@@ -550,15 +560,68 @@ impl World {
     /// Like the server: a write goes to the node the entry's view makes responsible when
     /// that node is UP and reachable; otherwise (it is SUSPICIOUS, or the forward would time
     /// out) the entry applies it itself.
-    fn route_http(&self, entry: usize, client: &ClientId) -> Option<usize> {
-        let target = match self.nodes[entry].members.responsible_for(client) {
-            Some(id) => self.node_of(id)?,
-            None => entry,
+    /// A node that receives a forwarded write forwards it on when its own view makes another
+    /// reachable member responsible (views disagree); `relays` gets every node the write
+    /// passed through before the one that applies it.
+    fn route_http(
+        &self,
+        entry: usize,
+        client: &ClientId,
+        relays: &mut Vec<usize>,
+    ) -> Option<usize> {
+        let mut at = entry;
+        // Each hop ranks strictly higher for the client (see the server's `accept_forward`);
+        // the bound only guards the simulator against a bug there.
+        for _ in 0..self.nodes.len() {
+            let next = match self.nodes[at].members.responsible_for(client) {
+                Some(id) => self.node_of(id)?,
+                None => at,
+            };
+            if next == at || !self.link_usable(at, next) {
+                return Some(at);
+            }
+            relays.push(at);
+            at = next;
+        }
+        Some(at)
+    }
+
+    /// Applies an HTTP write entering at `entry` where the servers would: relayed beats
+    /// reach every node on the way, and the nodes those relay them to (claimants).
+    fn apply_http(&mut self, entry: usize, client: ClientId, op: ClientOp) {
+        let mut relays = Vec::new();
+        let Some(target) = self.route_http(entry, &client, &mut relays) else {
+            return;
         };
-        if target == entry || self.link_usable(entry, target) {
-            Some(target)
-        } else {
-            Some(entry)
+        if matches!(op, ClientOp::Beat { .. }) {
+            for node in relays {
+                let n = self.nodes[node].shard_count;
+                let now = self.nodes[node].now(self.now_ms);
+                self.nodes[node].shards[client_shard(&client, n)].handle(
+                    now,
+                    ShardMsg::BeatRelayed {
+                        client: client.clone(),
+                        op: op.clone(),
+                        to_claimants: true,
+                    },
+                );
+                self.collect(node);
+            }
+        }
+        self.apply_op(target, client, op);
+        // Beats relayed to claimants (they go no further).
+        for (node, client, op) in std::mem::take(&mut self.relayed) {
+            let n = self.nodes[node].shard_count;
+            let now = self.nodes[node].now(self.now_ms);
+            self.nodes[node].shards[client_shard(&client, n)].handle(
+                now,
+                ShardMsg::BeatRelayed {
+                    client,
+                    op,
+                    to_claimants: false,
+                },
+            );
+            self.collect(node);
         }
     }
 
@@ -659,9 +722,7 @@ impl World {
                 .insert(service.clone(), (instance.clone(), self.now_ms));
             self.http_ids.push(client.clone());
             self.truth.insert(client.clone(), truth);
-            if let Some(target) = self.route_http(entry, &client) {
-                self.apply_op(target, client, ClientOp::Register { service, instance });
-            }
+            self.apply_http(entry, client, ClientOp::Register { service, instance });
         } else if roll < 78 {
             // A weight change of a gRPC instance (an update must win over older copies).
             let conns: Vec<ClientId> = self
@@ -726,19 +787,17 @@ impl World {
             else {
                 continue;
             };
-            if let Some(target) = self.route_http(entry, &client) {
-                self.apply_op(
-                    target,
-                    client,
-                    ClientOp::Beat {
-                        service,
-                        host: inst.host.clone(),
-                        port: inst.port,
-                        cluster: inst.cluster.clone(),
-                        reregister: Some(inst),
-                    },
-                );
-            }
+            self.apply_http(
+                entry,
+                client,
+                ClientOp::Beat {
+                    service,
+                    host: inst.host.clone(),
+                    port: inst.port,
+                    cluster: inst.cluster.clone(),
+                    reregister: Some(inst),
+                },
+            );
         }
     }
 
