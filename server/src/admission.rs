@@ -1,28 +1,39 @@
 //! Overload shedding: a saturated core answers some requests at once with Nacos's "over
-//! threshold" error (gRPC code 503, HTTP 503) instead of queueing them, so that the requests it
-//! does admit keep a bounded latency and its memory does not grow with the backlog.
+//! threshold" error (gRPC code 503, HTTP 503) instead of serving them late, so that the
+//! requests it does admit keep a bounded latency and its memory does not grow with the
+//! backlog.
 //!
-//! # The signal
-//! A core's queue is its run queue: requests wait behind the tasks already ready on the core,
-//! not in a queue of ours. The 10 ms housekeeping timer measures how late it fires (its *lag*):
-//! that is how long a request that just arrived waits for its turn. Lag alone is not enough on
-//! a shared machine: when the OS does not schedule the thread (a busy CI box), the timer is late
+//! # gRPC: each request's own queueing delay (CoDel-style)
+//! A core's queue is its run queue: a request waits behind the tasks already ready on the
+//! core. Each gRPC request is stamped when its HTTP/2 stream is accepted and looked at again
+//! when its handler starts; the difference is the time it queued. Over each 100 ms window the
+//! core keeps the *smallest* such delay: if even the luckiest request waited longer than the
+//! target, the queue did not drain once in the window — a standing backlog, not a burst.
+//! While that holds, a read that queued longer than the target is refused (and a write longer
+//! than three times the target): whatever the core admits has waited at most that long, and
+//! refusing the stale ones is what drains the queue. A window needs a few requests to count,
+//! so a lone request delayed by a busy machine never sheds anything.
+//!
+//! # HTTP/1.1: the core's lag
+//! An HTTP/1.1 request is parsed and served in its connection's task, so there is no accept
+//! time to compare with; HTTP uses the lag of the 10 ms housekeeping timer instead (how long a
+//! task that just became ready waits for its turn). Lag alone is not enough on a shared
+//! machine: when the OS does not schedule the thread (a busy CI box), the timer is late
 //! although the core has nothing queued, and shedding would only turn a slow answer into an
-//! error. So the core is overloaded only when it is late **and** was busy: the thread's own CPU
-//! time covered most of the interval.
+//! error. So for HTTP the core is overloaded only when it is late **and** was busy: the
+//! thread's own CPU time covered most of the interval. Each class then has a shed
+//! probability, raised while the lag is over the threshold and still growing, and lowered
+//! slowly once it is not.
 //!
-//! # The policy
-//! Each class has a shed probability, raised in proportion to the lag while the core is
-//! overloaded and lowered slowly once it is not (so it settles where admitted work fits the
-//! core instead of flapping between all and nothing):
-//! - [`Class::Read`] (queries, lists) is shed from `target` lag on;
+//! # Classes
+//! - [`Class::Read`] (queries, lists) is shed from the target on;
 //! - [`Class::Write`] (register, update, subscribe) from three times the target: a refused
 //!   read is retried by the SDK on its next poll, a refused write costs the user more;
 //! - [`Class::Essential`] (heartbeats, deregistrations, health checks, metrics) is never shed:
 //!   refusing a heartbeat would expire a live instance, refusing a deregistration keeps a dead
 //!   one, and both reduce work rather than add it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a request is, for shedding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,13 +57,24 @@ const MAX_SHED: f64 = 0.98;
 /// none at the 10 ms tick).
 const RELIEF_PER_TICK: f64 = 0.004;
 
+/// Length of a queueing-delay window.
+const WINDOW: Duration = Duration::from_millis(100);
+/// Requests a window needs before its minimum delay says anything.
+const MIN_SAMPLES: u32 = 8;
+
 /// One core's admission state (single-threaded; lives in the core).
 #[derive(Debug)]
 pub struct Admission {
     target: Duration,
     shed_read: f64,
     shed_write: f64,
+    last_lag: Duration,
     rng: u64,
+    window_start: Option<Instant>,
+    window_min: Duration,
+    window_samples: u32,
+    /// The last complete window's smallest queueing delay was over the target.
+    standing_queue: bool,
 }
 
 impl Admission {
@@ -62,8 +84,43 @@ impl Admission {
             target,
             shed_read: 0.0,
             shed_write: 0.0,
+            last_lag: Duration::ZERO,
             rng: seed | 1,
+            window_start: None,
+            window_min: Duration::MAX,
+            window_samples: 0,
+            standing_queue: false,
         }
+    }
+
+    /// Whether to serve a gRPC request of `class` that was accepted at `arrived` and whose
+    /// handler starts at `now`.
+    pub fn admit_queued(&mut self, class: Class, arrived: Instant, now: Instant) -> bool {
+        if self.target.is_zero() {
+            return true;
+        }
+        let delay = now.saturating_duration_since(arrived);
+        let start = *self.window_start.get_or_insert(now);
+        if now.saturating_duration_since(start) >= WINDOW {
+            self.standing_queue =
+                self.window_samples >= MIN_SAMPLES && self.window_min > self.target;
+            self.window_start = Some(now);
+            self.window_min = Duration::MAX;
+            self.window_samples = 0;
+        }
+        self.window_min = self.window_min.min(delay);
+        self.window_samples += 1;
+        let limit = match class {
+            Class::Essential => return true,
+            Class::Read => self.target,
+            Class::Write => self.target.mul_f64(WRITE_FACTOR),
+        };
+        !(self.standing_queue && delay > limit)
+    }
+
+    /// Whether the last window saw a standing queue of gRPC requests.
+    pub fn standing_queue(&self) -> bool {
+        self.standing_queue
     }
 
     /// One housekeeping tick: the timer fired `lag` after it was due; over the `wall` time
@@ -75,11 +132,20 @@ impl Admission {
         let busy_enough =
             wall.is_zero() || busy.as_secs_f64() >= BUSY_FRACTION * wall.as_secs_f64();
         let pressure = lag.as_secs_f64() / self.target.as_secs_f64();
-        self.shed_read = adjust(self.shed_read, busy_enough, pressure);
-        self.shed_write = adjust(self.shed_write, busy_enough, pressure / WRITE_FACTOR);
+        // A backlog that is already draining needs no more shedding: raising the
+        // probability while the lag falls only overshoots (everything refused, goodput gone).
+        let growing = lag >= self.last_lag;
+        self.last_lag = lag;
+        self.shed_read = adjust(self.shed_read, busy_enough, growing, pressure);
+        self.shed_write = adjust(
+            self.shed_write,
+            busy_enough,
+            growing,
+            pressure / WRITE_FACTOR,
+        );
     }
 
-    /// Whether to serve a request of `class` now.
+    /// Whether to serve an HTTP request of `class` now.
     pub fn admit(&mut self, class: Class) -> bool {
         let p = match class {
             Class::Essential => return true,
@@ -105,8 +171,8 @@ impl Admission {
 }
 
 /// `pressure` is the lag in units of the class's threshold.
-fn adjust(p: f64, busy: bool, pressure: f64) -> f64 {
-    if busy && pressure >= 1.0 {
+fn adjust(p: f64, busy: bool, growing: bool, pressure: f64) -> f64 {
+    if busy && growing && pressure >= 1.0 {
         // Later ticks mean a longer backlog: step harder, but never all at once.
         (p + 0.05 * pressure.min(4.0)).min(MAX_SHED)
     } else if pressure < 0.5 || !busy {
@@ -203,12 +269,61 @@ mod tests {
     }
 
     #[test]
+    fn a_standing_grpc_queue_sheds_only_what_waited_too_long() {
+        let mut a = Admission::new(50 * MS, 7);
+        let t0 = Instant::now();
+        // A burst: some requests wait 80 ms, but the queue drains (one waited 1 ms).
+        for i in 0..20u64 {
+            let now = t0 + MS * i as u32;
+            let waited = if i == 10 { MS } else { 80 * MS };
+            assert!(a.admit_queued(Class::Read, now - waited, now));
+        }
+        // The window closes: it drained once, so no standing queue; nothing is shed.
+        let now = t0 + 101 * MS;
+        assert!(a.admit_queued(Class::Read, now - 80 * MS, now));
+        assert!(!a.standing_queue());
+        // A window in which every request waited 60-200 ms: a standing queue.
+        for i in 0..20u64 {
+            let now = t0 + MS * (102 + 4 * i as u32);
+            let _ = a.admit_queued(Class::Read, now - MS * (60 + 7 * i as u32), now);
+        }
+        let now = t0 + 210 * MS;
+        let _ = a.admit_queued(Class::Essential, now - 70 * MS, now);
+        assert!(a.standing_queue());
+        // Now: reads that waited over 50 ms and writes over 150 ms are refused, the rest
+        // and every essential request served.
+        assert!(!a.admit_queued(Class::Read, now - 51 * MS, now));
+        assert!(a.admit_queued(Class::Read, now - 49 * MS, now));
+        assert!(a.admit_queued(Class::Write, now - 140 * MS, now));
+        assert!(!a.admit_queued(Class::Write, now - 160 * MS, now));
+        assert!(a.admit_queued(Class::Essential, now - 900 * MS, now));
+    }
+
+    #[test]
+    fn a_few_slow_grpc_requests_are_not_a_queue() {
+        let mut a = Admission::new(50 * MS, 7);
+        let t0 = Instant::now();
+        // Four requests per window, each 300 ms late (a starved machine): never shed.
+        for w in 0..10u32 {
+            for i in 0..4u32 {
+                let now = t0 + MS * (w * 100 + i);
+                assert!(a.admit_queued(Class::Read, now - 300 * MS, now));
+            }
+        }
+        assert!(!a.standing_queue());
+    }
+
+    #[test]
     fn a_zero_target_disables_shedding() {
         let mut a = Admission::new(Duration::ZERO, 7);
         for _ in 0..100 {
             a.on_tick(500 * MS, 510 * MS, 510 * MS);
         }
         assert_eq!(admitted(&mut a, Class::Read, 1000), 1000);
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert!(a.admit_queued(Class::Read, now - 500 * MS, now));
+        }
     }
 
     #[test]

@@ -969,9 +969,21 @@ impl Core {
         }
     }
 
-    /// Whether to serve a request of `class` now, or refuse it as over threshold.
+    /// Whether to serve an HTTP request of `class` now, or refuse it as over threshold.
     pub fn admit_request(&mut self, class: Class) -> bool {
         let admitted = self.admission.admit(class);
+        self.count_shed(class, admitted);
+        admitted
+    }
+
+    /// Whether to serve a gRPC request of `class` accepted at `arrived`.
+    pub fn admit_queued(&mut self, class: Class, arrived: Instant) -> bool {
+        let admitted = self.admission.admit_queued(class, arrived, Instant::now());
+        self.count_shed(class, admitted);
+        admitted
+    }
+
+    fn count_shed(&self, class: Class, admitted: bool) {
         if !admitted {
             let counter = match class {
                 Class::Write => &self.metrics.shed_writes,
@@ -979,14 +991,13 @@ impl Core {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        admitted
     }
 
     /// Feeds one housekeeping tick's lag to the admission control.
     fn on_lag(&mut self, lag: Duration, wall: Duration, busy: Duration) {
         self.admission.on_tick(lag, wall, busy);
         let (read, write) = self.admission.shedding();
-        let shedding = read > 0.0 || write > 0.0;
+        let shedding = read > 0.0 || write > 0.0 || self.admission.standing_queue();
         if shedding != self.was_shedding {
             self.was_shedding = shedding;
             if shedding {

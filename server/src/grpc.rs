@@ -33,6 +33,10 @@ pub struct ConnCtx {
     pub id: u64,
 }
 
+/// When a request's stream was accepted (put into each request's extensions).
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived(pub Instant);
+
 /// The tonic service implementation (stateless: state is per core).
 #[derive(Clone, Copy, Default)]
 pub struct NacosGrpc;
@@ -65,6 +69,8 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ctx);
+                    // Accepted now; the handler sees how long the request queued.
+                    req.extensions_mut().insert(Arrived(Instant::now()));
                     let mut routes = routes.clone();
                     tower_service::Service::call(&mut routes, req)
                 });
@@ -103,7 +109,13 @@ impl Request for NacosGrpc {
                 "request without connection context",
             ));
         };
-        Ok(tonic::Response::new(unary(ctx, req.into_inner()).await))
+        let arrived = req
+            .extensions()
+            .get::<Arrived>()
+            .map_or_else(Instant::now, |a| a.0);
+        Ok(tonic::Response::new(
+            unary(ctx, arrived, req.into_inner()).await,
+        ))
     }
 }
 
@@ -220,9 +232,10 @@ fn error_payload(e: &OpError) -> Payload {
     payload::error(code, &e.to_string())
 }
 
-/// The "over threshold" answer if the core sheds a request of `class` now.
-fn shed(class: Class) -> Option<Payload> {
-    (!with_core(|c| c.admit_request(class))).then(overloaded)
+/// The "over threshold" answer if the core sheds a request of `class` that was accepted at
+/// `arrived`.
+fn shed(class: Class, arrived: Instant) -> Option<Payload> {
+    (!with_core(|c| c.admit_queued(class, arrived))).then(overloaded)
 }
 
 fn overloaded() -> Payload {
@@ -246,7 +259,7 @@ async fn await_op(
     }
 }
 
-async fn unary(ctx: ConnCtx, p: Payload) -> Payload {
+async fn unary(ctx: ConnCtx, arrived: Instant, p: Payload) -> Payload {
     let started = Instant::now();
     let env = match payload::open(&p) {
         Ok(e) => e,
@@ -272,14 +285,14 @@ async fn unary(ctx: ConnCtx, p: Payload) -> Payload {
     }
     let (kind, response) = match env.kind {
         "HealthCheckRequest" => (Kind::GrpcInternal, payload::ok("HealthCheckResponse", "", None)),
-        "InstanceRequest" | "BatchInstanceRequest" => (Kind::GrpcInstance, instance(ctx, env.kind, env.body).await),
+        "InstanceRequest" | "BatchInstanceRequest" => (Kind::GrpcInstance, instance(ctx, env.kind, env.body, arrived).await),
         "PersistentInstanceRequest" => (
             Kind::GrpcInstance,
             payload::error(code::INVALID_PARAM, "persistent instances are not supported: Nacelle registers ephemeral instances only"),
         ),
-        "ServiceQueryRequest" => (Kind::GrpcQuery, shed(Class::Read).unwrap_or_else(|| query(env.body))),
-        "SubscribeServiceRequest" => (Kind::GrpcSubscribe, subscribe(ctx, env.body).await),
-        "ServiceListRequest" => (Kind::GrpcServiceList, shed(Class::Read).unwrap_or_else(|| service_list(env.body))),
+        "ServiceQueryRequest" => (Kind::GrpcQuery, shed(Class::Read, arrived).unwrap_or_else(|| query(env.body))),
+        "SubscribeServiceRequest" => (Kind::GrpcSubscribe, subscribe(ctx, env.body, arrived).await),
+        "ServiceListRequest" => (Kind::GrpcServiceList, shed(Class::Read, arrived).unwrap_or_else(|| service_list(env.body))),
         other => (
             Kind::GrpcInternal,
             payload::error(code::NO_HANDLER, &format!("{other} is not supported: Nacelle serves the naming module only")),
@@ -297,7 +310,7 @@ fn parse(body: &[u8]) -> Result<(NamingRequest, ServiceKey), Payload> {
     NamingRequest::parse_keyed(body).map_err(|e| payload::error(code::INVALID_PARAM, &e.0))
 }
 
-async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
+async fn instance(ctx: ConnCtx, kind: &str, body: &[u8], arrived: Instant) -> Payload {
     let (req, key) = match parse(body) {
         Ok(v) => v,
         Err(e) => return e,
@@ -308,7 +321,7 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8]) -> Payload {
     } else {
         Class::Write
     };
-    if let Some(refused) = shed(class) {
+    if let Some(refused) = shed(class, arrived) {
         return refused;
     }
     let built = with_core(|c| naming::instance_op(kind, req, key, &mut c.interner));
@@ -364,18 +377,19 @@ fn query(body: &[u8]) -> Payload {
     )
 }
 
-async fn subscribe(ctx: ConnCtx, body: &[u8]) -> Payload {
+async fn subscribe(ctx: ConnCtx, body: &[u8], arrived: Instant) -> Payload {
     let (req, key) = match parse(body) {
         Ok(v) => v,
         Err(e) => return e,
     };
     let clusters = req.clusters.clone().unwrap_or_default();
     let subscribing = req.subscribe.unwrap_or(true);
-    if let Some(refused) = shed(if subscribing {
+    let class = if subscribing {
         Class::Write
     } else {
         Class::Essential
-    }) {
+    };
+    if let Some(refused) = shed(class, arrived) {
         return refused;
     }
     let op = if subscribing {

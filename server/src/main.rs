@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use glommio::{CpuSet, Latency, LocalExecutorPoolBuilder, PoolPlacement, Shares};
 use tracing::{error, info};
 
 use crate::core::{Core, MeshBatch, Shared};
@@ -159,8 +159,21 @@ fn run(cfg: config::Config) -> Result<(), String> {
                         });
                     }
                 }
+                // gRPC connections read and accept first (see `rt::set_request_queue`); their
+                // requests, HTTP connections and everything else share the CPU equally.
+                let ex = glommio::executor();
+                let grpc_io = ex.create_task_queue(
+                    Shares::Static(1000),
+                    Latency::Matters(Duration::from_millis(5)),
+                    "grpc-io",
+                );
+                let requests =
+                    ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "requests");
+                rt::set_request_queue(requests);
                 glommio::spawn_local(http::serve(http, shared.cfg.max_message_bytes)).detach();
-                glommio::spawn_local(grpc::serve(grpc, shared.cfg.max_message_bytes)).detach();
+                glommio::spawn_local_into(grpc::serve(grpc, shared.cfg.max_message_bytes), grpc_io)
+                    .map_err(|e| format!("core {id}: cannot start the gRPC listener: {e}"))?
+                    .detach();
                 if id == 0 {
                     info!("nacelle ready: HTTP {http_addr}, gRPC {grpc_addr}");
                 }

@@ -9,7 +9,23 @@ use std::time::{Duration, Instant};
 
 use send_wrapper::SendWrapper;
 
-/// Spawns hyper's background tasks (HTTP/2 streams) on the current glommio core.
+thread_local! {
+    static REQUEST_QUEUE: std::cell::Cell<Option<glommio::TaskQueueHandle>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Sets the task queue this core runs HTTP/2 streams (gRPC requests) in.
+///
+/// The gRPC connections themselves run in a queue of their own that glommio schedules first
+/// when it has work: they read every frame as soon as it arrives, so a backlog waits in the
+/// request queue — where each request's queueing time is measured and the overload shedding
+/// (`admission`) can refuse what waited too long — instead of unseen in socket buffers.
+pub fn set_request_queue(queue: glommio::TaskQueueHandle) {
+    REQUEST_QUEUE.with(|q| q.set(Some(queue)));
+}
+
+/// Spawns hyper's background tasks (HTTP/2 streams) on the current glommio core, in the
+/// request queue if one is set.
 #[derive(Clone, Copy, Default)]
 pub struct LocalExec;
 
@@ -18,7 +34,20 @@ where
     F: Future + 'static,
 {
     fn execute(&self, fut: F) {
-        glommio::spawn_local(fut).detach();
+        match REQUEST_QUEUE.with(|q| q.get()) {
+            Some(queue) => match glommio::spawn_local_into(fut, queue) {
+                Ok(task) => {
+                    task.detach();
+                }
+                // Only if the queue was removed, which never happens: nothing to run then.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot spawn a request task");
+                }
+            },
+            None => {
+                glommio::spawn_local(fut).detach();
+            }
+        }
     }
 }
 
