@@ -45,9 +45,9 @@ pub struct Args {
     /// IPIs in glommio; a short spin avoids that between requests under load.
     #[arg(long, env = "NACELLE_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
-    /// Overload shedding: when a busy core runs this late (ms), it answers part of the new
-    /// reads with 503 "over threshold" (writes from 3x this lag; heartbeats and deregistrations
-    /// never). 0 turns shedding off.
+    /// Overload shedding (ms): while requests queue longer than this on a core, reads that
+    /// waited longer are answered with 503 "over threshold" (writes from 3x this; heartbeats
+    /// and deregistrations never). 0 turns shedding off.
     #[arg(long, env = "NACELLE_OVERLOAD_LAG_MS", default_value_t = 50)]
     pub overload_lag_ms: u64,
     /// Cluster members as `ip:httpPort,...` (this node included). No members = standalone.
