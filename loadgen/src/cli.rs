@@ -208,9 +208,6 @@ pub struct QueryArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub common: Common,
-    /// Number of services queried (round-robin).
-    #[arg(long, default_value_t = 100)]
-    pub services: u32,
     /// Queries per second (open loop).
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -223,18 +220,9 @@ pub struct QueryArgs {
     /// grpc or http.
     #[arg(long, value_enum, default_value_t = Mode::Grpc)]
     pub mode: Mode,
-    /// First register --instances-per-service instances in every service (over gRPC).
-    #[arg(long)]
-    pub prepare: bool,
-    /// Instances per service registered by --prepare.
-    #[arg(long, default_value_t = 10)]
-    pub instances_per_service: u32,
-    /// Ask for healthy instances only.
-    #[arg(long)]
-    pub healthy_only: bool,
-    /// Queries allowed in flight before new ones are dropped (counted as `overload-dropped`).
-    #[arg(long, default_value_t = 100_000)]
-    pub max_inflight: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub set: QuerySet,
 }
 
 /// `flood` flags.
@@ -243,9 +231,6 @@ pub struct FloodArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub common: Common,
-    /// Number of services queried (round-robin).
-    #[arg(long, default_value_t = 100)]
-    pub services: u32,
     /// Queries per second offered (open loop).
     #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
@@ -255,8 +240,19 @@ pub struct FloodArgs {
     /// HTTP/2 connections the queries are spread over (round-robin).
     #[arg(long, default_value_t = 8)]
     pub connections: u32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub set: QuerySet,
+}
+
+/// What `query` and `flood` ask and how they prepare it.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct QuerySet {
+    /// Number of services queried (round-robin).
+    #[arg(long, default_value_t = 100)]
+    pub services: u32,
     /// First register --instances-per-service instances in every service (over gRPC, on
-    /// separate tonic connections held during the run).
+    /// connections held during the run).
     #[arg(long)]
     pub prepare: bool,
     /// Instances per service registered by --prepare.

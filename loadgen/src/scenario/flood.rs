@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::query::prepare;
+use super::query::{prepare, report_prepared};
 use super::Ctx;
 use crate::cli::FloodArgs;
 use crate::raw::{encode_request, Caller, RawConn};
@@ -153,19 +153,20 @@ fn cpu_time() -> Duration {
 /// Runs `flood`.
 pub async fn run(a: &FloodArgs) -> Result<Report, String> {
     let ctx = Ctx::new(&a.common)?;
-    if !(a.rate > 0.0 && a.duration > 0.0) || a.services == 0 || a.connections == 0 {
+    if !(a.rate > 0.0 && a.duration > 0.0) || a.set.services == 0 || a.connections == 0 {
         return Err("--rate, --duration, --services and --connections must be > 0".into());
     }
     let mut prepare_rec = None;
     let mut holders = Vec::new();
-    if a.prepare {
-        let n = a.connections.min(a.services).max(1) as usize;
+    if a.set.prepare {
+        let n = a.connections.min(a.set.services).max(1) as usize;
         let (conns, _) = ctx.connect(&ctx.grpc_addrs, n, None, "prepare").await?;
         println!(
             "prepare: {} instances in each of {} services",
-            a.instances_per_service, a.services
+            a.set.instances_per_service, a.set.services
         );
-        prepare_rec = Some(prepare(&ctx, &conns, a.services, a.instances_per_service, 0).await);
+        prepare_rec =
+            Some(prepare(&ctx, &conns, a.set.services, a.set.instances_per_service, 0).await);
         holders = conns;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -183,11 +184,11 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
             Err(e) => return Err(format!("raw gRPC connection to {addr} failed: {e}")),
         }
     }
-    let frames: Vec<Bytes> = (0..a.services)
+    let frames: Vec<Bytes> = (0..a.set.services)
         .map(|s| {
             encode_request(
                 "ServiceQueryRequest",
-                ctx.names.query_request(&ctx.service(s), a.healthy_only),
+                ctx.names.query_request(&ctx.service(s), a.set.healthy_only),
             )
         })
         .collect();
@@ -198,7 +199,7 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
         .clamp(1, a.connections as usize) as u64;
     println!(
         "flood: {total} gRPC queries at {}/s over {} connections, {} services, {shards} dispatcher(s)",
-        a.rate, a.connections, a.services
+        a.rate, a.connections, a.set.services
     );
     let plan = Arc::new(Plan {
         start: Instant::now() + Duration::from_millis(10),
@@ -207,7 +208,7 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
         frames,
         callers: conns.iter().map(RawConn::caller).collect(),
         timeout: ctx.timeout,
-        max_inflight: a.max_inflight.div_ceil(shards as usize),
+        max_inflight: a.set.max_inflight.div_ceil(shards as usize),
     });
     let cpu0 = cpu_time();
     let tasks: Vec<_> = (0..shards)
@@ -310,12 +311,6 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
     report.extra_latency("service_latency_us", "from actual send", &service);
     report.extra_latency("send_lag_us", "send lag", &lag);
     report.extra_latency("connect_latency_us", "connect", &connect_rec);
-    if let Some(p) = prepare_rec {
-        report.extra(
-            "prepared_instances",
-            json!(p.oks() * u64::from(a.instances_per_service)),
-        );
-        report.extra_latency("prepare_latency_us", "prepare batch", &p);
-    }
+    report_prepared(&mut report, prepare_rec, a.set.instances_per_service);
     Ok(report)
 }

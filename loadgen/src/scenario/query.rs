@@ -65,12 +65,12 @@ pub async fn prepare(
 /// Runs `query`.
 pub async fn run(a: &QueryArgs) -> Result<Report, String> {
     let ctx = Ctx::new(&a.common)?;
-    if !(a.rate > 0.0 && a.duration > 0.0) || a.services == 0 || a.connections == 0 {
+    if !(a.rate > 0.0 && a.duration > 0.0) || a.set.services == 0 || a.connections == 0 {
         return Err("--rate, --duration, --services and --connections must be > 0".into());
     }
-    let grpc_n = match (a.mode, a.prepare) {
+    let grpc_n = match (a.mode, a.set.prepare) {
         (Mode::Grpc, _) => a.connections as usize,
-        (Mode::Http, true) => a.connections.min(a.services).max(1) as usize,
+        (Mode::Http, true) => a.connections.min(a.set.services).max(1) as usize,
         (Mode::Http, false) => 0,
     };
     let (conns, connect_rec) = if grpc_n > 0 {
@@ -80,12 +80,13 @@ pub async fn run(a: &QueryArgs) -> Result<Report, String> {
         (Vec::new(), Recorder::new())
     };
     let mut prepare_rec = None;
-    if a.prepare {
+    if a.set.prepare {
         println!(
             "prepare: {} instances in each of {} services",
-            a.instances_per_service, a.services
+            a.set.instances_per_service, a.set.services
         );
-        prepare_rec = Some(prepare(&ctx, &conns, a.services, a.instances_per_service, 0).await);
+        prepare_rec =
+            Some(prepare(&ctx, &conns, a.set.services, a.set.instances_per_service, 0).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let conns = Arc::new(conns);
@@ -109,13 +110,13 @@ pub async fn run(a: &QueryArgs) -> Result<Report, String> {
         }
     }
     let grpc_bodies: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..a.services)
-            .map(|s| ctx.names.query_request(&ctx.service(s), a.healthy_only))
+        (0..a.set.services)
+            .map(|s| ctx.names.query_request(&ctx.service(s), a.set.healthy_only))
             .collect(),
     );
-    let healthy = if a.healthy_only { "true" } else { "false" };
+    let healthy = if a.set.healthy_only { "true" } else { "false" };
     let http_paths: Arc<Vec<String>> = Arc::new(
-        (0..a.services)
+        (0..a.set.services)
             .map(|s| {
                 path_with_query(
                     "/nacos/v1/ns/instance/list",
@@ -136,7 +137,7 @@ pub async fn run(a: &QueryArgs) -> Result<Report, String> {
         if a.mode == Mode::Grpc { "gRPC" } else { "HTTP" },
         a.rate,
         a.connections,
-        a.services
+        a.set.services
     );
     let rec = Shared::new();
     let service = Shared::new();
@@ -150,13 +151,13 @@ pub async fn run(a: &QueryArgs) -> Result<Report, String> {
         let t = pacer.at(i);
         tokio::time::sleep_until(t).await;
         lag.ok(tokio::time::Instant::now().saturating_duration_since(t));
-        if inflight.load(Ordering::Relaxed) >= a.max_inflight {
+        if inflight.load(Ordering::Relaxed) >= a.set.max_inflight {
             rec.lock().err(&OpError::Dropped);
             pb.inc(1);
             continue;
         }
         inflight.fetch_add(1, Ordering::Relaxed);
-        let s = (i % u64::from(a.services)) as usize;
+        let s = (i % u64::from(a.set.services)) as usize;
         let c = (i % nconn as u64) as usize;
         let (rec, service, inflight, pb) =
             (rec.clone(), service.clone(), inflight.clone(), pb.clone());
@@ -214,12 +215,17 @@ pub async fn run(a: &QueryArgs) -> Result<Report, String> {
     if !conns.is_empty() {
         report.extra_latency("connect_latency_us", "connect", &connect_rec);
     }
-    if let Some(p) = prepare_rec {
+    report_prepared(&mut report, prepare_rec, a.set.instances_per_service);
+    Ok(report)
+}
+
+/// Adds what `prepare` did (if it ran) to a report.
+pub fn report_prepared(report: &mut Report, prepared: Option<Recorder>, per_service: u32) {
+    if let Some(p) = prepared {
         report.extra(
             "prepared_instances",
-            json!(p.oks() * u64::from(a.instances_per_service)),
+            json!(p.oks() * u64::from(per_service)),
         );
         report.extra_latency("prepare_latency_us", "prepare batch", &p);
     }
-    Ok(report)
 }
