@@ -961,7 +961,10 @@ impl World {
     /// Safety, checked while faults happen:
     /// - I2: a publish's revision never goes down on any node;
     /// - I3: a gRPC instance registered a while ago is visible on every node that has been
-    ///   able to reach its owner throughout (no loss, no expiry of live instances);
+    ///   able to reach its owner throughout (no loss, no expiry of live instances); a live
+    ///   HTTP instance is visible on every running node whenever the running nodes have seen
+    ///   each other UP for a while — also while a crashed node is still being declared DOWN
+    ///   and its clients move;
     /// - I5: in-flight sync batches per peer and partition stay within the window.
     pub fn check_safety(&mut self) {
         let max_inflight = self.scenario.distro.max_inflight_batches;
@@ -1019,16 +1022,12 @@ impl World {
             let visible = self.visible(i);
             let now = self.now_ms;
             let nodes = &self.nodes;
-            // Every running node has seen every running peer UP, and every stopped one
-            // DOWN, for a while: views agree, so responsibility is settled.
+            // Every running node has seen every running peer UP for a while. Stopped nodes
+            // may still be SUSPICIOUS for some and DOWN for others: their heartbeat clients
+            // move meanwhile, and must stay visible while they do.
             let calm_cluster = (0..nodes.len()).filter(|k| nodes[*k].alive).all(|k| {
                 nodes[k].seen.iter().enumerate().all(|(j, (h, since))| {
-                    let want = if nodes[j].alive {
-                        Health::Up
-                    } else {
-                        Health::Down
-                    };
-                    j == k || (*h == want && since + grace <= now)
+                    j == k || !nodes[j].alive || (*h == Health::Up && since + grace <= now)
                 })
             });
             let expected = self.truth_set(|c, t, at| {
