@@ -10,7 +10,7 @@
 //! core keeps the *smallest* such delay: if even the luckiest request waited longer than the
 //! target, the queue did not drain once in the window — a standing backlog, not a burst.
 //! While that holds, a read that queued longer than the target is refused (and a write longer
-//! than three times the target): whatever the core admits has waited at most that long, and
+//! than 60 times the target): whatever the core admits has waited at most that long, and
 //! refusing the stale ones is what drains the queue. A window needs a few requests to count,
 //! so a lone request delayed by a busy machine never sheds anything.
 //!
@@ -27,8 +27,11 @@
 //!
 //! # Classes
 //! - [`Class::Read`] (queries, lists) is shed from the target on;
-//! - [`Class::Write`] (register, update, subscribe) from three times the target: a refused
-//!   read is retried by the SDK on its next poll, a refused write costs the user more;
+//! - [`Class::Write`] (register, update, subscribe) only from 60 times the target (3 s by
+//!   default, the SDKs' request timeout: the client has given up on it). A refused read is
+//!   retried by the SDK on its next poll; a refused write fails an application's
+//!   registration, and a burst of registrations (a fleet starting) is a closed loop that
+//!   regulates itself: a 503 there would only lose work;
 //! - [`Class::Essential`] (heartbeats, deregistrations, health checks, metrics) is never shed:
 //!   refusing a heartbeat would expire a live instance, refusing a deregistration keeps a dead
 //!   one, and both reduce work rather than add it.
@@ -40,7 +43,7 @@ use std::time::{Duration, Instant};
 pub enum Class {
     /// Never shed.
     Essential,
-    /// Shed from three times the target lag.
+    /// Shed only from 60 times the target (see the module docs).
     Write,
     /// Shed from the target lag.
     Read,
@@ -49,7 +52,7 @@ pub enum Class {
 /// Fraction of an interval the thread must have run for its lag to count as its own backlog.
 const BUSY_FRACTION: f64 = 0.7;
 /// Writes are shed from this many times the target lag.
-const WRITE_FACTOR: f64 = 3.0;
+const WRITE_FACTOR: f64 = 60.0;
 /// Highest shed probability: a trickle of every class still gets through, so clients see
 /// progress and the probability has admitted work to measure against.
 const MAX_SHED: f64 = 0.98;
@@ -234,9 +237,9 @@ mod tests {
         assert_eq!(write, 0.0);
         assert!(admitted(&mut a, Class::Read, 1000) < 500);
         assert_eq!(admitted(&mut a, Class::Write, 1000), 1000);
-        // 200 ms late: writes too, up to the cap.
+        // 3.5 s late: writes too, up to the cap.
         for _ in 0..40 {
-            a.on_tick(200 * MS, 210 * MS, 210 * MS);
+            a.on_tick(3500 * MS, 3510 * MS, 3510 * MS);
         }
         let (read, write) = a.shedding();
         assert_eq!(read, MAX_SHED);
@@ -294,8 +297,8 @@ mod tests {
         // and every essential request served.
         assert!(!a.admit_queued(Class::Read, now - 51 * MS, now));
         assert!(a.admit_queued(Class::Read, now - 49 * MS, now));
-        assert!(a.admit_queued(Class::Write, now - 140 * MS, now));
-        assert!(!a.admit_queued(Class::Write, now - 160 * MS, now));
+        assert!(a.admit_queued(Class::Write, now - 2900 * MS, now));
+        assert!(!a.admit_queued(Class::Write, now - 3100 * MS, now));
         assert!(a.admit_queued(Class::Essential, now - 900 * MS, now));
     }
 

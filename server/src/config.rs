@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long, env = "NACELLE_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
     /// Overload shedding (ms): while requests queue longer than this on a core, reads that
-    /// waited longer are answered with 503 "over threshold" (writes from 3x this; heartbeats
+    /// waited longer are answered with 503 "over threshold" (writes from 60x this; heartbeats
     /// and deregistrations never). 0 turns shedding off.
     #[arg(long, env = "NACELLE_OVERLOAD_LAG_MS", default_value_t = 50)]
     pub overload_lag_ms: u64,
