@@ -1,8 +1,10 @@
 //! The Distro simulator (see `sim/mod.rs`): many seeds of a faulty cluster, each checked
 //! against the invariants of `DISTRO.md`.
 //!
-//! - `DISTRO_SEEDS=<n>` sets how many seeds the sweep runs (default 200; CI runs the default);
-//! - `DISTRO_SEED=<n>` replays one seed with a log of every fault.
+//! - `DISTRO_SEEDS=<n>` sets how many seeds the sweep runs (default 200, and a fifth of it
+//!   for the crash-only sweep; CI runs the defaults);
+//! - `DISTRO_SEED=<n>` replays one seed of each sweep with a log of every fault (add
+//!   `--exact <test>` to replay one sweep).
 
 extern crate nacelle_engine as engine;
 
@@ -10,42 +12,67 @@ mod sim;
 
 use sim::{run_seed, Scenario};
 
-fn report(seed: u64, violations: &[String], log: &[String]) -> String {
+fn report(test: &str, seed: u64, violations: &[String], log: &[String]) -> String {
     format!(
-        "seed {seed} failed; replay with DISTRO_SEED={seed} cargo test --release -p nacelle-engine --test distro_sim -- --nocapture\n{}\nlast events:\n{}",
+        "seed {seed} failed; replay with DISTRO_SEED={seed} cargo test --release -p nacelle-engine --test distro_sim -- --nocapture --exact {test}\n{}\nlast events:\n{}",
         violations.join("\n"),
         log[log.len().saturating_sub(40)..].join("\n")
     )
 }
 
-#[test]
-fn random_faults_never_break_an_invariant() {
+/// Runs `seeds` seeds of `scenario` (or the one in `DISTRO_SEED`, verbosely) and fails
+/// with the first three failing seeds.
+fn sweep(test: &str, scenario: fn() -> Scenario, seeds: u64) {
     if let Ok(seed) = std::env::var("DISTRO_SEED") {
         let seed: u64 = seed.parse().expect("DISTRO_SEED is a number");
-        let (violations, world) = run_seed(seed, Scenario::standard(), true);
+        let (violations, world) = run_seed(seed, scenario(), true);
         eprintln!("{}", world.summary());
         assert!(
             violations.is_empty(),
             "{}",
-            report(seed, &violations, &world.log)
+            report(test, seed, &violations, &world.log)
         );
         return;
     }
-    let seeds: u64 = std::env::var("DISTRO_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
     let mut failures = Vec::new();
     for seed in 0..seeds {
-        let (violations, world) = run_seed(seed, Scenario::standard(), false);
+        let (violations, world) = run_seed(seed, scenario(), false);
         if !violations.is_empty() {
-            failures.push(report(seed, &violations, &world.log));
+            failures.push(report(test, seed, &violations, &world.log));
             if failures.len() >= 3 {
                 break;
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn seeds() -> u64 {
+    std::env::var("DISTRO_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200)
+}
+
+#[test]
+fn random_faults_never_break_an_invariant() {
+    sweep(
+        "random_faults_never_break_an_invariant",
+        Scenario::standard,
+        seeds(),
+    );
+}
+
+/// Crashes alone leave the network calm, so I3 is checked all the time, including while a
+/// crashed node is still UP or SUSPICIOUS for its peers and its clients' writes land
+/// elsewhere.
+#[test]
+fn crashes_never_hide_a_live_instance() {
+    sweep(
+        "crashes_never_hide_a_live_instance",
+        Scenario::crashes,
+        seeds() / 5,
+    );
 }
 
 #[test]
@@ -58,6 +85,11 @@ fn a_calm_cluster_converges_and_verifies_with_digests_only() {
     assert!(
         violations.is_empty(),
         "{}",
-        report(7, &violations, &world.log)
+        report(
+            "a_calm_cluster_converges_and_verifies_with_digests_only",
+            7,
+            &violations,
+            &world.log
+        )
     );
 }

@@ -40,6 +40,10 @@ BEAT_CHECK_MS = 500
 BEAT_MS = 1000
 HB_TIMEOUT_MS = 3000
 DELETE_MS = 6000
+# A client's request timeout: above the server's forward timeout (1.5 s: a write forwarded to
+# an owner that just died is applied where it entered after that long), well below the Java
+# SDK's (3 s to connect, 50 s to read).
+CLIENT_TIMEOUT_S = 2.0
 DOWN_AFTER_S = 6  # server/src/peer/transport.rs: a peer without a connection for 6 s is DOWN
 SYNC_TIMEOUT_S = 3  # DISTRO.md: an unacknowledged batch is retried after 3 s
 N_SERVICES = 4
@@ -250,8 +254,9 @@ META = json.dumps({"preserved.heart.beat.interval": str(BEAT_MS), "preserved.hea
 
 
 class Clients:
-    """HTTP heartbeat clients. One beater thread per home node; a client beats its home node and
-    fails over to the next reachable one, as the SDKs do. Truth: which clients are live."""
+    """HTTP heartbeat clients, each with its own thread (as each SDK instance has its own beat
+    task): a client beats its home node and fails over to the next reachable one, as the SDKs
+    do. Truth: which clients are live."""
 
     def __init__(self, n, count, rng):
         self.n, self.rng = n, rng
@@ -261,6 +266,7 @@ class Clients:
         self.blocked_nodes = set()  # nodes the clients cannot reach (isolation)
         self.stop_ev = threading.Event()
         self.threads = []
+        self.started = False
         self.churn_rate = 0.0
         for _ in range(count):
             self.add()
@@ -270,17 +276,24 @@ class Clients:
             c = Client(self.next_idx, self.n)
             self.next_idx += 1
             self.all[c.key] = c
+            if self.started:
+                self._spawn(c)
             return c
+
+    def _spawn(self, c):
+        t = threading.Thread(target=self.beater, args=(c,), daemon=True)
+        t.start()
+        self.threads.append(t)
 
     def snapshot(self):
         with self.lock:
             return list(self.all.values())
 
     def start(self):
-        for h in range(1, self.n + 1):
-            t = threading.Thread(target=self.beater, args=(h,), daemon=True)
-            t.start()
-            self.threads.append(t)
+        with self.lock:
+            self.started = True
+            for c in self.all.values():
+                self._spawn(c)
         t = threading.Thread(target=self.churner, daemon=True)
         t.start()
         self.threads.append(t)
@@ -301,7 +314,7 @@ class Clients:
             cands = [k for k in order if k not in self.blocked_nodes][:1]
         for k in cands:
             try:
-                st, body = http_call(conns, SUBNET + str(k), method, path, 0.8)
+                st, body = http_call(conns, SUBNET + str(k), method, path, CLIENT_TIMEOUT_S)
             except OSError:
                 bad[k] = time.time() + 2.0
                 continue
@@ -310,30 +323,29 @@ class Clients:
             bad[k] = time.time() + 2.0
         return None, None
 
-    def beater(self, home):
+    def beater(self, c):
         conns, bad = {}, {}
+        # Spread the clients' beats over the period, as independent processes would be.
+        self.stop_ev.wait(self.rng.random() * BEAT_MS / 1000)
         while not self.stop_ev.is_set():
             t0 = time.time()
-            for c in self.snapshot():
-                if self.stop_ev.is_set():
-                    break
-                if c.home != home or c.state in ("stopped", "deregistered"):
-                    continue
-                if c.state == "new":
-                    path = f"/nacos/v1/ns/instance?{self._q(c)}&ephemeral=true&metadata={urllib.parse.quote(META)}"
-                    k, _ = self._send(conns, bad, c, "POST", path)
-                    if k:
-                        now = time.time()
-                        with self.lock:
-                            if c.state == "new":
-                                c.state, c.born, c.last_ok, c.last_node = "live", now, now, k
-                    continue
-                if c.state == "deregister":
-                    k, _ = self._send(conns, bad, c, "DELETE", f"/nacos/v1/ns/instance?{self._q(c)}&ephemeral=true")
-                    if k:
-                        with self.lock:
-                            c.state, c.died, c.kind = "deregistered", time.time(), "deregistered"
-                    continue
+            if c.state in ("stopped", "deregistered"):
+                return
+            if c.state == "new":
+                path = f"/nacos/v1/ns/instance?{self._q(c)}&ephemeral=true&metadata={urllib.parse.quote(META)}"
+                k, _ = self._send(conns, bad, c, "POST", path)
+                if k:
+                    now = time.time()
+                    with self.lock:
+                        if c.state == "new":
+                            c.state, c.born, c.last_ok, c.last_node = "live", now, now, k
+            elif c.state == "deregister":
+                k, _ = self._send(conns, bad, c, "DELETE", f"/nacos/v1/ns/instance?{self._q(c)}&ephemeral=true")
+                if k:
+                    with self.lock:
+                        c.state, c.died, c.kind = "deregistered", time.time(), "deregistered"
+                    return
+            else:
                 beat = json.dumps({"ip": c.ip, "port": 8080, "serviceName": c.service, "cluster": "DEFAULT",
                                    "weight": 1.0, "metadata": json.loads(META), "scheduled": True,
                                    "period": BEAT_MS})
@@ -385,6 +397,21 @@ class World:
         self.block = set()
         self.pair_since = {(a, b): 0.0 for a in range(1, n + 1) for b in range(1, n + 1) if a < b}
         self.heals = []  # times connectivity came back (pairs unblocked, a node UP again)
+        self.fault = [None, None]  # start, end
+
+    def dead_deadline(self, died, bound):
+        """When a dead instance must be gone from every node: `bound` after its death, or, if
+        it died during the fault, `bound` after the fault ended and every node was UP again
+        (its owner may have been down: a node that reloads gives its clients a whole timeout,
+        since it cannot know when they last beat). Infinite while a node is not UP yet."""
+        with self.lock:
+            start, end = self.fault
+            if start is None or died < start or (end is not None and died > end):
+                return died + bound
+            ups = list(self.up_since.values())
+            if end is None or any(u is None for u in ups):
+                return float("inf")
+            return max([died, end] + ups) + bound
 
     def node_down(self, i):
         with self.lock:
@@ -420,6 +447,12 @@ class World:
                 return ux
             p = self.pair_since[(min(x, t), max(x, t))]
             return None if p is None else max(ux, ut, p)
+
+
+def dead_bound(c):
+    """How long a dead client's instance may stay: a silent death waits for the deletion
+    timeout, a deregistration only for sync and polling."""
+    return DEAD_BOUND_S if c.kind == "silent" else DEREG_BOUND_S
 
 
 class Snap:
@@ -517,7 +550,7 @@ class Checker:
                             self.lost.add(c.key)
             elif c.state in ("stopped", "deregistered") and c.died is not None and s.status == "UP":
                 bound = DEAD_BOUND_S if c.kind == "silent" else SETTLE_S
-                if here and c.died <= t - bound:
+                if here and t >= self.world.dead_deadline(c.died, bound):
                     agrees = False
                 with self.lock:
                     g = self.gone.get((c.key, i))
@@ -589,12 +622,14 @@ class Ctx:
 
     def begin(self, note):
         self.fault_start = time.time()
+        self.world.fault[0] = self.fault_start
         self.notes.append(note)
         log("  fault:", note)
         self.dead += self.clients.stop_silently(2)
 
     def end(self):
         self.fault_end = time.time()
+        self.world.fault[1] = self.fault_end
         log("  fault ends")
 
     def kill(self, i):
@@ -832,9 +867,14 @@ def run_scenario(name, args, net, binary, loadgen, workdir, seed):
         # Dead instances still have to go: wait for them (bounded), then a quiet period that
         # must stay agreed.
         t_hold = time.time()
-        last_death = max([c.died for c in clients.snapshot() if c.died] + [0])
-        hold_until = max(t_hold + 3, last_death + DEAD_BOUND_S + 1)
-        while time.time() < hold_until:
+        hold_until = t_hold + 3
+        while True:
+            dead = [c for c in clients.snapshot() if c.died]
+            deadline = max([world.dead_deadline(c.died, dead_bound(c)) for c in dead] + [0])
+            all_gone = all(checker.gone.get((c.key, i)) for c in dead for i in nodes)
+            now = time.time()
+            if now >= hold_until and (all_gone or now >= min(deadline + 1, t_hold + AGREE_LIMIT_S)):
+                break
             time.sleep(0.2)
         final = checker.agreed_since(t_hold)
         counts = checker.counts()
@@ -876,11 +916,9 @@ def run_scenario(name, args, net, binary, loadgen, workdir, seed):
             g = checker.gone.get((c.key, i))
             times[i] = None if g is None else round(max(0.0, g - c.died), 2)
         worst = None if any(v is None for v in times.values()) else max(times.values())
-        bound = DEAD_BOUND_S if c.kind == "silent" else DEREG_BOUND_S
-        # A death during the fault may wait for the fault to end (the partitioned side cannot hear of it).
-        allowed = bound
-        if ctx.fault_start and ctx.fault_end and ctx.fault_start <= c.died <= ctx.fault_end:
-            allowed = max(bound, ctx.fault_end - c.died + AGREE_LIMIT_S)
+        # A death during the fault may wait for the fault to end (the partitioned side cannot
+        # hear of it; a restarted owner gives its clients a whole timeout).
+        allowed = world.dead_deadline(c.died, dead_bound(c)) - c.died
         dead_report.append({"instance": c.key, "kind": c.kind, "gone_after_s": times, "worst_s": worst})
         if worst is None or worst > allowed:
             over_bound.append(c.key)

@@ -64,6 +64,8 @@ pub struct ClusterStats {
     pub forwards: AtomicU64,
     /// Forwarded writes applied here because the responsible node did not answer in time.
     pub forward_fallbacks: AtomicU64,
+    /// Deregistrations that waited for a SUSPICIOUS owner before being routed.
+    pub deferred_deregistrations: AtomicU64,
     /// Health of each member (index as in `members_now`): 0 up, 1 suspicious, 2 down.
     pub health: std::sync::Mutex<Vec<(String, u8)>>,
     /// Bytes of verify digests sent (the `Digest` frames).

@@ -218,6 +218,9 @@ pub struct Core {
 
 /// How long a forwarded HTTP write may wait for the responsible node.
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a deregistration waits for a SUSPICIOUS owner (a restarting node is back within
+/// a few hundred ms; a dead one is declared DOWN later, and then the write is applied here).
+const DEREGISTER_PATIENCE: Duration = Duration::from_millis(1500);
 
 thread_local! {
     static CORE: RefCell<Option<Core>> = const { RefCell::new(None) };
@@ -497,6 +500,65 @@ impl Core {
             .then(|| node.clone())
     }
 
+    /// Whether the member our view makes responsible for heartbeat client `client` is
+    /// another one, and SUSPICIOUS (its link just failed: a restart or a blip).
+    fn responsible_is_suspicious(&self, client: &ClientId) -> bool {
+        if !client.is_heartbeat() || !self.members.is_cluster() || self.members.is_mine(client) {
+            return false;
+        }
+        let Some(node) = self.members.responsible_for(client) else {
+            return false;
+        };
+        self.members
+            .peers
+            .iter()
+            .any(|(n, h)| n == node && *h == engine::distro::Health::Suspicious)
+    }
+
+    /// A deregistration whose owner is SUSPICIOUS waits (up to `DEREGISTER_PATIENCE`) for
+    /// it to answer again or be declared DOWN before it is routed. Applied here at once, it
+    /// would be lost: a register or beat applied here leaves a client to hand back to the
+    /// owner, a deregistration leaves nothing, and an owner that just restarted would
+    /// restore the client from its snapshot.
+    fn defer_deregistration(
+        &mut self,
+        client: ClientId,
+        op: ClientOp,
+    ) -> oneshot::Receiver<OpResult> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(info) = &self.shared.cluster {
+            info.stats
+                .deferred_deregistrations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        glommio::spawn_local(async move {
+            // Sleep first: this task may start while the caller still holds the core.
+            let deadline = Instant::now() + DEREGISTER_PATIENCE;
+            loop {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                if Instant::now() >= deadline
+                    || !with_core(|c| c.responsible_is_suspicious(&client))
+                {
+                    break;
+                }
+            }
+            let submitted = with_core(|c| c.submit_client_now(client, op));
+            let result = match submitted {
+                Ok(rx) => rx.await.unwrap_or_else(|_| {
+                    Err(engine::shard::OpError::Unavailable(
+                        "the deregistration was dropped".into(),
+                    ))
+                }),
+                Err(Overloaded) => Err(engine::shard::OpError::Unavailable(
+                    "the server is overloaded".into(),
+                )),
+            };
+            let _ = tx.send(result);
+        })
+        .detach();
+        rx
+    }
+
     /// A beat forwarded through this node tells the client's shard here that it is alive
     /// (see `ShardMsg::BeatRelayed`).
     fn relay_beat(&mut self, client: &ClientId, op: &ClientOp) {
@@ -634,6 +696,18 @@ impl Core {
     /// Sends a client op to the client's owner; the receiver completes once the change is
     /// readable (see `Shard::handle`).
     pub fn submit_client(
+        &mut self,
+        client: ClientId,
+        op: ClientOp,
+    ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
+        if matches!(op, ClientOp::Deregister { .. }) && self.responsible_is_suspicious(&client) {
+            return Ok(self.defer_deregistration(client, op));
+        }
+        self.submit_client_now(client, op)
+    }
+
+    /// `submit_client` without waiting for a SUSPICIOUS owner.
+    fn submit_client_now(
         &mut self,
         client: ClientId,
         op: ClientOp,

@@ -275,11 +275,16 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
         );
     }
     let st = &info.stats;
-    let peer: [(&str, &str, &AtomicU64); 9] = [
+    let peer: [(&str, &str, &AtomicU64); 10] = [
         (
             "nacelle_peer_forward_fallbacks_total",
             "Forwarded writes applied locally because the responsible node did not answer in time.",
             &st.forward_fallbacks,
+        ),
+        (
+            "nacelle_peer_deferred_deregistrations_total",
+            "HTTP deregistrations that waited for a SUSPICIOUS responsible node before being routed.",
+            &st.deferred_deregistrations,
         ),
         (
             "nacelle_peer_frames_sent_total",

@@ -310,6 +310,60 @@ fn shutdown_tells_peers_at_once() {
 }
 
 #[test]
+fn a_restarted_peer_resets_the_old_connection_at_once() {
+    block_on(async {
+        let (_ca, tls) = cluster_tls(&["127.0.12.1", "127.0.12.2"]);
+        // A long idle timeout: only the new process's stateless reset can make a notice
+        // quickly that its connection goes to a dead process.
+        let slow = |addr: SocketAddr, tls: TlsMode| {
+            let mut c = config(addr, tls);
+            c.idle_timeout = Duration::from_secs(30);
+            c.keep_alive = Duration::from_millis(300);
+            c.down_after = Duration::from_secs(60);
+            Transport::start(c)
+        };
+        let a = slow(SocketAddr::new(ip("127.0.12.1"), 0), tls[0].clone()).expect("a starts");
+        let b = slow(SocketAddr::new(ip("127.0.12.2"), 0), tls[1].clone()).expect("b starts");
+        let (aa, ba) = (a.local_addr(), b.local_addr());
+        a.set_peers([ba]);
+        b.set_peers([aa]);
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(10)).await);
+        // Crash b (no close frame) and start it again on the same address with the same key.
+        drop(b);
+        let mut restarted = None;
+        for _ in 0..100 {
+            if let Ok(t) = slow(ba, tls[1].clone()) {
+                restarted = Some(t);
+                break;
+            }
+            sleep_ms(20).await;
+        }
+        let b = restarted.expect("b restarts on its address");
+        let restarted_at = Instant::now();
+        b.set_peers([aa]);
+        // a's keep-alives on the old connection reach the new process, which resets it (a
+        // frame written into it meanwhile is lost, as with any crash: Distro retries).
+        let reset = deadline(Duration::from_secs(5), async {
+            while a.stats().connections_lost == 0 {
+                sleep_ms(10).await;
+            }
+        })
+        .await;
+        assert!(
+            reset.is_some(),
+            "a still holds the dead connection {:?} after the restart (idle timeout 30 s): {:?}",
+            restarted_at.elapsed(),
+            a.stats()
+        );
+        // a redials at once, and its frames reach the new b.
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(5)).await);
+        a.send(ba, Bytes::from_static(b"after")).expect("queued");
+        let got = frames(&b, 1, Duration::from_secs(5)).await;
+        assert_eq!(got, vec![(aa, Bytes::from_static(b"after"))]);
+    });
+}
+
+#[test]
 fn dead_peer_goes_suspicious_then_down_and_comes_back() {
     block_on(async {
         let (_ca, tls) = cluster_tls(&["127.0.4.1", "127.0.4.2"]);

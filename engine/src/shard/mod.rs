@@ -826,6 +826,7 @@ impl Shard {
             } => {
                 let service = self.interner.service(service);
                 let Some(client) = self.clients.get_mut(&client_id) else {
+                    self.deregistered_absent(&client_id);
                     return Ok(OpOutcome::Unchanged);
                 };
                 let Some(pos) = client.entry(&service).ok() else {
@@ -1149,9 +1150,18 @@ impl Shard {
         let now_ms = self.now.mono_ms;
         let mut unhealthy: Vec<(ClientId, ServiceKey)> = Vec::new();
         let mut expired: Vec<(ClientId, ServiceKey)> = Vec::new();
+        let distro_members = self.distro_members();
         for (id, client) in &self.clients {
-            // Copies of a peer's clients are expired by their owner, not here.
-            if !id.is_heartbeat() || client.replica.is_some() {
+            // Copies of a peer's clients are expired by their owner, not here. So are the
+            // clients we hold for a responsible node that did not answer (a write applied
+            // here while it was unreachable) and those we are handing over: the client
+            // beats one node, not necessarily us, and only the responsible node hears every
+            // beat (they are forwarded to it). Held here, they are handed over as soon as the
+            // responsible node answers or is declared DOWN.
+            if !id.is_heartbeat()
+                || client.replica.is_some()
+                || distro_members.is_some_and(|m| !m.is_mine(id))
+            {
                 continue;
             }
             for entry in &client.publishes {

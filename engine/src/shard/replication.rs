@@ -23,6 +23,9 @@ use crate::distro::{
 };
 use crate::view::Publish;
 
+/// A snapshot request with no chunk at all after this long goes to another peer.
+const FIRST_CHUNK_TIMEOUT_MS: u64 = 1_000;
+
 /// How often the housekeeping tick runs (retries, snapshot progress, leases).
 const TICK_MS: u64 = 200;
 /// Clients per `SliceClients` / `Resync` message.
@@ -307,7 +310,7 @@ impl Shard {
         let responsibility_changed =
             old.candidates() != d.members.candidates() || old.me != d.members.me;
         if responsibility_changed {
-            self.rebalance_heartbeat_clients();
+            self.rebalance_heartbeat_clients(Some(&old));
         }
         self.drive_load();
         self.arm_sync_timer();
@@ -857,6 +860,21 @@ impl Shard {
         self.note_native_change(client, None);
     }
 
+    /// A deregistration of a heartbeat client this node does not hold: it is still loading
+    /// its snapshot, or the client's data has not reached it. No copy older than this may
+    /// bring the client back (the snapshot's, a late sync), and if the client is ours,
+    /// peers drop theirs.
+    pub(super) fn deregistered_absent(&mut self, client: &ClientId) {
+        if !client.is_heartbeat() || self.distro.is_none() {
+            return;
+        }
+        let rev = next_rev(&mut self.clock, self.now.unix_ms);
+        self.remember_removal(client, rev, self.now.mono_ms);
+        if self.members_is_mine(client) {
+            self.note_native_change(client, None);
+        }
+    }
+
     /// Takes over a client held as a replica (it is now ours) and tells every peer.
     pub(super) fn adopt_if_replica(&mut self, client: &ClientId) {
         if self.clients.get(client).is_none_or(|c| c.replica.is_none()) {
@@ -1211,6 +1229,11 @@ impl Shard {
         }
     }
 
+    /// The member view of a clustered shard (`None` standalone).
+    pub(super) fn distro_members(&self) -> Option<&Members> {
+        self.distro.as_ref().map(|d| &d.members)
+    }
+
     fn members_is_mine(&self, client: &ClientId) -> bool {
         self.distro
             .as_ref()
@@ -1294,15 +1317,17 @@ impl Shard {
 
     // ----- membership ------------------------------------------------------------------
 
-    /// After a membership change: heartbeat clients we hold but are no longer responsible
-    /// for become replicas of their new owner; replicas we are now responsible for become
-    /// ours and are announced to every peer (their revision grows, so peers switch owner).
-    fn rebalance_heartbeat_clients(&mut self) {
+    /// After a membership change (from `old`): heartbeat clients we hold but are no longer
+    /// responsible for become replicas of their new owner; replicas we are now responsible
+    /// for become ours and are announced to every peer (their revision grows, so peers
+    /// switch owner).
+    fn rebalance_heartbeat_clients(&mut self, old: Option<&Members>) {
         let Some(d) = self.distro.as_ref() else {
             return;
         };
         let mut demote: Vec<(ClientId, NodeId)> = Vec::new();
         let mut adopt: Vec<ClientId> = Vec::new();
+        let mut now_mine: Vec<ClientId> = Vec::new();
         for (id, c) in &self.clients {
             if !id.is_heartbeat() {
                 continue;
@@ -1310,6 +1335,7 @@ impl Shard {
             let owner = d.members.responsible_for(id).cloned();
             let mine = owner.is_none() || owner == d.members.me;
             match (&c.replica, mine) {
+                (None, true) if old.is_some_and(|o| !o.is_mine(id)) => now_mine.push(id.clone()),
                 (None, false) => {
                     // Handed over only to a member that answers: a SUSPICIOUS owner could
                     // not take it, and the client would be nobody's.
@@ -1355,6 +1381,16 @@ impl Shard {
         for id in adopt {
             self.adopt_if_replica(&id);
         }
+        // Held for another node until now, their beats went there: like a client taken
+        // over, each gets a full beat period before it can expire here.
+        let now_ms = self.now.mono_ms;
+        for id in now_mine {
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.publishes
+                    .iter_mut()
+                    .for_each(|e| e.last_beat_ms = e.last_beat_ms.max(now_ms));
+            }
+        }
     }
 
     // ----- verify ----------------------------------------------------------------------
@@ -1368,7 +1404,7 @@ impl Shard {
         self.set_timer(at, Timer::Verify);
         // A heartbeat client may have become ours by a write routed on an older view; hand
         // back what this node's view gives to another member before vouching for it.
-        self.rebalance_heartbeat_clients();
+        self.rebalance_heartbeat_clients(None);
         let Some(d) = self.distro.as_mut() else {
             return;
         };
@@ -1755,7 +1791,15 @@ impl Shard {
             if load.done {
                 continue;
             }
-            let stalled = now_ms.saturating_sub(load.last_progress_ms) >= timeout;
+            // No first chunk is quick to notice: a peer answers within a tick or two. It
+            // happens when the answer went into a connection the peer still held to this
+            // node's previous process (lost when the new process resets it).
+            let limit = if load.expect_seq == 0 {
+                timeout.min(FIRST_CHUNK_TIMEOUT_MS)
+            } else {
+                timeout
+            };
+            let stalled = now_ms.saturating_sub(load.last_progress_ms) >= limit;
             let source_up = load.source.as_ref().is_some_and(|s| up.contains(s));
             if load.source.is_some() && source_up && !stalled {
                 continue;
@@ -1841,7 +1885,7 @@ impl Shard {
             self.stats.distro.loaded.store(true, Ordering::Relaxed);
             // The snapshot may hold heartbeat clients this node is now responsible for
             // (they moved while it was away): take them over at once.
-            self.rebalance_heartbeat_clients();
+            self.rebalance_heartbeat_clients(None);
         }
     }
 

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use engine::distro::{DistroConfig, Health, Members, NodeId, PeerMsg};
 use engine::shard::{client_shard, conn_id};
 use engine::{
-    ClientId, ClientOp, Command, Host, Instance, Now, ReadIndex, ServiceKey, Shard, ShardConfig,
-    ShardMsg,
+    ClientId, ClientOp, Command, Host, Instance, Metadata, Now, ReadIndex, ServiceKey, Shard,
+    ShardConfig, ShardMsg,
 };
 
 /// Wall-clock origin (unix ms at virtual mono 0).
@@ -76,6 +76,9 @@ pub struct Scenario {
     pub fault_until_ms: u64,
     /// Whether to inject faults at all.
     pub faults: bool,
+    /// Only crashes and restarts (no loss, partitions or skew), a few seconds apart: I3 is
+    /// checked throughout, while crashed nodes are being declared DOWN.
+    pub crashes_only: bool,
     /// Distro settings of every node.
     pub distro: DistroConfig,
 }
@@ -94,7 +97,16 @@ impl Scenario {
             fault_from_ms: 5_000,
             fault_until_ms: 60_000,
             faults: true,
+            crashes_only: false,
             distro: DistroConfig::default(),
+        }
+    }
+
+    /// The standard cluster, where nodes only crash and restart.
+    pub fn crashes() -> Scenario {
+        Scenario {
+            crashes_only: true,
+            ..Scenario::standard()
         }
     }
 }
@@ -110,8 +122,8 @@ struct Node {
     conn_prefix: u64,
     conn_seq: u64,
     members: Members,
-    /// Health of each peer as this node sees it, and since when the link is (un)usable.
-    seen: Vec<(Health, u64)>,
+    /// Health of each peer as this node sees it, since when, and when the link last worked.
+    seen: Vec<(Health, u64, u64)>,
 }
 
 impl Node {
@@ -137,6 +149,10 @@ struct TruthClient {
     node: Option<usize>,
     publishes: BTreeMap<ServiceKey, (Instance, u64)>,
     next_beat_ms: u64,
+    /// HTTP only: the node the client talks to while it is up (the SDKs stick to one server
+    /// and fail over to the next), and its beat period.
+    home: usize,
+    beat_ms: u64,
 }
 
 /// The owner association (node, epoch) and revision a node last showed for a publish.
@@ -190,8 +206,12 @@ pub struct World {
 const VIEW_EVERY_MS: u64 = 100;
 /// A peer is suspicious at once and DOWN after this long unreachable (like the transport).
 const DOWN_AFTER_MS: u64 = 6_000;
+/// A peer whose link stopped working still looks UP this long (the QUIC idle timeout).
+const IDLE_TIMEOUT_MS: u64 = 3_000;
 const CHECK_EVERY_MS: u64 = 250;
 const BEAT_MS: u64 = 5_000;
+/// Beat period of the clients with short preserved timings (timeout 3×, deletion 6×).
+const FAST_BEAT_MS: u64 = 1_000;
 
 impl World {
     pub fn new(seed: u64, scenario: Scenario) -> World {
@@ -258,7 +278,7 @@ impl World {
             conn_prefix: 0,
             conn_seq: 0,
             members: Members::default(),
-            seen: vec![(Health::Down, 0); count],
+            seen: vec![(Health::Down, 0, 0); count],
         }
     }
 
@@ -330,12 +350,18 @@ impl World {
                     continue;
                 }
                 let usable = self.link_usable(i, j);
-                let (health, since) = self.nodes[i].seen[j];
+                let (health, since, last_ok) = self.nodes[i].seen[j];
+                let now = self.now_ms;
+                let last_ok = if usable { now } else { last_ok };
                 let next = match (usable, health) {
                     (true, Health::Up) => (Health::Up, since),
-                    (true, _) => (Health::Up, self.now_ms),
-                    (false, Health::Up) => (Health::Suspicious, self.now_ms),
-                    (false, Health::Suspicious) if self.now_ms - since >= DOWN_AFTER_MS => {
+                    (true, _) => (Health::Up, now),
+                    // A dead link looks alive until the connection's idle timeout: writes
+                    // forwarded meanwhile time out and are applied where they entered.
+                    (false, Health::Up) if now - last_ok >= IDLE_TIMEOUT_MS => {
+                        (Health::Suspicious, now)
+                    }
+                    (false, Health::Suspicious) if now - since >= DOWN_AFTER_MS => {
                         (Health::Down, since)
                     }
                     (false, h) => (h, since),
@@ -343,7 +369,7 @@ impl World {
                 if next.0 != health {
                     changed = true;
                 }
-                self.nodes[i].seen[j] = next;
+                self.nodes[i].seen[j] = (next.0, next.1, last_ok);
             }
             if changed {
                 let members = Members {
@@ -537,7 +563,39 @@ impl World {
         let port = 8000 + (self.rng.below(1000) as u16);
         let mut inst = Instance::new(Host::V4(ip), port, Arc::from("DEFAULT"));
         inst.weight = 1.0 + self.rng.below(5) as f64;
+        if self.next_ip.is_multiple_of(2) {
+            // Short preserved timings (as the chaos harness uses): an instance expires
+            // within the time a dead node takes to be declared DOWN, so who expires it while
+            // its owner is only SUSPICIOUS matters.
+            let fast = Metadata::from_pairs([
+                ("preserved.heart.beat.interval", FAST_BEAT_MS.to_string()),
+                (
+                    "preserved.heart.beat.timeout",
+                    (3 * FAST_BEAT_MS).to_string(),
+                ),
+                (
+                    "preserved.ip.delete.timeout",
+                    (6 * FAST_BEAT_MS).to_string(),
+                ),
+            ])
+            .expect("valid metadata");
+            inst.set_metadata(fast).expect("valid timings");
+        }
         inst
+    }
+
+    /// Where an HTTP client sends its next request: its home node while it is up, else the
+    /// next live node after it (the SDKs' failover); now and then a random node (a client
+    /// behind a load balancer).
+    fn http_entry(&mut self, home: usize, alive: &[usize]) -> usize {
+        if self.rng.chance(0.1) {
+            return alive[self.rng.below(alive.len() as u64) as usize];
+        }
+        let count = self.nodes.len();
+        (0..count)
+            .map(|k| (home + k) % count)
+            .find(|n| alive.contains(n))
+            .unwrap_or(alive[0])
     }
 
     fn apply_op(&mut self, node: usize, client: ClientId, op: ClientOp) {
@@ -649,6 +707,8 @@ impl World {
                 node: Some(node),
                 publishes: BTreeMap::new(),
                 next_beat_ms: u64::MAX,
+                home: node,
+                beat_ms: 0,
             };
             for _ in 0..self.rng.range(1, 3) {
                 let service =
@@ -711,11 +771,19 @@ impl World {
             let client = ClientId::for_address(&instance.host, instance.port);
             let service =
                 self.services[self.rng.below(self.services.len() as u64) as usize].clone();
-            let entry = alive[self.rng.below(alive.len() as u64) as usize];
+            let home = self.rng.below(self.nodes.len() as u64) as usize;
+            let entry = self.http_entry(home, &alive);
+            let beat_ms = if instance.timing().interval_ms == FAST_BEAT_MS as u32 {
+                FAST_BEAT_MS
+            } else {
+                BEAT_MS
+            };
             let mut truth = TruthClient {
                 node: None,
                 publishes: BTreeMap::new(),
-                next_beat_ms: self.now_ms + BEAT_MS,
+                next_beat_ms: self.now_ms + beat_ms,
+                home,
+                beat_ms,
             };
             truth
                 .publishes
@@ -761,7 +829,8 @@ impl World {
         }
     }
 
-    /// HTTP clients beat through a random node; a beat re-registers an unknown instance.
+    /// HTTP clients beat through their home node (or the next live one); a beat re-registers
+    /// an unknown instance.
     fn beats(&mut self) {
         let alive = self.alive_nodes();
         if alive.is_empty() {
@@ -774,11 +843,14 @@ impl World {
             .map(|(c, _)| c.clone())
             .collect();
         for client in due {
-            let entry = alive[self.rng.below(alive.len() as u64) as usize];
+            let Some(home) = self.truth.get(&client).map(|t| t.home) else {
+                continue;
+            };
+            let entry = self.http_entry(home, &alive);
             let Some(t) = self.truth.get_mut(&client) else {
                 continue;
             };
-            t.next_beat_ms = self.now_ms + BEAT_MS;
+            t.next_beat_ms = self.now_ms + t.beat_ms;
             let Some((service, (inst, _))) = t
                 .publishes
                 .iter()
@@ -831,14 +903,9 @@ impl World {
                 self.blocked.clear();
                 self.say("network heals".into());
             }
-            70..=79
-                if !self.scenario.late.contains(&a) || self.now_ms >= self.scenario.join_at_ms =>
-            {
-                if self.nodes[a].alive {
-                    self.crash_node(a);
-                } else {
-                    self.start_node(a);
-                }
+            70..=79 => {
+                self.crash_or_restart();
+                return;
             }
             80..=84 => {
                 // Clock skew: the wall clock of a node jumps (it only feeds revisions and
@@ -850,6 +917,23 @@ impl World {
             _ => {}
         }
         self.last_disturbance_ms = self.now_ms;
+    }
+
+    /// Crashes a running node or restarts a crashed one. Not a disturbance of the network:
+    /// I3 keeps being checked while a crashed node is being declared DOWN and its clients
+    /// move (a restarted node is judged once it has run for a grace period, and the others
+    /// once they have seen it UP for one).
+    fn crash_or_restart(&mut self) {
+        let count = self.nodes.len();
+        let a = self.rng.below(count as u64) as usize;
+        if self.scenario.late.contains(&a) && self.now_ms < self.scenario.join_at_ms {
+            return;
+        }
+        if self.nodes[a].alive {
+            self.crash_node(a);
+        } else {
+            self.start_node(a);
+        }
     }
 
     fn heal(&mut self) {
@@ -895,7 +979,11 @@ impl World {
                 let in_faults = self.scenario.faults
                     && self.now_ms >= self.scenario.fault_from_ms
                     && self.now_ms < self.scenario.fault_until_ms;
-                if in_faults && self.rng.chance(0.08) {
+                if in_faults && self.scenario.crashes_only {
+                    if self.rng.chance(0.02) {
+                        self.crash_or_restart();
+                    }
+                } else if in_faults && self.rng.chance(0.08) {
                     self.random_fault();
                 }
                 if !self.healed && self.now_ms >= self.scenario.fault_until_ms {
@@ -1026,7 +1114,7 @@ impl World {
             // may still be SUSPICIOUS for some and DOWN for others: their heartbeat clients
             // move meanwhile, and must stay visible while they do.
             let calm_cluster = (0..nodes.len()).filter(|k| nodes[*k].alive).all(|k| {
-                nodes[k].seen.iter().enumerate().all(|(j, (h, since))| {
+                nodes[k].seen.iter().enumerate().all(|(j, (h, since, _))| {
                     j == k || !nodes[j].alive || (*h == Health::Up && since + grace <= now)
                 })
             });
@@ -1048,7 +1136,8 @@ impl World {
             if !missing.is_empty() {
                 let text = format!("I3: node {i} misses");
                 if !self.violations.iter().any(|v| v.starts_with(&text)) {
-                    self.log.push(format!("I3 at node {i}:"));
+                    self.log
+                        .push(format!("I3 at node {i} at {} ms:", self.now_ms));
                     self.describe(&missing);
                 }
                 if self.violations.iter().any(|v| v.starts_with(&text)) {

@@ -40,6 +40,9 @@ pub struct TlsMode {
     insecure: bool,
     server: Arc<QuicServerConfig>,
     client: Arc<QuicClientConfig>,
+    /// Secret that outlives a restart (derived from the node key): see
+    /// [`TlsMode::reset_secret`].
+    reset_secret: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for TlsMode {
@@ -125,6 +128,14 @@ impl TlsMode {
         let chain = certs_from_pem(cert_pem, "node certificate")?;
         let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|e| format!("node key: not a PEM private key: {e}"))?;
+        let reset_secret = {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(b"nacelle quic stateless reset v1\0");
+            ctx.update(key.secret_der());
+            let mut secret = [0u8; 32];
+            secret.copy_from_slice(ctx.finish().as_ref());
+            secret
+        };
         let mut roots = RootCertStore::empty();
         for ca in certs_from_pem(ca_pem, "CA certificate")? {
             roots
@@ -150,7 +161,9 @@ impl TlsMode {
             .with_client_auth_cert(chain, key)
             .map_err(|e| format!("node certificate and key do not fit together: {e}"))?;
         client.alpn_protocols = vec![ALPN.to_vec()];
-        Self::wrap(false, server, client)
+        let mut mode = Self::wrap(false, server, client)?;
+        mode.reset_secret = Some(reset_secret);
+        Ok(mode)
     }
 
     /// Encrypted but unauthenticated: a fresh self-signed certificate, no client certificates,
@@ -199,7 +212,17 @@ impl TlsMode {
             client: Arc::new(
                 QuicClientConfig::try_from(client).map_err(|e| format!("QUIC client TLS: {e}"))?,
             ),
+            reset_secret: None,
         })
+    }
+
+    /// A secret for QUIC stateless-reset tokens that is the same after a restart: the new
+    /// process can then reset the connections its peers still hold to the old one, and they
+    /// redial at once instead of writing into a dead connection until its idle timeout (their
+    /// frames to it lost meanwhile). Derived from the node key; `None` in insecure mode,
+    /// where there is no secret to derive it from.
+    pub fn reset_secret(&self) -> Option<[u8; 32]> {
+        self.reset_secret
     }
 
     /// Whether peers go unauthenticated.

@@ -89,6 +89,9 @@ const TAIL_TARGET: usize = 64 * 1024;
 const CLOSE_NORMAL: u32 = 0;
 const CLOSE_FRAME_TOO_LARGE: u32 = 1;
 const CLOSE_DIAL_TIMEOUT: u32 = 2;
+/// A dial unanswered for this long is replaced when the peer dials us (see `on_incoming`);
+/// a handshake on a live link completes well within it.
+const FRESH_DIAL: Duration = Duration::from_millis(300);
 const CLOSE_STREAM_STOPPED: u32 = 3;
 
 /// Settings of a [`Transport`]; [`TransportConfig::new`] fills in the defaults.
@@ -492,8 +495,27 @@ impl Transport {
             .local_addr()
             .map_err(|e| format!("peer transport: local address: {e}"))?;
         let (server, client_config) = quic_configs(&cfg)?;
+        // The reset key must survive a restart (see `TlsMode::reset_secret`). Without a
+        // node key (insecure mode), it is derived from the node's address: as guessable as
+        // everything else in that mode.
+        let secret = cfg.tls.reset_secret().unwrap_or_else(|| {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(b"nacelle insecure quic stateless reset v1\0");
+            ctx.update(local.to_string().as_bytes());
+            let mut s = [0u8; 32];
+            s.copy_from_slice(ctx.finish().as_ref());
+            s
+        });
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+        let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
+        // Connection ids carry a check derived from this key; with a random one the new
+        // process would drop the old connections' packets as invalid instead of resetting.
+        let cid_key = u64::from_le_bytes(secret[..8].try_into().unwrap_or([0; 8]));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = Endpoint::new(
-            Arc::new(EndpointConfig::default()),
+            Arc::new(endpoint_config),
             Some(Arc::new(server)),
             true,
             None,
@@ -870,9 +892,28 @@ impl Inner {
                 debug!(%remote, "peer transport: incoming connection");
                 // A peer dialing us is back (a restart): dial it now rather than when our
                 // backoff says, so that our frames to it (its snapshot answers, acks) do not
-                // wait for up to `backoff_max`.
+                // wait for up to `backoff_max`. A dial of ours still unanswered went to the
+                // dead process and would only succeed at its next Initial retransmission
+                // (a second or more): replace it. Until we see the peer UP, our view and
+                // the view of peers that already do disagree about who is responsible for
+                // its heartbeat clients, so this window should be as short as a round trip.
                 let min = self.cfg.backoff_min;
+                // A dial younger than `FRESH_DIAL` is left alone: nodes starting together dial
+                // each other at once, and replacing fresh dials would ping-pong forever.
+                let stale_dial = self.peers.get(&remote).and_then(|p| {
+                    let ch = p.conn?;
+                    let pending = p.stream.is_none()
+                        && now.saturating_duration_since(p.dial_started) >= FRESH_DIAL
+                        && self.conns.get(&ch).is_some_and(|c| !c.connected);
+                    pending.then_some(ch)
+                });
+                if let Some(old) = stale_dial {
+                    self.close_conn(old, now, CLOSE_DIAL_TIMEOUT, "superseded dial");
+                }
                 if let Some(p) = self.peers.get_mut(&remote) {
+                    if stale_dial.is_some() {
+                        p.conn = None;
+                    }
                     if p.conn.is_none() && p.next_dial > now {
                         p.next_dial = now;
                         p.backoff = min;
