@@ -66,6 +66,8 @@ pub struct ClusterStats {
     pub forward_fallbacks: AtomicU64,
     /// Deregistrations that waited for a SUSPICIOUS owner before being routed.
     pub deferred_deregistrations: AtomicU64,
+    /// HTTP writes routed through another member because the owner was SUSPICIOUS to us.
+    pub detours: AtomicU64,
     /// Health of each member (index as in `members_now`): 0 up, 1 suspicious, 2 down.
     pub health: std::sync::Mutex<Vec<(String, u8)>>,
     /// Bytes of verify digests sent (the `Digest` frames).

@@ -515,6 +515,21 @@ impl Core {
             .any(|(n, h)| n == node && *h == engine::distro::Health::Suspicious)
     }
 
+    /// An UP member (other than the owner) to route a write through when the owner of
+    /// heartbeat client `client` is SUSPICIOUS to us.
+    fn detour(&self, client: &ClientId) -> Option<NodeId> {
+        if !self.responsible_is_suspicious(client) {
+            return None;
+        }
+        self.members
+            .peers
+            .iter()
+            .filter(|(_, h)| *h == engine::distro::Health::Up)
+            .map(|(n, _)| n)
+            .min()
+            .cloned()
+    }
+
     /// A deregistration whose owner is SUSPICIOUS waits (up to `DEREGISTER_PATIENCE`) for
     /// it to answer again or be declared DOWN before it is routed. Applied here at once, it
     /// would be lost: a register or beat applied here leaves a client to hand back to the
@@ -719,6 +734,17 @@ impl Core {
         if let Some(node) = self.next_hop(&client) {
             self.relay_beat(&client, &op);
             return Ok(self.forward(node, client, op));
+        }
+        // Our link to the owner failed, but another member may still reach it (a one-way
+        // partition): the write goes through that member, which forwards it on by its own
+        // view or applies it if it cannot reach the owner either. Applied here, the owner
+        // would stop hearing the client's beats and expire a live instance.
+        if let Some(via) = self.detour(&client) {
+            self.relay_beat(&client, &op);
+            if let Some(info) = &self.shared.cluster {
+                info.stats.detours.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(self.forward(via, client, op));
         }
         let owner = client_shard(&client, self.n);
         self.admit(owner)?;

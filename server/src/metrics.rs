@@ -275,7 +275,12 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
         );
     }
     let st = &info.stats;
-    let peer: [(&str, &str, &AtomicU64); 10] = [
+    let peer: [(&str, &str, &AtomicU64); 11] = [
+        (
+            "nacelle_peer_forward_detours_total",
+            "HTTP writes routed through another member because the responsible node was SUSPICIOUS.",
+            &st.detours,
+        ),
         (
             "nacelle_peer_forward_fallbacks_total",
             "Forwarded writes applied locally because the responsible node did not answer in time.",

@@ -726,7 +726,25 @@ impl Shard {
         let takes_over = client.is_heartbeat() && responsible.as_ref() == Some(origin);
         match self.clients.get(client) {
             None => {
-                if d.dropped.get(client).is_some_and(|(min, _)| rev < *min) {
+                let removed = d.dropped.get(client);
+                if removed.is_some_and(|(min, _)| rev < *min) {
+                    bump(&self.stats.distro.stale, 1);
+                    return false;
+                }
+                // A heartbeat client removed here within a lease comes back only through
+                // the member our view makes responsible, while we can hear it. Another node
+                // that took it over from a stale copy (it declared the owner DOWN, we did
+                // not) restamps it with fresh revisions, which would pass the memory: a dead
+                // instance would come back for a whole heartbeat timeout. (A SUSPICIOUS
+                // owner's stand-ins are heard: their copies are the live ones.)
+                let authority_heard = responsible.as_ref().is_some_and(|r| {
+                    d.members.me.as_ref() == Some(r)
+                        || d.members
+                            .peers
+                            .iter()
+                            .any(|(n, h)| n == r && *h == Health::Up)
+                });
+                if client.is_heartbeat() && removed.is_some() && !takes_over && authority_heard {
                     bump(&self.stats.distro.stale, 1);
                     return false;
                 }
