@@ -639,6 +639,10 @@ class Ctx:
     def restart(self, i):
         self.world.node_down(i)
         self.nodes[i].start()
+        # Its peers connect to it (and hand its clients back) before it reports UP: the heal
+        # that re-homes heartbeat clients starts now.
+        with self.world.lock:
+            self.world.heals.append(time.time())
 
     def wait_up(self, i, limit=60):
         end = time.time() + limit

@@ -92,9 +92,6 @@ const CLOSE_DIAL_TIMEOUT: u32 = 2;
 /// A dial unanswered for this long is replaced when the peer dials us (see `on_incoming`);
 /// a handshake on a live link completes well within it.
 const FRESH_DIAL: Duration = Duration::from_millis(300);
-/// How long a younger dial may still take once the peer has dialed us (a handshake with a
-/// live peer completes within a round trip).
-const SUPERSEDE_AFTER: Duration = Duration::from_millis(150);
 const CLOSE_STREAM_STOPPED: u32 = 3;
 
 /// Settings of a [`Transport`]; [`TransportConfig::new`] fills in the defaults.
@@ -366,9 +363,6 @@ struct Peer {
     /// Our uni stream on `conn`; `Some` exactly when Up.
     stream: Option<StreamId>,
     dial_started: Instant,
-    /// When the peer dialed us while our dial was still young and unanswered: if ours is
-    /// still unanswered `SUPERSEDE_AFTER` later, it went to a dead process (see `on_incoming`).
-    dialed_by_peer: Option<Instant>,
     next_dial: Instant,
     backoff: Duration,
     failures: u32,
@@ -388,7 +382,6 @@ impl Peer {
             conn: None,
             stream: None,
             dial_started: now,
-            dialed_by_peer: None,
             next_dial: now,
             backoff,
             failures: 0,
@@ -905,25 +898,15 @@ impl Inner {
                 // the view of peers that already do disagree about who is responsible for
                 // its heartbeat clients, so this window should be as short as a round trip.
                 let min = self.cfg.backoff_min;
-                // A younger dial gets `SUPERSEDE_AFTER` to complete first: nodes starting
-                // together dial each other at once, and replacing those dials on sight would
-                // ping-pong forever.
-                let pending_dial = self.peers.get(&remote).and_then(|p| {
+                // A dial younger than `FRESH_DIAL` is left alone: nodes starting together dial
+                // each other at once, and replacing fresh dials would ping-pong forever.
+                let stale_dial = self.peers.get(&remote).and_then(|p| {
                     let ch = p.conn?;
-                    let pending =
-                        p.stream.is_none() && self.conns.get(&ch).is_some_and(|c| !c.connected);
-                    pending.then_some((ch, now.saturating_duration_since(p.dial_started)))
+                    let pending = p.stream.is_none()
+                        && now.saturating_duration_since(p.dial_started) >= FRESH_DIAL
+                        && self.conns.get(&ch).is_some_and(|c| !c.connected);
+                    pending.then_some(ch)
                 });
-                let stale_dial = match pending_dial {
-                    Some((ch, age)) if age >= FRESH_DIAL => Some(ch),
-                    Some(_) => {
-                        if let Some(p) = self.peers.get_mut(&remote) {
-                            p.dialed_by_peer = Some(now);
-                        }
-                        None
-                    }
-                    None => None,
-                };
                 if let Some(old) = stale_dial {
                     self.close_conn(old, now, CLOSE_DIAL_TIMEOUT, "superseded dial");
                 }
@@ -1273,20 +1256,7 @@ impl Inner {
             return;
         }
         if let Some(ch) = peer.conn {
-            let superseded = peer
-                .dialed_by_peer
-                .is_some_and(|t| now >= t + SUPERSEDE_AFTER);
-            if superseded {
-                // Not a failure of the peer: it is there, it just dialed us.
-                self.close_conn(ch, now, CLOSE_DIAL_TIMEOUT, "superseded dial");
-                let min = self.cfg.backoff_min;
-                if let Some(p) = self.peers.get_mut(&addr) {
-                    p.conn = None;
-                    p.dialed_by_peer = None;
-                    p.next_dial = now;
-                    p.backoff = min;
-                }
-            } else if now >= peer.dial_started + self.cfg.dial_timeout {
+            if now >= peer.dial_started + self.cfg.dial_timeout {
                 self.close_conn(ch, now, CLOSE_DIAL_TIMEOUT, "dial timeout");
                 self.on_conn_gone(addr, now, "dial timeout");
             }
@@ -1329,7 +1299,6 @@ impl Inner {
                 if let Some(p) = self.peers.get_mut(&addr) {
                     p.conn = Some(ch);
                     p.dial_started = now;
-                    p.dialed_by_peer = None;
                 }
                 self.dirty.push(ch);
             }
@@ -1366,12 +1335,7 @@ impl Inner {
                 continue;
             }
             match p.conn {
-                Some(_) => {
-                    at(p.dial_started + self.cfg.dial_timeout);
-                    if let Some(t) = p.dialed_by_peer {
-                        at(t + SUPERSEDE_AFTER);
-                    }
-                }
+                Some(_) => at(p.dial_started + self.cfg.dial_timeout),
                 None => at(p.next_dial),
             }
             if p.health != Health::Down {
