@@ -40,7 +40,7 @@ step "official SDKs against a 3-node cluster (suites on node 2; test_cluster.py 
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle-cluster
 
 # The fault scenarios of perf/chaos that pass reliably (shorter faults with --quick, about 3.5
-# min). Not `asymmetric`: it loses no live instance, but in about 2 of 7 runs a silently dead
+# min). Not `asymmetric`: it loses no live instance, but in 2 of 5 runs a silently dead
 # instance reappears for up to one heartbeat timeout (perf/chaos/README.md, findings). Needs
 # root for network namespaces; where that is impossible chaos.py exits 2 and this says so.
 step "fault injection: 3 nodes in network namespaces (perf/chaos --quick: partition, isolation, kill -9, kill during load, SIGSTOP, rolling restart, loss, delay/reorder/dup)"

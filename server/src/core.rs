@@ -486,9 +486,9 @@ impl Core {
         self.schedule_flush();
     }
 
-    /// The UP member other than us that our view makes responsible for heartbeat client
-    /// `client`, if any.
-    fn next_hop(&self, client: &ClientId) -> Option<NodeId> {
+    /// The member other than us that our view makes responsible for heartbeat client
+    /// `client`, and its health as we see it.
+    fn responsible_peer(&self, client: &ClientId) -> Option<(NodeId, engine::distro::Health)> {
         if !client.is_heartbeat() || !self.members.is_cluster() || self.members.is_mine(client) {
             return None;
         }
@@ -496,23 +496,23 @@ impl Core {
         self.members
             .peers
             .iter()
-            .any(|(n, h)| n == node && *h == engine::distro::Health::Up)
-            .then(|| node.clone())
+            .find(|(n, _)| n == node)
+            .map(|(n, h)| (n.clone(), *h))
+    }
+
+    /// The UP member other than us that our view makes responsible for heartbeat client
+    /// `client`, if any.
+    fn next_hop(&self, client: &ClientId) -> Option<NodeId> {
+        self.responsible_peer(client)
+            .filter(|(_, h)| *h == engine::distro::Health::Up)
+            .map(|(n, _)| n)
     }
 
     /// Whether the member our view makes responsible for heartbeat client `client` is
     /// another one, and SUSPICIOUS (its link just failed: a restart or a blip).
     fn responsible_is_suspicious(&self, client: &ClientId) -> bool {
-        if !client.is_heartbeat() || !self.members.is_cluster() || self.members.is_mine(client) {
-            return false;
-        }
-        let Some(node) = self.members.responsible_for(client) else {
-            return false;
-        };
-        self.members
-            .peers
-            .iter()
-            .any(|(n, h)| n == node && *h == engine::distro::Health::Suspicious)
+        self.responsible_peer(client)
+            .is_some_and(|(_, h)| h == engine::distro::Health::Suspicious)
     }
 
     /// An UP member (other than the owner) to route a write through when the owner of

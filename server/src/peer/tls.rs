@@ -71,6 +71,16 @@ fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
+/// SHA-256 of `label` then `data`: a 32-byte secret bound to its purpose.
+pub fn derive_secret(label: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(label);
+    ctx.update(data);
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(ctx.finish().as_ref());
+    secret
+}
+
 impl TlsMode {
     /// Resolves the TLS flags of a clustered node: all three of `cert`, `key`, `ca` (mutual TLS),
     /// or `insecure` alone.
@@ -128,14 +138,7 @@ impl TlsMode {
         let chain = certs_from_pem(cert_pem, "node certificate")?;
         let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|e| format!("node key: not a PEM private key: {e}"))?;
-        let reset_secret = {
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            ctx.update(b"nacelle quic stateless reset v1\0");
-            ctx.update(key.secret_der());
-            let mut secret = [0u8; 32];
-            secret.copy_from_slice(ctx.finish().as_ref());
-            secret
-        };
+        let reset_secret = derive_secret(b"nacelle quic stateless reset v1\0", key.secret_der());
         let mut roots = RootCertStore::empty();
         for ca in certs_from_pem(ca_pem, "CA certificate")? {
             roots

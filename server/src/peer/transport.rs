@@ -89,10 +89,11 @@ const TAIL_TARGET: usize = 64 * 1024;
 const CLOSE_NORMAL: u32 = 0;
 const CLOSE_FRAME_TOO_LARGE: u32 = 1;
 const CLOSE_DIAL_TIMEOUT: u32 = 2;
+const CLOSE_STREAM_STOPPED: u32 = 3;
+
 /// A dial unanswered for this long is replaced when the peer dials us (see `on_incoming`);
 /// a handshake on a live link completes well within it.
 const FRESH_DIAL: Duration = Duration::from_millis(300);
-const CLOSE_STREAM_STOPPED: u32 = 3;
 
 /// Settings of a [`Transport`]; [`TransportConfig::new`] fills in the defaults.
 #[derive(Clone, Debug)]
@@ -499,12 +500,10 @@ impl Transport {
         // node key (insecure mode), it is derived from the node's address: as guessable as
         // everything else in that mode.
         let secret = cfg.tls.reset_secret().unwrap_or_else(|| {
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            ctx.update(b"nacelle insecure quic stateless reset v1\0");
-            ctx.update(local.to_string().as_bytes());
-            let mut s = [0u8; 32];
-            s.copy_from_slice(ctx.finish().as_ref());
-            s
+            super::tls::derive_secret(
+                b"nacelle insecure quic stateless reset v1\0",
+                local.to_string().as_bytes(),
+            )
         });
         let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
         let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
