@@ -7,7 +7,7 @@
 # Steps: formatting, clippy (-D warnings), unit + property + socket tests (release build,
 # shared with the server binary), criterion benches in test mode (one iteration each), and the
 # official-SDK conformance suites against a freshly started nacelle, then against node 2 of a
-# 3-node cluster, then the fault-injection scenarios that pass reliably (root; perf/chaos/).
+# 3-node cluster, then every fault-injection scenario (root; perf/chaos/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==== %s ====\n' "$*"; }
@@ -39,14 +39,12 @@ NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
 step "official SDKs against a 3-node cluster (suites on node 2; test_cluster.py writes on one node, reads on the others)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle-cluster
 
-# The fault scenarios of perf/chaos that pass reliably (shorter faults with --quick, about 3.5
-# min). Not `asymmetric`: it loses no live instance, but in 2 of 5 runs a silently dead
-# instance reappears for up to one heartbeat timeout (perf/chaos/README.md, findings). Needs
-# root for network namespaces; where that is impossible chaos.py exits 2 and this says so.
-step "fault injection: 3 nodes in network namespaces (perf/chaos --quick: partition, isolation, kill -9, kill during load, SIGSTOP, rolling restart, loss, delay/reorder/dup)"
+# Every fault scenario of perf/chaos, with shorter faults (--quick, about 3.5 min). Needs root
+# for network namespaces; where that is impossible chaos.py exits 2 and this says so.
+step "fault injection: 3 nodes in network namespaces (perf/chaos --quick: partition, one-way partition, isolation, kill -9, kill during load, SIGSTOP, rolling restart, loss, delay/reorder/dup)"
 chaos_rc=0
-python3 perf/chaos/chaos.py --quick partition isolate kill kill-during-load pause rolling-restart \
-  loss delay-reorder-dup --out "${TMPDIR:-/tmp}/nacelle-chaos-ci.json" || chaos_rc=$?
+python3 perf/chaos/chaos.py --quick partition asymmetric isolate kill kill-during-load pause \
+  rolling-restart loss delay-reorder-dup --out "${TMPDIR:-/tmp}/nacelle-chaos-ci.json" || chaos_rc=$?
 if [ "$chaos_rc" -eq 2 ]; then
   echo "!!!! FAULT-INJECTION SCENARIOS NOT RUN: this machine cannot run them (reason above) !!!!" >&2
 elif [ "$chaos_rc" -ne 0 ]; then

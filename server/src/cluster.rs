@@ -29,6 +29,77 @@ use crate::peer::members::{find_self, read_cluster_conf, Member};
 use crate::peer::transport::{self, Event, Transport, TransportConfig};
 use crate::peer::{ClusterConfWatcher, TlsMode};
 
+/// How often a node tells each member it reaches which members it reaches
+/// ([`Frame::Reachable`]).
+const REACHABLE_EVERY: Duration = Duration::from_millis(500);
+/// How long such a report vouches for the members it lists: several reports, so that a lost
+/// frame or two change nothing, and no longer than the idle timeout that would end the
+/// reporter's own connection to a dead member.
+const REACHABLE_FRESH: Duration = Duration::from_secs(3);
+
+/// The membership as the shards see it, and which members only another member vouches for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberView {
+    /// This node and each peer's health.
+    pub members: Members,
+    /// Members this node cannot reach but another member it reaches does, each with one
+    /// such member (reported SUSPICIOUS in `members`, and writes for them go through it).
+    pub vouched: Vec<(NodeId, NodeId)>,
+}
+
+/// The membership view from our own links' `health` and the peers' `reports` of whom they
+/// reach.
+///
+/// Indirect reachability: a peer that is DOWN on our own link but that a member we reach
+/// (UP) has reported reaching within [`REACHABLE_FRESH`] is alive, only not reachable from
+/// here (a one-way or partial partition). It stays SUSPICIOUS, so it keeps its clients on
+/// every node: without this, this node would take over the clients of a member the others
+/// still see UP, hold a dead client it took over from a stale copy for a whole beat period,
+/// and hand it back when the partition heals (the chaos harness's asymmetric scenario).
+/// Reports are not passed on: a member is vouched for only by one that reaches it itself, so
+/// a dead member cannot be kept alive by hearsay.
+fn member_view(
+    me: &NodeId,
+    health: &HashMap<NodeId, Health>,
+    reports: &HashMap<NodeId, (Vec<NodeId>, std::time::Instant)>,
+    now: std::time::Instant,
+) -> MemberView {
+    let mut vouched = Vec::new();
+    let mut peers: Vec<(NodeId, Health)> = health
+        .iter()
+        .map(|(n, h)| {
+            if *h != Health::Down {
+                return (n.clone(), *h);
+            }
+            let voucher = reports
+                .iter()
+                .filter(|(v, (up, at))| {
+                    health.get(*v) == Some(&Health::Up)
+                        && now.saturating_duration_since(*at) <= REACHABLE_FRESH
+                        && up.contains(n)
+                })
+                .map(|(v, _)| v)
+                .min();
+            match voucher {
+                Some(v) => {
+                    vouched.push((n.clone(), v.clone()));
+                    (n.clone(), Health::Suspicious)
+                }
+                None => (n.clone(), Health::Down),
+            }
+        })
+        .collect();
+    peers.sort();
+    vouched.sort();
+    MemberView {
+        members: Members {
+            me: Some(me.clone()),
+            peers,
+        },
+        vouched,
+    }
+}
+
 /// The resolved cluster setup, shared by every core.
 pub struct ClusterInfo {
     /// This node.
@@ -68,6 +139,8 @@ pub struct ClusterStats {
     pub deferred_deregistrations: AtomicU64,
     /// HTTP writes routed through another member because the owner was SUSPICIOUS to us.
     pub detours: AtomicU64,
+    /// Members DOWN on this node's own links but reachable through another member.
+    pub vouched: AtomicU64,
     /// Health of each member (index as in `members_now`): 0 up, 1 suspicious, 2 down.
     pub health: std::sync::Mutex<Vec<(String, u8)>>,
     /// Bytes of verify digests sent (the `Digest` frames).
@@ -138,7 +211,12 @@ pub struct PeerIo {
     by_node: HashMap<NodeId, SocketAddr>,
     members: Vec<Member>,
     me: NodeId,
+    /// Each peer's health on our own link to it.
     health: HashMap<NodeId, Health>,
+    /// What each peer last said it reaches, and when.
+    reports: HashMap<NodeId, (Vec<NodeId>, std::time::Instant)>,
+    /// The view the cores have.
+    published: Option<MemberView>,
     info: Arc<ClusterInfo>,
 }
 
@@ -182,6 +260,7 @@ impl PeerIo {
             }
         }
         self.health.retain(|n, _| self.by_node.contains_key(n));
+        self.reports.retain(|n, _| self.by_node.contains_key(n));
         for n in self.by_node.keys() {
             self.health.entry(n.clone()).or_insert(Health::Suspicious);
         }
@@ -189,21 +268,74 @@ impl PeerIo {
         self.transport.set_peers(addrs);
     }
 
-    /// The membership view: this node and each peer's health.
-    pub fn view(&self) -> Members {
-        let mut peers: Vec<(NodeId, Health)> =
-            self.health.iter().map(|(n, h)| (n.clone(), *h)).collect();
-        peers.sort();
-        Members {
-            me: Some(self.me.clone()),
-            peers,
-        }
+    /// The membership view: this node and each peer's health (see [`member_view`]).
+    pub fn view(&self) -> MemberView {
+        member_view(
+            &self.me,
+            &self.health,
+            &self.reports,
+            std::time::Instant::now(),
+        )
     }
 
-    fn publish_health(&self) {
+    /// The view, if it differs from the one the cores have (then they get it).
+    fn changed_view(&mut self) -> Option<MemberView> {
+        let view = self.view();
+        if self.published.as_ref() == Some(&view) {
+            return None;
+        }
+        let was = self
+            .published
+            .as_ref()
+            .map(|v| v.vouched.clone())
+            .unwrap_or_default();
+        for (n, v) in &view.vouched {
+            if !was.iter().any(|(m, _)| m == n) {
+                info!(member = %n, via = %v, "member unreachable from here but reachable through another member: kept SUSPICIOUS");
+            }
+        }
+        for (n, _) in &was {
+            if !view.vouched.iter().any(|(m, _)| m == n) {
+                info!(member = %n, "member no longer vouched for");
+            }
+        }
+        self.info
+            .stats
+            .vouched
+            .store(view.vouched.len() as u64, Ordering::Relaxed);
+        self.published = Some(view.clone());
+        self.publish_health(&view);
+        Some(view)
+    }
+
+    /// The first view, which the caller gives the cores.
+    pub fn initial_view(&mut self) -> MemberView {
+        self.changed_view();
+        self.view()
+    }
+
+    /// Peer `from` reports the members it reaches; the new view if that changes it.
+    pub fn record_reachable(&mut self, from: NodeId, up: Vec<NodeId>) -> Option<MemberView> {
+        self.reports.insert(from, (up, std::time::Instant::now()));
+        self.changed_view()
+    }
+
+    /// The members our own links reach (what we report to them).
+    fn reachable(&self) -> Vec<NodeId> {
+        let mut up: Vec<NodeId> = self
+            .health
+            .iter()
+            .filter(|(_, h)| **h == Health::Up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        up.sort();
+        up
+    }
+
+    fn publish_health(&self, view: &MemberView) {
         if let Ok(mut h) = self.info.stats.health.lock() {
-            *h = self
-                .view()
+            *h = view
+                .members
                 .peers
                 .iter()
                 .map(|(n, h)| {
@@ -233,6 +365,8 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
         members: Vec::new(),
         me: info.me.clone(),
         health: HashMap::new(),
+        reports: HashMap::new(),
+        published: None,
         info: info.clone(),
     };
     io.set_members(info.members.clone());
@@ -243,8 +377,28 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
         insecure = info.tls.is_insecure(),
         "cluster peer transport started"
     );
-    io.publish_health();
     let io = Rc::new(std::cell::RefCell::new(io));
+
+    // Tell every member we reach whom we reach, and let reports that went stale expire.
+    let reporter = io.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(REACHABLE_EVERY).await;
+            let view = {
+                let mut io = reporter.borrow_mut();
+                let up = io.reachable();
+                let body = encode_body(&Frame::Reachable { up: up.clone() });
+                for n in &up {
+                    io.send(n, body.clone());
+                }
+                io.changed_view()
+            };
+            if let Some(view) = view {
+                with_core(|c| c.broadcast_members(view));
+            }
+        }
+    })
+    .detach();
 
     let events = io.clone();
     glommio::spawn_local(async move {
@@ -253,14 +407,22 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
             let event = transport.recv().await;
             match event {
                 Event::Frame { from, body } => {
-                    let node = events.borrow().by_addr.get(&from).cloned();
-                    let stats = &events.borrow().info.stats;
-                    stats.frames_received.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .bytes_received
-                        .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+                    // The borrow ends before the core runs: routing may record a
+                    // `Reachable` report in this same `PeerIo`.
+                    let node = {
+                        let io = events.borrow();
+                        let stats = &io.info.stats;
+                        stats.frames_received.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .bytes_received
+                            .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+                        let node = io.by_addr.get(&from).cloned();
+                        if node.is_none() {
+                            stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        node
+                    };
                     let Some(node) = node else {
-                        stats.frames_refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
                     with_core(|c| c.route_peer_frame(node, body));
@@ -277,10 +439,11 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                         }
                         info!(member = %node, health = ?h, "member health changed");
                         io.health.insert(node, h);
-                        io.publish_health();
-                        io.view()
+                        io.changed_view()
                     };
-                    with_core(|c| c.broadcast_members(view));
+                    if let Some(view) = view {
+                        with_core(|c| c.broadcast_members(view));
+                    }
                 }
             }
             glommio::yield_if_needed().await;
@@ -313,13 +476,79 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                         continue;
                     }
                     io.set_members(members);
-                    io.publish_health();
-                    io.view()
+                    io.changed_view()
                 };
-                with_core(|c| c.broadcast_members(view));
+                if let Some(view) = view {
+                    with_core(|c| c.broadcast_members(view));
+                }
             }
         })
         .detach();
     }
     Ok(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn n(i: u8) -> NodeId {
+        NodeId::new(&format!("10.0.0.{i}:8848"))
+    }
+
+    fn health_of(view: &MemberView, node: &NodeId) -> Health {
+        view.members
+            .peers
+            .iter()
+            .find(|(m, _)| m == node)
+            .map(|(_, h)| *h)
+            .expect("member in view")
+    }
+
+    #[test]
+    fn a_member_only_unreachable_from_here_stays_suspicious() {
+        let t0 = Instant::now();
+        let health = HashMap::from([(n(2), Health::Down), (n(3), Health::Up)]);
+        // Nobody vouches: DOWN.
+        let view = member_view(&n(1), &health, &HashMap::new(), t0);
+        assert_eq!(health_of(&view, &n(2)), Health::Down);
+        assert!(view.vouched.is_empty());
+        // Node 3, which we reach, reaches node 2: SUSPICIOUS, through node 3.
+        let reports = HashMap::from([(n(3), (vec![n(1), n(2)], t0))]);
+        let view = member_view(&n(1), &health, &reports, t0 + Duration::from_secs(1));
+        assert_eq!(health_of(&view, &n(2)), Health::Suspicious);
+        assert_eq!(health_of(&view, &n(3)), Health::Up);
+        assert_eq!(view.vouched, vec![(n(2), n(3))]);
+        // The report goes stale: DOWN again.
+        let view = member_view(
+            &n(1),
+            &health,
+            &reports,
+            t0 + REACHABLE_FRESH + Duration::from_millis(1),
+        );
+        assert_eq!(health_of(&view, &n(2)), Health::Down);
+        assert!(view.vouched.is_empty());
+    }
+
+    #[test]
+    fn only_a_member_we_reach_can_vouch_and_never_by_hearsay() {
+        let t0 = Instant::now();
+        // Node 3 reports node 2, but node 3 is not UP for us: its report proves nothing.
+        let health = HashMap::from([
+            (n(2), Health::Down),
+            (n(3), Health::Suspicious),
+            (n(4), Health::Up),
+        ]);
+        let reports = HashMap::from([
+            (n(3), (vec![n(2)], t0)),
+            // Node 4 reaches node 3 only; node 2 is not in its own report.
+            (n(4), (vec![n(3)], t0)),
+        ]);
+        let view = member_view(&n(1), &health, &reports, t0);
+        assert_eq!(health_of(&view, &n(2)), Health::Down);
+        // A SUSPICIOUS member is left as it is (vouching only lifts DOWN).
+        assert_eq!(health_of(&view, &n(3)), Health::Suspicious);
+        assert!(view.vouched.is_empty());
+    }
 }

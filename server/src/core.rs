@@ -30,9 +30,10 @@ use wire::proto::Payload;
 use wire::service_info::{self, NameStyle, Query};
 
 use crate::admission::{thread_cpu_time, Admission, Class};
-use crate::cluster::{encode_body, ClusterInfo, PeerIo};
+use crate::cluster::{encode_body, ClusterInfo, MemberView, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
+use crate::trace::ClientTrace;
 
 /// Messages between cores.
 pub enum CoreMsg {
@@ -69,7 +70,7 @@ pub enum CoreMsg {
         body: Bytes,
     },
     /// The membership view changed.
-    Members(Members),
+    Members(MemberView),
     /// A peer forwarded an HTTP write for a client this node is responsible for.
     ForwardIn {
         /// Sender, which waits for the answer.
@@ -204,6 +205,9 @@ pub struct Core {
     flush_scheduled: bool,
     /// The membership as last seen (standalone: no peers).
     members: Members,
+    /// Members we cannot reach but another member does, with that member (see
+    /// `cluster::MemberView`).
+    vouched: Vec<(NodeId, NodeId)>,
     /// Core 0 of a cluster node: the peer transport.
     peer_io: Option<Rc<RefCell<PeerIo>>>,
     /// Requests forwarded to us, by our waiter token: who waits, and their id.
@@ -214,6 +218,8 @@ pub struct Core {
     admission: Admission,
     /// Whether the last tick found the core shedding (to log transitions once).
     was_shedding: bool,
+    /// `NACELLE_TRACE_CLIENT`: the one client whose story this core logs (if it owns it).
+    trace: Option<ClientTrace>,
 }
 
 /// How long a forwarded HTTP write may wait for the responsible node.
@@ -298,6 +304,7 @@ impl Core {
             doorbells,
             flush_scheduled: false,
             members: Members::standalone(),
+            vouched: Vec::new(),
             peer_io: None,
             remote_waiters: HashMap::new(),
             load_logged: false,
@@ -306,6 +313,7 @@ impl Core {
                 conn_prefix() ^ id as u64,
             ),
             was_shedding: false,
+            trace: ClientTrace::from_env(),
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
 
@@ -341,7 +349,7 @@ impl Core {
     }
 
     /// Gives every core (this one included) a new membership view.
-    pub fn broadcast_members(&mut self, view: Members) {
+    pub fn broadcast_members(&mut self, view: MemberView) {
         for core in 0..self.n {
             if core != self.id {
                 self.send_core(core, CoreMsg::Members(view.clone()));
@@ -350,10 +358,20 @@ impl Core {
         self.apply_members(view);
     }
 
-    fn apply_members(&mut self, view: Members) {
+    fn apply_members(&mut self, view: MemberView) {
+        let MemberView {
+            members: view,
+            vouched,
+        } = view;
+        self.vouched = vouched;
         self.members = view.clone();
         let now = self.now();
         self.shard.handle_members(now, view);
+        let label = self
+            .trace
+            .as_ref()
+            .map(|_| format!("members {:?}", self.members.peers));
+        self.trace_step(|| label.unwrap_or_default());
         self.execute_commands();
     }
 
@@ -396,6 +414,15 @@ impl Core {
                     self.send_core(core, CoreMsg::Reply { token, result });
                 }
             }
+            Ok(wire::peer::Frame::Reachable { up }) => {
+                let view = self
+                    .peer_io
+                    .as_ref()
+                    .and_then(|io| io.borrow_mut().record_reachable(from, up));
+                if let Some(view) = view {
+                    self.broadcast_members(view);
+                }
+            }
             Ok(_) => {}
             Err(e) => self.refuse_peer_frame(&from, &e.to_string()),
         }
@@ -415,7 +442,15 @@ impl Core {
         match wire::peer::decode_frame(&body) {
             Ok(wire::peer::Frame::Partition { partition, msg }) => {
                 let now = self.now();
+                if let Some(t) = &self.trace {
+                    t.peer_message("from", &from, partition, &msg);
+                }
+                let label = self
+                    .trace
+                    .as_ref()
+                    .map(|_| format!("{} from {from}", msg_kind(&msg)));
                 self.shard.handle_peer(now, from, partition, msg);
+                self.trace_step(|| label.unwrap_or_default());
             }
             Ok(_) => self.refuse_peer_frame(&from, "not a partition frame"),
             Err(e) => self.refuse_peer_frame(&from, &e.to_string()),
@@ -434,6 +469,14 @@ impl Core {
     /// A write forwarded by a peer: apply it here (never forward it again: the sender's
     /// view made us responsible) and answer once it is readable.
     fn accept_forward(&mut self, from: NodeId, id: u64, client: ClientId, op: ClientOp) {
+        if let Some(t) = self.trace.as_ref().filter(|t| t.client() == &client) {
+            let how = if id < 256 {
+                "relayed beat"
+            } else {
+                "forwarded write"
+            };
+            t.event(format_args!("{how} from {from}: {op:?}"));
+        }
         if id < 256 {
             // A beat relayed to us as a claimant of its client (`Command::RelayBeat`).
             let owner = client_shard(&client, self.n);
@@ -472,7 +515,7 @@ impl Core {
         let token = self.next_token;
         self.remote_waiters.insert(token, (from, id));
         let now = self.now();
-        self.shard.handle(
+        self.shard_handle(
             now,
             ShardMsg::Client {
                 client,
@@ -516,10 +559,14 @@ impl Core {
     }
 
     /// An UP member (other than the owner) to route a write through when the owner of
-    /// heartbeat client `client` is SUSPICIOUS to us.
+    /// heartbeat client `client` is SUSPICIOUS to us: one that reaches the owner if we know
+    /// one, else the lowest UP member.
     fn detour(&self, client: &ClientId) -> Option<NodeId> {
         if !self.responsible_is_suspicious(client) {
             return None;
+        }
+        if let Some(via) = self.voucher_of_responsible(client) {
+            return Some(via);
         }
         self.members
             .peers
@@ -528,6 +575,16 @@ impl Core {
             .map(|(n, _)| n)
             .min()
             .cloned()
+    }
+
+    /// The member that reaches the (SUSPICIOUS) owner of `client` for us, if the owner is
+    /// only unreachable from here (see `cluster::MemberView::vouched`).
+    fn voucher_of_responsible(&self, client: &ClientId) -> Option<NodeId> {
+        let (owner, _) = self.responsible_peer(client)?;
+        self.vouched
+            .iter()
+            .find(|(n, _)| *n == owner)
+            .map(|(_, v)| v.clone())
     }
 
     /// A deregistration whose owner is SUSPICIOUS waits (up to `DEREGISTER_PATIENCE`) for
@@ -604,6 +661,9 @@ impl Core {
         let id = reply.token * 256 + self.id as u64;
         if let Some(info) = &self.shared.cluster {
             info.stats.forwards.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(t) = self.trace.as_ref().filter(|t| t.client() == &client) {
+            t.event(format_args!("forward {op:?} to {to}"));
         }
         let fallback = (client.clone(), op.clone());
         let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
@@ -685,7 +745,7 @@ impl Core {
             reply: None,
         };
         let now = self.now();
-        self.shard.handle(now, msg);
+        self.shard_handle(now, msg);
         self.schedule_flush();
     }
 
@@ -715,7 +775,12 @@ impl Core {
         client: ClientId,
         op: ClientOp,
     ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
-        if matches!(op, ClientOp::Deregister { .. }) && self.responsible_is_suspicious(&client) {
+        // An owner that another member still reaches is alive: the deregistration goes
+        // through that member at once (see `detour`).
+        if matches!(op, ClientOp::Deregister { .. })
+            && self.responsible_is_suspicious(&client)
+            && self.voucher_of_responsible(&client).is_none()
+        {
             return Ok(self.defer_deregistration(client, op));
         }
         self.submit_client_now(client, op)
@@ -796,7 +861,7 @@ impl Core {
     fn route(&mut self, owner: usize, msg: ShardMsg) {
         if owner == self.id {
             let now = self.now();
-            self.shard.handle(now, msg);
+            self.shard_handle(now, msg);
             self.schedule_flush();
         } else {
             self.send_core(owner, CoreMsg::Shard(msg));
@@ -815,7 +880,7 @@ impl Core {
         match msg {
             CoreMsg::Shard(msg) => {
                 let now = self.now();
-                self.shard.handle(now, msg);
+                self.shard_handle(now, msg);
             }
             CoreMsg::Reply { token, result } => self.complete(token, result),
             CoreMsg::Push {
@@ -867,8 +932,43 @@ impl Core {
         self.execute_commands();
     }
 
+    /// Applies a shard message here (and traces it if it names the traced client).
+    fn shard_handle(&mut self, now: engine::shard::Now, msg: ShardMsg) {
+        let label = self.trace.as_ref().map(|t| match &msg {
+            ShardMsg::Client { client, op, .. } if client == t.client() => format!("{op:?}"),
+            ShardMsg::BeatRelayed {
+                client,
+                to_claimants,
+                ..
+            } if client == t.client() => format!("BeatRelayed (to claimants: {to_claimants})"),
+            _ => "another client's op".to_string(),
+        });
+        self.shard.handle(now, msg);
+        self.trace_step(|| label.unwrap_or_default());
+    }
+
+    /// Logs what changed about the traced client, if anything, after `input`.
+    fn trace_step(&mut self, input: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            if client_shard(t.client(), self.n) == self.id {
+                t.observe(&self.shard, input);
+            }
+        }
+    }
+
     fn execute_commands(&mut self) {
         while let Some(cmd) = self.shard.poll_command() {
+            if let Some(t) = &self.trace {
+                match &cmd {
+                    Command::Peer { to, partition, msg } => {
+                        t.peer_message("to", to, *partition, msg)
+                    }
+                    Command::RelayBeat { to, client, .. } if client == t.client() => {
+                        t.event(format_args!("RelayBeat to {to}"))
+                    }
+                    _ => {}
+                }
+            }
             match cmd {
                 Command::Send { shard, msg } => self.send_core(shard, CoreMsg::Shard(msg)),
                 Command::Peer { to, partition, msg } => {
@@ -1005,6 +1105,7 @@ impl Core {
             .is_some_and(|at| at <= now.mono_ms)
         {
             self.shard.handle_timeout(now);
+            self.trace_step(|| "timer".to_string());
             self.execute_commands();
         }
         if !self.load_logged && self.shard.is_loaded() {
@@ -1151,5 +1252,21 @@ async fn timer_loop() {
             since_gc = Duration::ZERO;
             with_core(|c| c.collect_garbage());
         }
+    }
+}
+
+/// A peer message's name, for traces.
+fn msg_kind(msg: &engine::distro::PeerMsg) -> &'static str {
+    use engine::distro::PeerMsg as M;
+    match msg {
+        M::Sync { .. } => "Sync",
+        M::SyncAck { .. } => "SyncAck",
+        M::Digest { .. } => "Digest",
+        M::SliceDigests { .. } => "SliceDigests",
+        M::SliceClients { .. } => "SliceClients",
+        M::Resync { .. } => "Resync",
+        M::SnapshotRequest { .. } => "SnapshotRequest",
+        M::SnapshotChunk { .. } => "SnapshotChunk",
+        M::SnapshotAck { .. } => "SnapshotAck",
     }
 }

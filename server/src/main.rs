@@ -14,6 +14,7 @@
 //! - `http`: the Nacos OpenAPI v1/v2 (8848) and Prometheus `/metrics`.
 //! - `metrics`: per-core counters and latency histograms.
 //! - `rt`: hyper/tonic on glommio (executor, timer, IO).
+//! - `trace`: `NACELLE_TRACE_CLIENT`, one client's story on this node, for investigations.
 
 mod admission;
 mod certs;
@@ -25,6 +26,7 @@ mod http;
 mod metrics;
 mod peer;
 mod rt;
+mod trace;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,7 +154,7 @@ fn run(cfg: config::Config) -> Result<(), String> {
                 if id == 0 {
                     if let Some(info) = shared.cluster.clone() {
                         let io = cluster::start(info)?;
-                        let view = io.borrow().view();
+                        let view = io.borrow_mut().initial_view();
                         core::with_core(|c| {
                             c.set_peer_io(io);
                             c.broadcast_members(view);

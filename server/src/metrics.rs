@@ -339,6 +339,11 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
             v.load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP nacelle_member_vouched Peers unreachable from this node that another member still reaches (kept SUSPICIOUS).\n# TYPE nacelle_member_vouched gauge\nnacelle_member_vouched {}",
+        st.vouched.load(Ordering::Relaxed)
+    );
     let _ = writeln!(out, "# HELP nacelle_up 1 once the startup snapshot is loaded.\n# TYPE nacelle_up gauge\nnacelle_up {}", u8::from(loaded));
     out.push_str("# HELP nacelle_member_health Health of each peer as this node sees it (0 up, 1 suspicious, 2 down).\n# TYPE nacelle_member_health gauge\n");
     if let Ok(h) = st.health.lock() {

@@ -35,6 +35,7 @@ fn main() -> std::io::Result<()> {
             Frame::Partition { .. } => "partition",
             Frame::Forward { .. } => "forward",
             Frame::ForwardReply { .. } => "reply",
+            Frame::Reachable { .. } => "reachable",
         };
         std::fs::write(dir.join(format!("seed-{i:02}-{kind}.bin")), &out)?;
         written += 1;

@@ -99,7 +99,18 @@ pub enum Frame {
         /// Its outcome.
         result: OpResult,
     },
+    /// The members the sender has a working connection to. A member that is down for the
+    /// receiver but reachable by a member it can reach is alive (see the server's cluster
+    /// module: indirect reachability).
+    Reachable {
+        /// Members the sender reaches (at most [`MAX_REACHABLE`]).
+        up: Vec<NodeId>,
+    },
 }
+
+/// Most members a [`Frame::Reachable`] lists (a cluster is a handful of nodes; a bound keeps a
+/// hostile frame small).
+pub const MAX_REACHABLE: usize = 256;
 
 /// Why bytes from a peer were refused. After any of these the connection's state is unknown,
 /// so the caller should close it (the peer reconnects and verify repairs what was lost).
@@ -255,6 +266,16 @@ impl Encoder {
                     },
                 );
                 (fb::FrameBody::ForwardReply, t.as_union_value())
+            }
+            Frame::Reachable { up } => {
+                let names: Vec<_> = up
+                    .iter()
+                    .take(MAX_REACHABLE)
+                    .map(|n| self.fbb.create_string(n.as_str()))
+                    .collect();
+                let up = self.fbb.create_vector(&names);
+                let t = fb::Reachable::create(&mut self.fbb, &fb::ReachableArgs { up: Some(up) });
+                (fb::FrameBody::Reachable, t.as_union_value())
             }
         };
         let root = fb::Frame::create(
@@ -875,6 +896,23 @@ pub fn decode_frame(frame_body: &[u8]) -> Result<Frame, PeerDecodeError> {
                 other => return Err(invalid(format!("unknown result kind {}", other.0))),
             };
             Ok(Frame::ForwardReply { id: t.id(), result })
+        }
+        fb::FrameBody::Reachable => {
+            let t = root
+                .body_as_reachable()
+                .ok_or_else(|| invalid("reachable without a body"))?;
+            let names = t.up().unwrap_or_default();
+            if names.len() > MAX_REACHABLE {
+                return Err(invalid(format!(
+                    "{} reachable members, more than {MAX_REACHABLE}",
+                    names.len()
+                )));
+            }
+            let mut up = Vec::with_capacity(names.len());
+            for name in names {
+                up.push(d.node(Some(name))?);
+            }
+            Ok(Frame::Reachable { up })
         }
         other => Err(invalid(format!("unknown frame kind {}", other.0))),
     }

@@ -529,15 +529,16 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ResultKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_FRAME_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_FRAME_BODY: u8 = 4;
+pub const ENUM_MAX_FRAME_BODY: u8 = 5;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_FRAME_BODY: [FrameBody; 5] = [
+pub const ENUM_VALUES_FRAME_BODY: [FrameBody; 6] = [
   FrameBody::NONE,
   FrameBody::Hello,
   FrameBody::Partition,
   FrameBody::Forward,
   FrameBody::ForwardReply,
+  FrameBody::Reachable,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -550,15 +551,17 @@ impl FrameBody {
   pub const Partition: Self = Self(2);
   pub const Forward: Self = Self(3);
   pub const ForwardReply: Self = Self(4);
+  pub const Reachable: Self = Self(5);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_MAX: u8 = 5;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
     Self::Partition,
     Self::Forward,
     Self::ForwardReply,
+    Self::Reachable,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -568,6 +571,7 @@ impl FrameBody {
       Self::Partition => Some("Partition"),
       Self::Forward => Some("Forward"),
       Self::ForwardReply => Some("ForwardReply"),
+      Self::Reachable => Some("Reachable"),
       _ => None,
     }
   }
@@ -4851,6 +4855,102 @@ impl ::core::fmt::Debug for ForwardReply<'_> {
       ds.finish()
   }
 }
+pub enum ReachableOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Reachable<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Reachable<'a> {
+  type Inner = Reachable<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Reachable<'a> {
+  pub const VT_UP: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Reachable { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReachableArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Reachable<'bldr>> {
+    let mut builder = ReachableBuilder::new(_fbb);
+    if let Some(x) = args.up { builder.add_up(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn up(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Reachable::VT_UP, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Reachable<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("up", Self::VT_UP, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReachableArgs<'a> {
+    pub up: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for ReachableArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReachableArgs {
+      up: None,
+    }
+  }
+}
+
+pub struct ReachableBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReachableBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_up(&mut self, up: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Reachable::VT_UP, up);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReachableBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReachableBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Reachable<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Reachable<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Reachable");
+      ds.field("up", &self.up());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4960,6 +5060,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_reachable(&self) -> Option<Reachable<'a>> {
+    if self.body_type() == FrameBody::Reachable {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Reachable::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -4974,6 +5089,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           FrameBody::Partition => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Partition>>("FrameBody::Partition", pos),
           FrameBody::Forward => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forward>>("FrameBody::Forward", pos),
           FrameBody::ForwardReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ForwardReply>>("FrameBody::ForwardReply", pos),
+          FrameBody::Reachable => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Reachable>>("FrameBody::Reachable", pos),
           _ => Ok(()),
         }
      })?
@@ -5051,6 +5167,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         FrameBody::ForwardReply => {
           if let Some(x) = self.body_as_forward_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        FrameBody::Reachable => {
+          if let Some(x) = self.body_as_reachable() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -288,6 +288,10 @@ pub fn all_frames() -> Vec<Frame> {
             node: NodeId::new("[fd00::1]:8848"),
             incarnation: 0,
         },
+        Frame::Reachable {
+            up: vec![NodeId::new("10.0.0.2:8848"), NodeId::new("10.0.0.3:8848")],
+        },
+        Frame::Reachable { up: vec![] },
     ];
     for (i, msg) in peer_msgs().into_iter().enumerate() {
         frames.push(Frame::Partition {
