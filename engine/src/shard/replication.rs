@@ -213,6 +213,9 @@ pub(crate) struct DistroState {
     sync_timer_set: bool,
     round: u64,
     loads: BTreeMap<u16, PartLoad>,
+    /// When a chunk of a current load last arrived from each peer: a peer that is sending
+    /// is alive, and a partition waiting behind the others' chunks is queued, not stalled.
+    load_heard: HashMap<NodeId, u64>,
     loaded: bool,
     serving: Vec<SnapshotServe>,
     started_ms: u64,
@@ -260,6 +263,7 @@ impl Shard {
             sync_timer_set: false,
             round: 0,
             loads,
+            load_heard: HashMap::new(),
             loaded: false,
             serving: Vec::new(),
             started_ms: now.mono_ms,
@@ -306,7 +310,15 @@ impl Shard {
         for p in &peers {
             d.links.entry(p.clone()).or_default();
         }
-        d.serving.retain(|s| peers.contains(&s.to));
+        let down: BTreeSet<&NodeId> = d
+            .members
+            .peers
+            .iter()
+            .filter(|(_, h)| *h == Health::Down)
+            .map(|(n, _)| n)
+            .collect();
+        d.serving
+            .retain(|s| peers.contains(&s.to) && !down.contains(&s.to));
         let responsibility_changed =
             old.candidates() != d.members.candidates() || old.me != d.members.me;
         if responsibility_changed {
@@ -1817,7 +1829,17 @@ impl Shard {
             } else {
                 timeout
             };
-            let stalled = now_ms.saturating_sub(load.last_progress_ms) >= limit;
+            // A peer serves one chunk per partition in turn, a bounded number at a time, so
+            // with a big snapshot a partition may wait seconds for its next chunk while the
+            // peer streams the others: progress from the source counts for all its loads
+            // (found by perf/cluster.sh: a node joining 1,100,000 instances on a loaded
+            // machine gave up on every partition after 1 s and never finished).
+            let heard = load
+                .source
+                .as_ref()
+                .and_then(|s| d.load_heard.get(s).copied())
+                .unwrap_or(0);
+            let stalled = now_ms.saturating_sub(load.last_progress_ms.max(heard)) >= limit;
             let source_up = load.source.as_ref().is_some_and(|s| up.contains(s));
             if load.source.is_some() && source_up && !stalled {
                 continue;
@@ -1880,6 +1902,7 @@ impl Shard {
         if done {
             load.done = true;
         }
+        d.load_heard.insert(from.clone(), now_ms);
         bump(&self.stats.distro.snapshot_received, clients.len() as u64);
         for (origin, state) in clients {
             if Some(&origin) == me.as_ref() {
@@ -1939,9 +1962,11 @@ impl Shard {
         let chunk_instances = d.cfg.snapshot_chunk_instances.max(1);
         let stall = d.cfg.snapshot_timeout_ms;
         let me = d.members.me.clone().unwrap_or_else(|| NodeId::new("?"));
-        // A stream whose reader vanished is given up.
-        d.serving
-            .retain(|s| !s.finished && now_ms.saturating_sub(s.last_ms) < stall);
+        // A stream whose reader vanished (chunks sent, no ack for a while) is given up; one
+        // waiting for its turn behind the reader's other partitions is not.
+        d.serving.retain(|s| {
+            !s.finished && (s.next_seq == s.acked || now_ms.saturating_sub(s.last_ms) < stall)
+        });
         let peer_window = d.cfg.snapshot_peer_window.max(1);
         let mut serving = std::mem::take(&mut d.serving);
         let mut msgs = Vec::new();
@@ -2001,6 +2026,7 @@ impl Shard {
                     },
                 ));
                 s.next_seq += 1;
+                s.last_ms = now_ms;
                 if done {
                     s.finished = true;
                 }
