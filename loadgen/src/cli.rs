@@ -32,6 +32,7 @@ const EXAMPLES: &str = "Examples:
   loadgen subscribe --services 10 --subscribers 5 --rate 100 --duration 10
   loadgen churn --rate 500 --duration 60 --mix 45,45,10
   taskset -c 1 loadgen --threads 1 flood --rate 60000 --duration 15 --services 100 --prepare --instances-per-service 1
+  taskset -c 1 loadgen --threads 1 flood --protocol http --rate 20000 --duration 15 --prepare
   loadgen converge --targets 10.0.0.1:8848,10.0.0.2:8848,10.0.0.3:8848
 
 Run `loadgen <scenario> --help` for every flag of a scenario.";
@@ -84,15 +85,31 @@ pub enum Scenario {
     /// Same flags and mechanics as `subscribe`; needs at least two --targets (a server may be
     /// listed twice to measure the single-node path).
     Converge(SubscribeArgs),
-    /// Overload test: open-loop gRPC ServiceQueryRequests at --rate/s like `query`, through a
-    /// cheap client so that one generator core can offer more than one server core answers.
+    /// Overload test: open-loop queries at --rate/s like `query` (gRPC ServiceQueryRequest, or
+    /// GET /nacos/v1/ns/instance/list with --protocol http), through a cheap client so that one
+    /// generator core can offer more than one server core answers.
     ///
-    /// Each service's request is encoded once (gRPC frame of the Nacos Payload with its JSON
-    /// body) and sent as is on a new HTTP/2 stream (the `h2` crate, no tonic, no per-request
-    /// protobuf or JSON). The answer is classified from the gRPC status, the Payload's
-    /// metadata.type and, for an ErrorResponse, its errorCode: "over threshold" (the server
-    /// shedding load) is `nacos:503` in errors_by_kind, also given as `shed`/`shed_per_s`.
-    /// Connections do the SDK handshake (ServerCheck, bi-stream ConnectionSetup) first.
+    /// gRPC (default): each service's request is encoded once (gRPC frame of the Nacos Payload
+    /// with its JSON body) and sent as is on a new HTTP/2 stream (the `h2` crate, no tonic, no
+    /// per-request protobuf or JSON). The answer is classified from the gRPC status, the
+    /// Payload's metadata.type and, for an ErrorResponse, its errorCode: "over threshold" (the
+    /// server shedding load) is `nacos:503` in errors_by_kind, also given as
+    /// `shed`/`shed_per_s`. Connections do the SDK handshake (ServerCheck, bi-stream
+    /// ConnectionSetup) first.
+    ///
+    /// HTTP (--protocol http): each service's request, `GET /nacos/v1/ns/instance/list` with
+    /// serviceName, namespaceId and groupName, is encoded once and written on --connections
+    /// keep-alive HTTP/1.1 connections to the targets' HTTP port, pipelined: answers come back
+    /// in order; --max-inflight bounds the requests waiting over all connections, --pipeline
+    /// those written on one connection (the others wait in the generator, which counts in
+    /// their latency). With pipelining the server's backlog is in its sockets. The answer is
+    /// classified by its status alone: 2xx answered, 503 ("over threshold") is `http:503` in
+    /// errors_by_kind and is counted as `shed`, any other status is `http:<status>`. A
+    /// connection the server closes is reopened (`connections_lost` counts the losses); the
+    /// requests waiting on it fail. `shed_kind` in the report names the error kind counted as
+    /// shed.
+    ///
+    /// --prepare registers the instances over gRPC in both modes.
     ///
     /// Latency (latency_us) is of the answered requests only, from the intended send time (no
     /// coordinated omission); one dispatcher per tokio worker issues every request that is due
@@ -237,9 +254,19 @@ pub struct FloodArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// HTTP/2 connections the queries are spread over (round-robin).
+    /// Connections the queries are spread over (round-robin): HTTP/2 for gRPC, keep-alive
+    /// HTTP/1.1 with --protocol http.
     #[arg(long, default_value_t = 8)]
     pub connections: u32,
+    /// grpc (ServiceQueryRequest over raw HTTP/2, to the gRPC port) or http (GET
+    /// /nacos/v1/ns/instance/list over pipelined HTTP/1.1, to the HTTP port).
+    #[arg(long, value_enum, default_value_t = Mode::Grpc)]
+    pub protocol: Mode,
+    /// --protocol http: requests written on a connection before their answers arrived
+    /// (0 = no limit but --max-inflight; 1 = no pipelining, as the SDKs' pooled clients do,
+    /// which needs many --connections to offer a high rate).
+    #[arg(long, default_value_t = 0)]
+    pub pipeline: u32,
     #[command(flatten)]
     #[serde(flatten)]
     pub set: QuerySet,

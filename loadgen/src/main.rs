@@ -11,6 +11,7 @@
 //! loadgen churn     --targets 127.0.0.1:8848 --rate 500 --duration 60
 //! loadgen converge  --targets 10.0.0.1:8848,10.0.0.2:8848,10.0.0.3:8848
 //! loadgen flood     --targets 127.0.0.1:8848 --rate 60000 --duration 15 --prepare
+//! loadgen flood     --targets 127.0.0.1:8848 --rate 20000 --duration 15 --prepare --protocol http
 //! ```
 //!
 //! Every gRPC connection does the SDK handshake: unary `ServerCheckRequest`, then the
@@ -32,6 +33,8 @@
 //!   bi-stream reader answering server requests, push delivery, idle health checks.
 //! - [`raw`]: a cheap gRPC client for `flood` (h2, pre-encoded requests, answers classified
 //!   without decoding them).
+//! - [`raw_http`]: the same for `flood --protocol http`: pipelined keep-alive HTTP/1.1 with
+//!   pre-encoded `GET`s, answers parsed incrementally and classified by their status.
 //! - [`http`]: a minimal keep-alive HTTP/1.1 client for the v1 OpenAPI.
 //! - [`layout`]: target parsing, service/instance naming, the plan that spreads instances
 //!   over services and connections (one publish per service per connection), request bodies.
@@ -43,6 +46,7 @@ mod grpc;
 mod http;
 mod layout;
 mod raw;
+mod raw_http;
 mod scenario;
 mod stats;
 

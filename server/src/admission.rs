@@ -14,16 +14,20 @@
 //! refusing the stale ones is what drains the queue. A window needs a few requests to count,
 //! so a lone request delayed by a busy machine never sheds anything.
 //!
-//! # HTTP/1.1: the core's lag
-//! An HTTP/1.1 request is parsed and served in its connection's task, so there is no accept
-//! time to compare with; HTTP uses the lag of the 10 ms housekeeping timer instead (how long a
-//! task that just became ready waits for its turn). Lag alone is not enough on a shared
-//! machine: when the OS does not schedule the thread (a busy CI box), the timer is late
-//! although the core has nothing queued, and shedding would only turn a slow answer into an
-//! error. So for HTTP the core is overloaded only when it is late **and** was busy: the
-//! thread's own CPU time covered most of the interval. Each class then has a shed
-//! probability, raised while the lag is over the threshold and still growing, and lowered
-//! slowly once it is not.
+//! # HTTP/1.1: queueing in the connection, and the core's lag
+//! An HTTP/1.1 request is parsed and served in its connection's task. Its connection stamps
+//! every read that brings bytes (`rt::StampedIo`); a request's queueing delay is the time
+//! since that read. Pipelined requests that arrived together wait behind each other in the
+//! connection's buffer, and this is the same CoDel-style window as gRPC's, kept apart from
+//! it (an HTTP request read just now must not hide a gRPC backlog). What the stamp cannot
+//! see is a connection whose task waits in the run queue while its bytes sit in the socket:
+//! for that HTTP also uses the lag of the 10 ms housekeeping timer (how long a task that
+//! just became ready waits for its turn). Lag alone is not enough on a shared machine: when
+//! the OS does not schedule the thread (a busy CI box), the timer is late although the core
+//! has nothing queued, and shedding would only turn a slow answer into an error. So the core
+//! is overloaded by lag only when it is late **and** was busy: the thread's own CPU time
+//! covered most of the interval. Each class then has a shed probability, raised while the
+//! lag is over the threshold and still growing, and lowered slowly once it is not.
 //!
 //! # Classes
 //! - [`Class::Read`] (queries, lists) is shed from the target on;
@@ -65,6 +69,51 @@ const WINDOW: Duration = Duration::from_millis(100);
 /// Requests a window needs before its minimum delay says anything.
 const MIN_SAMPLES: u32 = 8;
 
+/// Where a request came from: each protocol keeps its own queueing-delay window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A gRPC request, stamped when its HTTP/2 stream was accepted.
+    Grpc,
+    /// An HTTP/1.1 request, stamped by the read that brought it.
+    Http,
+}
+
+/// The smallest queueing delay of the requests of the current window, and what the last
+/// complete window said.
+#[derive(Debug)]
+struct QueueWindow {
+    start: Option<Instant>,
+    min: Duration,
+    samples: u32,
+    /// The last complete window's smallest queueing delay was over the target.
+    standing_queue: bool,
+}
+
+impl QueueWindow {
+    fn new() -> QueueWindow {
+        QueueWindow {
+            start: None,
+            min: Duration::MAX,
+            samples: 0,
+            standing_queue: false,
+        }
+    }
+
+    /// Counts a request that queued `delay`; whether a standing queue is on.
+    fn observe(&mut self, delay: Duration, now: Instant, target: Duration) -> bool {
+        let start = *self.start.get_or_insert(now);
+        if now.saturating_duration_since(start) >= WINDOW {
+            self.standing_queue = self.samples >= MIN_SAMPLES && self.min > target;
+            self.start = Some(now);
+            self.min = Duration::MAX;
+            self.samples = 0;
+        }
+        self.min = self.min.min(delay);
+        self.samples += 1;
+        self.standing_queue
+    }
+}
+
 /// One core's admission state (single-threaded; lives in the core).
 #[derive(Debug)]
 pub struct Admission {
@@ -73,11 +122,8 @@ pub struct Admission {
     shed_write: f64,
     last_lag: Duration,
     rng: u64,
-    window_start: Option<Instant>,
-    window_min: Duration,
-    window_samples: u32,
-    /// The last complete window's smallest queueing delay was over the target.
-    standing_queue: bool,
+    grpc: QueueWindow,
+    http: QueueWindow,
 }
 
 impl Admission {
@@ -89,41 +135,35 @@ impl Admission {
             shed_write: 0.0,
             last_lag: Duration::ZERO,
             rng: seed | 1,
-            window_start: None,
-            window_min: Duration::MAX,
-            window_samples: 0,
-            standing_queue: false,
+            grpc: QueueWindow::new(),
+            http: QueueWindow::new(),
         }
     }
 
-    /// Whether to serve a gRPC request of `class` that was accepted at `arrived` and whose
-    /// handler starts at `now`.
-    pub fn admit_queued(&mut self, class: Class, arrived: Instant, now: Instant) -> bool {
+    /// Whether to serve a request of `class` that arrived (`via`) at `arrived` and whose
+    /// handler starts at `now`, by its own queueing delay (see the module docs). HTTP
+    /// requests must also pass [`Admission::admit`].
+    pub fn admit_queued(&mut self, via: Via, class: Class, arrived: Instant, now: Instant) -> bool {
         if self.target.is_zero() {
             return true;
         }
         let delay = now.saturating_duration_since(arrived);
-        let start = *self.window_start.get_or_insert(now);
-        if now.saturating_duration_since(start) >= WINDOW {
-            self.standing_queue =
-                self.window_samples >= MIN_SAMPLES && self.window_min > self.target;
-            self.window_start = Some(now);
-            self.window_min = Duration::MAX;
-            self.window_samples = 0;
-        }
-        self.window_min = self.window_min.min(delay);
-        self.window_samples += 1;
+        let window = match via {
+            Via::Grpc => &mut self.grpc,
+            Via::Http => &mut self.http,
+        };
+        let standing = window.observe(delay, now, self.target);
         let limit = match class {
             Class::Essential => return true,
             Class::Read => self.target,
             Class::Write => self.target.mul_f64(WRITE_FACTOR),
         };
-        !(self.standing_queue && delay > limit)
+        !(standing && delay > limit)
     }
 
-    /// Whether the last window saw a standing queue of gRPC requests.
+    /// Whether the last window of either protocol saw a standing queue.
     pub fn standing_queue(&self) -> bool {
-        self.standing_queue
+        self.grpc.standing_queue || self.http.standing_queue
     }
 
     /// One housekeeping tick: the timer fired `lag` after it was due; over the `wall` time
@@ -279,27 +319,45 @@ mod tests {
         for i in 0..20u64 {
             let now = t0 + MS * i as u32;
             let waited = if i == 10 { MS } else { 80 * MS };
-            assert!(a.admit_queued(Class::Read, now - waited, now));
+            assert!(a.admit_queued(Via::Grpc, Class::Read, now - waited, now));
         }
         // The window closes: it drained once, so no standing queue; nothing is shed.
         let now = t0 + 101 * MS;
-        assert!(a.admit_queued(Class::Read, now - 80 * MS, now));
+        assert!(a.admit_queued(Via::Grpc, Class::Read, now - 80 * MS, now));
         assert!(!a.standing_queue());
         // A window in which every request waited 60-200 ms: a standing queue.
         for i in 0..20u64 {
             let now = t0 + MS * (102 + 4 * i as u32);
-            let _ = a.admit_queued(Class::Read, now - MS * (60 + 7 * i as u32), now);
+            let _ = a.admit_queued(Via::Grpc, Class::Read, now - MS * (60 + 7 * i as u32), now);
         }
         let now = t0 + 210 * MS;
-        let _ = a.admit_queued(Class::Essential, now - 70 * MS, now);
+        let _ = a.admit_queued(Via::Grpc, Class::Essential, now - 70 * MS, now);
         assert!(a.standing_queue());
         // Now: reads that waited over 50 ms and writes over 150 ms are refused, the rest
         // and every essential request served.
-        assert!(!a.admit_queued(Class::Read, now - 51 * MS, now));
-        assert!(a.admit_queued(Class::Read, now - 49 * MS, now));
-        assert!(a.admit_queued(Class::Write, now - 2900 * MS, now));
-        assert!(!a.admit_queued(Class::Write, now - 3100 * MS, now));
-        assert!(a.admit_queued(Class::Essential, now - 900 * MS, now));
+        assert!(!a.admit_queued(Via::Grpc, Class::Read, now - 51 * MS, now));
+        assert!(a.admit_queued(Via::Grpc, Class::Read, now - 49 * MS, now));
+        assert!(a.admit_queued(Via::Grpc, Class::Write, now - 2900 * MS, now));
+        assert!(!a.admit_queued(Via::Grpc, Class::Write, now - 3100 * MS, now));
+        assert!(a.admit_queued(Via::Grpc, Class::Essential, now - 900 * MS, now));
+    }
+
+    #[test]
+    fn an_http_backlog_is_measured_apart_from_grpc() {
+        let mut a = Admission::new(50 * MS, 7);
+        let t0 = Instant::now();
+        // Pipelined HTTP requests waiting 60-200 ms in their connections while gRPC requests
+        // are served at once: HTTP has a standing queue, gRPC does not.
+        for i in 0..20u64 {
+            let now = t0 + MS * (5 * i as u32);
+            let _ = a.admit_queued(Via::Http, Class::Read, now - MS * (60 + 7 * i as u32), now);
+            assert!(a.admit_queued(Via::Grpc, Class::Read, now, now));
+        }
+        let now = t0 + 101 * MS;
+        let _ = a.admit_queued(Via::Http, Class::Read, now - 70 * MS, now);
+        assert!(a.admit_queued(Via::Grpc, Class::Read, now - 60 * MS, now));
+        assert!(!a.admit_queued(Via::Http, Class::Read, now - 60 * MS, now));
+        assert!(a.admit_queued(Via::Http, Class::Read, now - 10 * MS, now));
     }
 
     #[test]
@@ -310,7 +368,7 @@ mod tests {
         for w in 0..10u32 {
             for i in 0..4u32 {
                 let now = t0 + MS * (w * 100 + i);
-                assert!(a.admit_queued(Class::Read, now - 300 * MS, now));
+                assert!(a.admit_queued(Via::Grpc, Class::Read, now - 300 * MS, now));
             }
         }
         assert!(!a.standing_queue());
@@ -325,7 +383,7 @@ mod tests {
         assert_eq!(admitted(&mut a, Class::Read, 1000), 1000);
         let now = Instant::now();
         for _ in 0..100 {
-            assert!(a.admit_queued(Class::Read, now - 500 * MS, now));
+            assert!(a.admit_queued(Via::Grpc, Class::Read, now - 500 * MS, now));
         }
     }
 

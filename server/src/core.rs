@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use wire::proto::Payload;
 use wire::service_info::{self, NameStyle, Query};
 
-use crate::admission::{thread_cpu_time, Admission, Class};
+use crate::admission::{thread_cpu_time, Admission, Class, Via};
 use crate::cluster::{encode_body, ClusterInfo, MemberView, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
@@ -1170,16 +1170,22 @@ impl Core {
         }
     }
 
-    /// Whether to serve an HTTP request of `class` now, or refuse it as over threshold.
-    pub fn admit_request(&mut self, class: Class) -> bool {
-        let admitted = self.admission.admit(class);
+    /// Whether to serve an HTTP request of `class` whose bytes were read at `arrived`, or
+    /// refuse it as over threshold (by its wait in the connection, then by the core's lag).
+    pub fn admit_request(&mut self, class: Class, arrived: Instant) -> bool {
+        let admitted = self
+            .admission
+            .admit_queued(Via::Http, class, arrived, Instant::now())
+            && self.admission.admit(class);
         self.count_shed(class, admitted);
         admitted
     }
 
     /// Whether to serve a gRPC request of `class` accepted at `arrived`.
     pub fn admit_queued(&mut self, class: Class, arrived: Instant) -> bool {
-        let admitted = self.admission.admit_queued(class, arrived, Instant::now());
+        let admitted = self
+            .admission
+            .admit_queued(Via::Grpc, class, arrived, Instant::now());
         self.count_shed(class, admitted);
         admitted
     }

@@ -22,7 +22,7 @@ use wire::service_info::{self, NameStyle, Query};
 use crate::admission::Class;
 use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
-use crate::rt::{hyper_io, LocalTimer};
+use crate::rt::{stamped_hyper_io, LocalTimer};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -39,12 +39,13 @@ pub async fn serve(listener: TcpListener, max_body: usize) {
         };
         let _ = stream.set_nodelay(true);
         glommio::spawn_local(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, max_body));
+            let (io, last_read) = stamped_hyper_io(stream);
+            let svc = hyper::service::service_fn(move |req| handle(req, max_body, last_read.get()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(LocalTimer)
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(1 << 20)
-                .serve_connection(hyper_io(stream), svc);
+                .serve_connection(io, svc);
             if let Err(e) = conn.await {
                 debug!(error = %e, "HTTP connection ended with an error");
             }
@@ -108,16 +109,24 @@ impl From<Overloaded> for Failure {
     }
 }
 
+/// Serves one request whose bytes were read at `arrived`.
 async fn handle(
     req: http::Request<hyper::body::Incoming>,
     max_body: usize,
+    arrived: Instant,
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    if !with_core(|c| c.admit_request(class_of(&method, &path))) {
+    if !with_core(|c| c.admit_request(class_of(&method, &path), arrived)) {
         // Refused before reading the body: shedding must cost far less than serving.
+        let route = path
+            .strip_prefix("/nacos/v1/ns")
+            .or_else(|| path.strip_prefix("/nacos/v2/ns"))
+            .unwrap_or("");
+        let kind = kind_of(&method, route);
+        with_core(|c| c.metrics.record(kind, started.elapsed(), false));
         let f = Failure::from(Overloaded);
         return Ok(if path.starts_with("/nacos/v2/") {
             json(f.status, wrap_v2(f.code, &f.message, "null"))
@@ -151,12 +160,7 @@ async fn handle(
         };
         return Ok(resp);
     };
-    let kind = match route {
-        "/instance" if method != Method::GET => Kind::HttpInstance,
-        "/instance/beat" => Kind::HttpBeat,
-        "/instance" | "/instance/list" => Kind::HttpQuery,
-        _ => Kind::HttpOther,
-    };
+    let kind = kind_of(&method, route);
     let result = route_naming(api, &method, route, &params).await;
     let ok = result.is_ok();
     let resp = match result {
@@ -168,6 +172,16 @@ async fn handle(
     };
     with_core(|c| c.metrics.record(kind, started.elapsed(), ok));
     Ok(resp)
+}
+
+/// The metrics kind of a naming request (`route`: the path after `/nacos/v{1,2}/ns`).
+fn kind_of(method: &Method, route: &str) -> Kind {
+    match route {
+        "/instance" if method != Method::GET => Kind::HttpInstance,
+        "/instance/beat" => Kind::HttpBeat,
+        "/instance" | "/instance/list" => Kind::HttpQuery,
+        _ => Kind::HttpOther,
+    }
 }
 
 /// How a request fares under overload (see `admission`).

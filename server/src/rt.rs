@@ -88,3 +88,78 @@ pub fn hyper_io(stream: glommio::net::TcpStream) -> HyperIo {
     use tokio_util::compat::FuturesAsyncReadCompatExt;
     hyper_util::rt::TokioIo::new(stream.compat())
 }
+
+/// A connection's IO that remembers when a read last brought bytes: the arrival time of the
+/// requests parsed from them (HTTP/1.1 has no other; see `admission`).
+pub struct StampedIo<T> {
+    inner: T,
+    last_read: std::rc::Rc<std::cell::Cell<Instant>>,
+}
+
+impl<T> StampedIo<T> {
+    /// Wraps `inner`; the returned cell holds the time of the last read that brought bytes.
+    pub fn new(inner: T) -> (StampedIo<T>, std::rc::Rc<std::cell::Cell<Instant>>) {
+        let last_read = std::rc::Rc::new(std::cell::Cell::new(Instant::now()));
+        (
+            StampedIo {
+                inner,
+                last_read: last_read.clone(),
+            },
+            last_read,
+        )
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StampedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last_read.set(Instant::now());
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StampedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A glommio TCP stream as hyper IO that stamps its reads ([`StampedIo`]).
+pub type StampedHyperIo =
+    hyper_util::rt::TokioIo<StampedIo<tokio_util::compat::Compat<glommio::net::TcpStream>>>;
+
+/// Wraps a glommio TCP stream for hyper, with the cell its reads stamp.
+pub fn stamped_hyper_io(
+    stream: glommio::net::TcpStream,
+) -> (StampedHyperIo, std::rc::Rc<std::cell::Cell<Instant>>) {
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    let (io, last_read) = StampedIo::new(stream.compat());
+    (hyper_util::rt::TokioIo::new(io), last_read)
+}

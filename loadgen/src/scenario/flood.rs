@@ -1,5 +1,6 @@
-//! `flood`: open-loop queries through the cheap raw client ([`crate::raw`]), for overload
-//! tests where the generator must offer more than the server can answer.
+//! `flood`: open-loop queries through a cheap raw client ([`crate::raw`] for gRPC,
+//! [`crate::raw_http`] for HTTP/1.1), for overload tests where the generator must offer more
+//! than the server can answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,33 @@ use tokio::time::Instant;
 
 use super::query::{prepare, report_prepared};
 use super::Ctx;
-use crate::cli::FloodArgs;
+use crate::cli::{FloodArgs, Mode};
+use crate::http::path_with_query;
 use crate::raw::{encode_request, Caller, RawConn};
+use crate::raw_http::{encode_get, HttpCaller, HttpFloodConn};
 use crate::stats::{OpError, Recorder, Report};
+
+/// Sends one pre-encoded query on one connection.
+#[derive(Clone)]
+enum Sender {
+    Grpc(Caller),
+    Http(HttpCaller),
+}
+
+impl Sender {
+    async fn request(self, frame: Bytes) -> Result<(), OpError> {
+        match self {
+            Sender::Grpc(c) => c.request(frame).await,
+            Sender::Http(c) => c.request(frame).await,
+        }
+    }
+}
+
+/// The open connections of either protocol.
+enum Conns {
+    Grpc(Vec<RawConn>),
+    Http(Vec<HttpFloodConn>),
+}
 
 /// What one dispatcher measured.
 struct ShardOut {
@@ -39,8 +64,11 @@ struct Plan {
     start: Instant,
     interval_ns: f64,
     total: u64,
-    frames: Vec<Bytes>,
-    callers: Vec<Caller>,
+    /// The request of each service, per row (one row per target for HTTP, whose requests
+    /// name their `Host`; one row for gRPC).
+    frames: Vec<Vec<Bytes>>,
+    /// Each connection's sender and its row of `frames`.
+    callers: Vec<(Sender, usize)>,
     timeout: Duration,
     max_inflight: usize,
 }
@@ -78,8 +106,10 @@ async fn dispatch(plan: Arc<Plan>, k: u64, n: u64) -> ShardOut {
             if pending.len() >= max_inflight {
                 out.rec.err(&OpError::Dropped);
             } else {
-                let frame = plan.frames[(i % plan.frames.len() as u64) as usize].clone();
-                let caller = plan.callers[(i % plan.callers.len() as u64) as usize].clone();
+                let (caller, row) = &plan.callers[(i % plan.callers.len() as u64) as usize];
+                let frames = &plan.frames[*row];
+                let frame = frames[(i % frames.len() as u64) as usize].clone();
+                let caller = caller.clone();
                 let timeout = plan.timeout;
                 pending.push(async move {
                     let sent = Instant::now();
@@ -172,41 +202,96 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
     }
 
     let mut connect_rec = Recorder::new();
-    let mut conns = Vec::with_capacity(a.connections as usize);
-    for c in 0..a.connections as usize {
-        let addr = &ctx.grpc_addrs[c % ctx.grpc_addrs.len()];
-        let t0 = std::time::Instant::now();
-        match RawConn::connect(addr, ctx.timeout).await {
-            Ok(conn) => {
-                connect_rec.ok(t0.elapsed());
-                conns.push(conn);
+    let n = a.connections as usize;
+    let (conns, callers, frames, shed_kind) = match a.protocol {
+        Mode::Grpc => {
+            let mut conns = Vec::with_capacity(n);
+            for c in 0..n {
+                let addr = &ctx.grpc_addrs[c % ctx.grpc_addrs.len()];
+                let t0 = std::time::Instant::now();
+                match RawConn::connect(addr, ctx.timeout).await {
+                    Ok(conn) => {
+                        connect_rec.ok(t0.elapsed());
+                        conns.push(conn);
+                    }
+                    Err(e) => return Err(format!("raw gRPC connection to {addr} failed: {e}")),
+                }
             }
-            Err(e) => return Err(format!("raw gRPC connection to {addr} failed: {e}")),
-        }
-    }
-    let frames: Vec<Bytes> = (0..a.set.services)
-        .map(|s| {
-            encode_request(
-                "ServiceQueryRequest",
-                ctx.names.query_request(&ctx.service(s), a.set.healthy_only),
+            let frames: Vec<Bytes> = (0..a.set.services)
+                .map(|s| {
+                    encode_request(
+                        "ServiceQueryRequest",
+                        ctx.names.query_request(&ctx.service(s), a.set.healthy_only),
+                    )
+                })
+                .collect();
+            let callers = conns
+                .iter()
+                .map(|c| (Sender::Grpc(c.caller()), 0))
+                .collect();
+            (
+                Conns::Grpc(conns),
+                callers,
+                vec![frames],
+                OpError::Nacos(503).kind(),
             )
-        })
-        .collect();
+        }
+        Mode::Http => {
+            let addrs = &ctx.http_addrs;
+            let mut conns = Vec::with_capacity(n);
+            for c in 0..n {
+                let addr = &addrs[c % addrs.len()];
+                let t0 = std::time::Instant::now();
+                match HttpFloodConn::connect(addr, ctx.timeout, a.pipeline as usize).await {
+                    Ok(conn) => {
+                        connect_rec.ok(t0.elapsed());
+                        conns.push(conn);
+                    }
+                    Err(e) => return Err(format!("HTTP connection to {addr} failed: {e}")),
+                }
+            }
+            let frames: Vec<Vec<Bytes>> = addrs
+                .iter()
+                .map(|host| {
+                    (0..a.set.services)
+                        .map(|s| encode_get(host, &list_path(&ctx, s, a.set.healthy_only)))
+                        .collect()
+                })
+                .collect();
+            let callers = conns
+                .iter()
+                .enumerate()
+                .map(|(c, conn)| (Sender::Http(conn.caller()), c % addrs.len()))
+                .collect();
+            (
+                Conns::Http(conns),
+                callers,
+                frames,
+                OpError::Http(503).kind(),
+            )
+        }
+    };
     let total = (a.rate * a.duration).round().max(1.0) as u64;
     let shards = tokio::runtime::Handle::current()
         .metrics()
         .num_workers()
-        .clamp(1, a.connections as usize) as u64;
+        .clamp(1, n) as u64;
     println!(
-        "flood: {total} gRPC queries at {}/s over {} connections, {} services, {shards} dispatcher(s)",
-        a.rate, a.connections, a.set.services
+        "flood: {total} {} queries at {}/s over {} connections, {} services, {shards} dispatcher(s)",
+        match a.protocol {
+            Mode::Grpc => "gRPC",
+            Mode::Http => "HTTP",
+        },
+        a.rate,
+        a.connections,
+        a.set.services
     );
     let plan = Arc::new(Plan {
         start: Instant::now() + Duration::from_millis(10),
         interval_ns: 1e9 / a.rate,
         total,
         frames,
-        callers: conns.iter().map(RawConn::caller).collect(),
+        callers,
         timeout: ctx.timeout,
         max_inflight: a.set.max_inflight.div_ceil(shards as usize),
     });
@@ -236,7 +321,17 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
     }
     let took = plan.start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    let dead = conns.iter().filter(|c| !c.alive()).count();
+    // gRPC connections are not reopened: those dead at the end; HTTP ones are: every loss.
+    let (lost, down) = match &conns {
+        Conns::Grpc(c) => {
+            let dead = c.iter().filter(|c| !c.alive()).count() as u64;
+            (dead, dead)
+        }
+        Conns::Http(c) => (
+            c.iter().map(HttpFloodConn::losses).sum(),
+            c.iter().filter(|c| !c.alive()).count() as u64,
+        ),
+    };
     drop(conns);
     drop(holders);
 
@@ -244,11 +339,19 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
     let window = last_issue
         .saturating_duration_since(plan.start)
         .as_secs_f64();
-    let shed = rec.errors.get("nacos:503").copied().unwrap_or(0);
+    let shed = rec.errors.get(&shed_kind).copied().unwrap_or(0);
     let dropped = rec.errors.get("overload-dropped").copied().unwrap_or(0);
     let issued = total - dropped;
     let mut report = Report::new("flood", "query", rec, took);
-    report.extra("mode", json!("grpc-raw"));
+    report.extra(
+        "mode",
+        json!(match a.protocol {
+            Mode::Grpc => "grpc-raw",
+            Mode::Http => "http1-raw",
+        }),
+    );
+    report.extra("protocol", json!(a.protocol));
+    report.extra("shed_kind", json!(shed_kind));
     report.extra("target_rate", json!(a.rate));
     report.extra("scheduled", json!(total));
     report.extra("issued", json!(issued));
@@ -276,9 +379,9 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
                 json!({
                     "s": i,
                     "answered": r.oks(),
-                    "shed": r.errors.get("nacos:503").copied().unwrap_or(0),
+                    "shed": r.errors.get(&shed_kind).copied().unwrap_or(0),
                     "other_errors": r.error_count()
-                        - r.errors.get("nacos:503").copied().unwrap_or(0),
+                        - r.errors.get(&shed_kind).copied().unwrap_or(0),
                     "p50_us": lat["p50"],
                     "p99_us": lat["p99"],
                     "max_us": lat["max"],
@@ -286,7 +389,8 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
             })
             .collect::<Vec<_>>()),
     );
-    report.extra("connections_lost", json!(dead));
+    report.extra("connections_lost", json!(lost));
+    report.extra("connections_down_at_end", json!(down));
     report.extra("dispatchers", json!(shards));
     report.extra(
         "loadgen_cpu_s",
@@ -313,4 +417,18 @@ pub async fn run(a: &FloodArgs) -> Result<Report, String> {
     report.extra_latency("connect_latency_us", "connect", &connect_rec);
     report_prepared(&mut report, prepare_rec, a.set.instances_per_service);
     Ok(report)
+}
+
+/// `/nacos/v1/ns/instance/list?serviceName=..&namespaceId=..&groupName=..` for service `s`.
+fn list_path(ctx: &Ctx, s: u32, healthy_only: bool) -> String {
+    let service = ctx.service(s);
+    let mut params = vec![
+        ("serviceName", service.as_str()),
+        ("namespaceId", ctx.names.namespace.as_str()),
+        ("groupName", ctx.names.group.as_str()),
+    ];
+    if healthy_only {
+        params.push(("healthyOnly", "true"));
+    }
+    path_with_query("/nacos/v1/ns/instance/list", &params)
 }
