@@ -214,6 +214,8 @@ pub struct Core {
     remote_waiters: HashMap<u64, (NodeId, u64)>,
     /// Whether "startup snapshot loaded" was logged.
     load_logged: bool,
+    /// When the load's progress was last logged (while it takes long).
+    last_load_report: Option<Instant>,
     /// Overload shedding.
     admission: Admission,
     /// Whether the last tick found the core shedding (to log transitions once).
@@ -308,6 +310,7 @@ impl Core {
             peer_io: None,
             remote_waiters: HashMap::new(),
             load_logged: false,
+            last_load_report: None,
             admission: Admission::new(
                 Duration::from_millis(shared_lag_ms),
                 conn_prefix() ^ id as u64,
@@ -1107,6 +1110,22 @@ impl Core {
             self.shard.handle_timeout(now);
             self.trace_step(|| "timer".to_string());
             self.execute_commands();
+        }
+        if !self.load_logged && !self.shard.is_loaded() {
+            // A node that takes long to report UP says why, every 5 s.
+            let due = match self.last_load_report {
+                None => {
+                    self.last_load_report = Some(Instant::now());
+                    false
+                }
+                Some(t) => t.elapsed() >= Duration::from_secs(5),
+            };
+            if due {
+                self.last_load_report = Some(Instant::now());
+                if let Some(status) = self.shard.load_status() {
+                    info!(core = self.id, "startup snapshot still loading: {status}");
+                }
+            }
         }
         if !self.load_logged && self.shard.is_loaded() {
             self.load_logged = true;

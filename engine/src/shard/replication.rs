@@ -470,6 +470,47 @@ impl Shard {
         }
     }
 
+    /// While the startup snapshot loads: a one-line account of the partitions still
+    /// loading (for the log of a node that takes long to report UP).
+    pub fn load_status(&self) -> Option<String> {
+        let d = self.distro.as_ref()?;
+        if d.loaded {
+            return None;
+        }
+        let now = self.now.mono_ms;
+        let pending: Vec<String> = d
+            .loads
+            .iter()
+            .filter(|(_, l)| !l.done)
+            .map(|(p, l)| {
+                let heard = l
+                    .source
+                    .as_ref()
+                    .and_then(|s| d.load_heard.get(s))
+                    .map_or("never".to_string(), |t| {
+                        format!("{} ms ago", now.saturating_sub(*t))
+                    });
+                format!(
+                    "p{p} from {} chunk {} (progress {} ms ago, source heard {heard})",
+                    l.source.as_ref().map_or("-".to_string(), |s| s.to_string()),
+                    l.expect_seq,
+                    now.saturating_sub(l.last_progress_ms),
+                )
+            })
+            .collect();
+        Some(format!(
+            "{} of {} partitions loading: {}",
+            pending.len(),
+            d.loads.len(),
+            pending
+                .iter()
+                .take(6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    }
+
     /// The largest number of unacknowledged sync batches towards any peer and partition.
     pub fn max_inflight_batches(&self) -> usize {
         self.distro.as_ref().map_or(0, |d| {
