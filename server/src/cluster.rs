@@ -26,7 +26,7 @@ use wire::peer::{encode_frame, Frame};
 use crate::config::ClusterArgs;
 use crate::core::with_core;
 use crate::peer::members::{find_self, read_cluster_conf, Member};
-use crate::peer::transport::{self, Event, Lane, Transport, TransportConfig};
+use crate::peer::transport::{self, Event, Transport, TransportConfig};
 use crate::peer::{ClusterConfWatcher, TlsMode};
 
 /// How often a node tells each member it reaches which members it reaches
@@ -221,15 +221,15 @@ pub struct PeerIo {
 }
 
 impl PeerIo {
-    /// Sends a frame body to a member on `lane`; counts what could not be queued.
-    pub fn send(&self, to: &NodeId, body: Bytes, lane: Lane) {
+    /// Sends a frame body to a member; counts what could not be queued.
+    pub fn send(&self, to: &NodeId, body: Bytes) {
         let stats = &self.info.stats;
         let Some(addr) = self.by_node.get(to) else {
             stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let len = body.len() as u64;
-        match self.transport.send_on(*addr, body, lane) {
+        match self.transport.send(*addr, body) {
             Ok(()) => {
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
                 stats.bytes_sent.fetch_add(len + 4, Ordering::Relaxed);
@@ -389,7 +389,7 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                 let up = io.reachable();
                 let body = encode_body(&Frame::Reachable { up: up.clone() });
                 for n in &up {
-                    io.send(n, body.clone(), Lane::Urgent);
+                    io.send(n, body.clone());
                 }
                 io.changed_view()
             };

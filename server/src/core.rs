@@ -33,7 +33,6 @@ use crate::admission::{thread_cpu_time, Admission, Class, Via};
 use crate::cluster::{encode_body, ClusterInfo, MemberView, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
-use crate::peer::transport::Lane;
 use crate::trace::ClientTrace;
 
 /// Messages between cores.
@@ -69,8 +68,6 @@ pub enum CoreMsg {
         to: NodeId,
         /// Frame body.
         body: Bytes,
-        /// Which of the peer's streams.
-        lane: Lane,
     },
     /// The membership view changed.
     Members(MemberView),
@@ -463,12 +460,12 @@ impl Core {
         }
     }
 
-    /// Sends a frame body to a peer node (through core 0) on `lane`.
-    fn send_peer(&mut self, to: NodeId, body: Bytes, lane: Lane) {
+    /// Sends a frame body to a peer node (through core 0).
+    fn send_peer(&mut self, to: NodeId, body: Bytes) {
         if let Some(io) = &self.peer_io {
-            io.borrow().send(&to, body, lane);
+            io.borrow().send(&to, body);
         } else if self.id != 0 {
-            self.send_core(0, CoreMsg::PeerOut { to, body, lane });
+            self.send_core(0, CoreMsg::PeerOut { to, body });
         }
     }
 
@@ -511,7 +508,7 @@ impl Core {
                 });
                 with_core(|c| {
                     let body = encode_body(&wire::peer::Frame::ForwardReply { id, result });
-                    c.send_peer(from, body, Lane::Urgent);
+                    c.send_peer(from, body);
                 });
             })
             .detach();
@@ -673,7 +670,7 @@ impl Core {
         }
         let fallback = (client.clone(), op.clone());
         let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
-        self.send_peer(to, body, Lane::Urgent);
+        self.send_peer(to, body);
         glommio::spawn_local(async move {
             glommio::timer::sleep(FORWARD_TIMEOUT).await;
             with_core(|c| {
@@ -895,7 +892,7 @@ impl Core {
                 view,
             } => self.deliver_push(subscriber, &clusters, &view),
             CoreMsg::PeerIn { from, body } => self.on_peer_body(from, body),
-            CoreMsg::PeerOut { to, body, lane } => self.send_peer(to, body, lane),
+            CoreMsg::PeerOut { to, body } => self.send_peer(to, body),
             CoreMsg::Members(view) => self.apply_members(view),
             CoreMsg::ForwardIn {
                 from,
@@ -909,7 +906,7 @@ impl Core {
     fn complete(&mut self, token: u64, result: OpResult) {
         if let Some((node, id)) = self.remote_waiters.remove(&token) {
             let body = encode_body(&wire::peer::Frame::ForwardReply { id, result });
-            self.send_peer(node, body, Lane::Urgent);
+            self.send_peer(node, body);
             return;
         }
         if let Some(tx) = self.replies.remove(&token) {
@@ -979,7 +976,6 @@ impl Core {
                 Command::Send { shard, msg } => self.send_core(shard, CoreMsg::Shard(msg)),
                 Command::Peer { to, partition, msg } => {
                     let is_digest = matches!(msg, engine::distro::PeerMsg::Digest { .. });
-                    let lane = lane_of(&msg);
                     let body = encode_body(&wire::peer::Frame::Partition { partition, msg });
                     if is_digest {
                         if let Some(info) = &self.shared.cluster {
@@ -989,13 +985,13 @@ impl Core {
                                 .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
                         }
                     }
-                    self.send_peer(to, body, lane);
+                    self.send_peer(to, body);
                 }
                 Command::RelayBeat { to, client, op } => {
                     // An id below 256 (token 0) marks a relayed beat: no waiter, no answer.
                     let id = self.id as u64;
                     let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
-                    self.send_peer(to, body, Lane::Urgent);
+                    self.send_peer(to, body);
                 }
                 Command::Reply { to, result } => {
                     if to.shard == self.id {
@@ -1281,25 +1277,6 @@ async fn timer_loop() {
             since_gc = Duration::ZERO;
             with_core(|c| c.collect_garbage());
         }
-    }
-}
-
-/// The peer stream a Distro message goes on. Sync batches and verify stay in order with each
-/// other on the bulk lane (a digest that overtook the batches it describes would disagree);
-/// acks and snapshots go first, so a joining node's snapshot does not queue behind the sync
-/// backlog its peers kept for it, and a sender learns of delivered batches without delay.
-fn lane_of(msg: &engine::distro::PeerMsg) -> Lane {
-    use engine::distro::PeerMsg as M;
-    match msg {
-        M::Sync { .. }
-        | M::Digest { .. }
-        | M::SliceDigests { .. }
-        | M::SliceClients { .. }
-        | M::Resync { .. } => Lane::Bulk,
-        M::SyncAck { .. }
-        | M::SnapshotRequest { .. }
-        | M::SnapshotChunk { .. }
-        | M::SnapshotAck { .. } => Lane::Urgent,
     }
 }
 

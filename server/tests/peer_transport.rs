@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future;
 use peer::tls::TlsMode;
-use peer::transport::{Event, Health, Lane, SendError, Transport, TransportConfig};
+use peer::transport::{Event, Health, SendError, Transport, TransportConfig};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test ip")
@@ -475,53 +475,6 @@ fn slow_reader_pushes_back_and_loses_nothing() {
             assert_eq!(body.len(), 1000);
         }
         assert_eq!(a.health(ba), Health::Up);
-    });
-}
-
-#[test]
-fn urgent_frames_overtake_a_bulk_backlog_and_each_lane_keeps_its_order() {
-    block_on(async {
-        let (_ca, tls) = cluster_tls(&["127.0.5.3", "127.0.5.4"]);
-        let a = start("127.0.5.3", tls[0].clone());
-        let mut cfg = config(SocketAddr::new(ip("127.0.5.4"), 0), tls[1].clone());
-        cfg.stream_window = 256 << 10;
-        let b = Transport::start(cfg).expect("starts");
-        let (aa, ba) = (a.local_addr(), b.local_addr());
-        a.set_peers([ba]);
-        b.set_peers([aa]);
-        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(10)).await);
-        // 4 MB of bulk frames (a sync backlog), then three small urgent ones (acks).
-        const N: usize = 4000;
-        for i in 0..N {
-            let mut body = vec![0u8; 1000];
-            body[..4].copy_from_slice(&(i as u32).to_le_bytes());
-            a.send_on(ba, body.into(), Lane::Bulk).expect("queued");
-        }
-        for i in 0..3u8 {
-            a.send_on(ba, Bytes::from(vec![0xEE, i]), Lane::Urgent)
-                .expect("queued");
-        }
-        let got = frames(&b, N + 3, Duration::from_secs(20)).await;
-        assert_eq!(got.len(), N + 3);
-        let urgent: Vec<usize> = (0..got.len()).filter(|&i| got[i].1.len() == 2).collect();
-        assert_eq!(urgent.len(), 3);
-        assert!(
-            urgent[2] < N / 2,
-            "the urgent frames arrived at positions {urgent:?} of {}, behind the backlog",
-            N + 3
-        );
-        let urgent_bodies: Vec<u8> = urgent.iter().map(|&i| got[i].1[1]).collect();
-        assert_eq!(urgent_bodies, vec![0, 1, 2], "urgent lane out of order");
-        let bulk: Vec<u32> = got
-            .iter()
-            .filter(|(_, b)| b.len() == 1000)
-            .map(|(_, b)| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        assert_eq!(
-            bulk,
-            (0..N as u32).collect::<Vec<_>>(),
-            "bulk lane out of order"
-        );
     });
 }
 

@@ -16,12 +16,10 @@
 //! - [`FrameReader`]: splits a stream into frames (`u32` LE length + body).
 //!
 //! # Topology
-//! Every node dials every peer (client role) and sends its frames to that peer on two
-//! unidirectional streams of that outgoing connection, one per [`Lane`]: bulk (sync batches,
-//! verify) and urgent (acks, forwards, snapshots, membership reports; sent first, so they never
-//! wait behind a bulk backlog); it accepts connections from its peers and reads their frames
-//! from the uni streams they open. So each ordered pair of nodes has its own connection, and
-//! frames from A to B on one lane arrive in the order A sent them, as long as the connection
+//! Every node dials every peer (client role) and sends all its frames to that peer on one
+//! unidirectional stream of that outgoing connection; it accepts connections from its peers and
+//! reads their frames from the uni streams they open. So each ordered pair of nodes has its own
+//! connection and frames from A to B arrive in the order A sent them, as long as the connection
 //! lives. Incoming frames are tagged with the remote address, which is the peer's own endpoint
 //! address (`ip:peer_port`): one UDP socket plays both roles, so a peer dials from the port it
 //! listens on. (A node bound to `0.0.0.0` sends from the address the kernel routes through,
@@ -365,8 +363,6 @@ struct Peer {
     conn: Option<ConnectionHandle>,
     /// Our uni stream on `conn`; `Some` exactly when Up.
     stream: Option<StreamId>,
-    /// Our second uni stream on `conn`, sent first ([`Lane::Urgent`]); opened with `stream`.
-    urgent_stream: Option<StreamId>,
     dial_started: Instant,
     next_dial: Instant,
     backoff: Duration,
@@ -377,9 +373,7 @@ struct Peer {
     /// Chunks ready for the stream, in order, then `tail`: small frames being coalesced.
     queue: VecDeque<Bytes>,
     tail: BytesMut,
-    /// Frames for the urgent stream, in order (each with its length prefix).
-    urgent: VecDeque<Bytes>,
-    /// Bytes in `queue`, `tail` and `urgent`.
+    /// Bytes in `queue` and `tail`.
     queued: usize,
 }
 
@@ -388,7 +382,6 @@ impl Peer {
         Peer {
             conn: None,
             stream: None,
-            urgent_stream: None,
             dial_started: now,
             next_dial: now,
             backoff,
@@ -397,22 +390,9 @@ impl Peer {
             health: Health::Unknown,
             queue: VecDeque::new(),
             tail: BytesMut::new(),
-            urgent: VecDeque::new(),
             queued: 0,
         }
     }
-}
-
-/// Which of a peer's two streams a frame goes on. Frames on one lane arrive in the order they
-/// were sent; the urgent lane is sent first, so small control frames and snapshot chunks do
-/// not wait behind a bulk backlog (a joining node's snapshot behind the sync batches its peers
-/// kept for it while it was down).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
-    /// Replication traffic whose order matters to the receiver (sync batches, verify).
-    Bulk,
-    /// Everything else: acks, forwards, snapshots, membership reports.
-    Urgent,
 }
 
 struct Inner {
@@ -601,14 +581,9 @@ impl Transport {
     /// Queues a frame for `to` without waiting. The frame goes out on the current connection
     /// or, while there is none, on the next one.
     pub fn send(&self, to: SocketAddr, body: Bytes) -> Result<(), SendError> {
-        self.send_on(to, body, Lane::Bulk)
-    }
-
-    /// Queues a frame for `to` on `lane` (see [`Lane`]).
-    pub fn send_on(&self, to: SocketAddr, body: Bytes, lane: Lane) -> Result<(), SendError> {
         let up = {
             let mut inner = self.h.shared.inner.borrow_mut();
-            inner.enqueue(to, body, lane)?
+            inner.enqueue(to, body)?
         };
         if up {
             self.h.shared.send_wake.notify();
@@ -839,7 +814,7 @@ impl Inner {
         }
     }
 
-    fn enqueue(&mut self, to: SocketAddr, body: Bytes, lane: Lane) -> Result<bool, SendError> {
+    fn enqueue(&mut self, to: SocketAddr, body: Bytes) -> Result<bool, SendError> {
         if body.len() > self.cfg.max_frame {
             return Err(SendError::TooLarge);
         }
@@ -851,15 +826,6 @@ impl Inner {
         let size = 4 + body.len();
         if peer.queued + size > max {
             return Err(SendError::Full);
-        }
-        if lane == Lane::Urgent {
-            let mut framed = BytesMut::with_capacity(size);
-            framed.put_u32_le(body.len() as u32);
-            framed.extend_from_slice(&body);
-            peer.urgent.push_back(framed.freeze());
-            peer.queued += size;
-            self.stats.frames_sent += 1;
-            return Ok(peer.stream.is_some());
         }
         peer.tail.reserve(4 + body.len().min(COALESCE_MAX));
         peer.tail.put_u32_le(body.len() as u32);
@@ -1105,18 +1071,12 @@ impl Inner {
         if c.conn.stats().frame_rx.handshake_done == 0 {
             return;
         }
-        let (Some(id), Some(urgent)) = (
-            c.conn.streams().open(Dir::Uni),
-            c.conn.streams().open(Dir::Uni),
-        ) else {
+        let Some(id) = c.conn.streams().open(Dir::Uni) else {
             // The server allows uni streams; not being able to open one is a broken peer.
             warn!(peer = %addr, "peer transport: cannot open a stream to the peer");
             return;
         };
-        // quinn-proto sends the data of higher-priority streams first.
-        let _ = c.conn.send_stream(urgent).set_priority(1);
         peer.stream = Some(id);
-        peer.urgent_stream = Some(urgent);
         peer.failures = 0;
         peer.backoff = self.cfg.backoff_min;
         self.stats.connects += 1;
@@ -1223,7 +1183,6 @@ impl Inner {
                     warn!(peer = %addr, "peer down");
                 }
                 peer.queue.clear();
-                peer.urgent.clear();
                 peer.tail = BytesMut::new();
                 peer.queued = 0;
             }
@@ -1263,7 +1222,6 @@ impl Inner {
         let was_up = peer.stream.is_some();
         peer.conn = None;
         peer.stream = None;
-        peer.urgent_stream = None;
         let health = if was_up {
             self.stats.connections_lost += 1;
             info!(peer = %addr, "peer connection lost: {reason}");
@@ -1397,27 +1355,6 @@ impl Inner {
                 continue;
             };
             let before = peer.queued;
-            if let Some(urgent) = peer.urgent_stream {
-                while !peer.urgent.is_empty() {
-                    let (front, _) = peer.urgent.as_mut_slices();
-                    let n = front.len();
-                    match c.conn.send_stream(urgent).write_chunks(front) {
-                        Ok(w) => {
-                            peer.queued -= w.bytes;
-                            self.stats.bytes_sent += w.bytes as u64;
-                            peer.urgent.drain(..w.chunks);
-                            if w.chunks < n {
-                                break;
-                            }
-                        }
-                        Err(WriteError::Blocked) => break,
-                        Err(WriteError::Stopped(_) | WriteError::ClosedStream) => {
-                            stopped.push(*addr);
-                            break;
-                        }
-                    }
-                }
-            }
             loop {
                 if peer.queue.is_empty() {
                     if peer.tail.is_empty() {
