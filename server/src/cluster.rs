@@ -310,8 +310,7 @@ impl PeerIo {
 
     /// The first view, which the caller gives the cores.
     pub fn initial_view(&mut self) -> MemberView {
-        self.changed_view();
-        self.view()
+        self.changed_view().unwrap_or_else(|| self.view())
     }
 
     /// Peer `from` reports the members it reaches; the new view if that changes it.

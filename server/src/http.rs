@@ -121,10 +121,7 @@ async fn handle(
     let query = req.uri().query().map(str::to_owned);
     if !with_core(|c| c.admit_request(class_of(&method, &path), arrived)) {
         // Refused before reading the body: shedding must cost far less than serving.
-        let route = path
-            .strip_prefix("/nacos/v1/ns")
-            .or_else(|| path.strip_prefix("/nacos/v2/ns"))
-            .unwrap_or("");
+        let route = naming_route(&path).map_or("", |(_, r)| r);
         let kind = kind_of(&method, route);
         with_core(|c| c.metrics.record(kind, started.elapsed(), false));
         let f = Failure::from(Overloaded);
@@ -142,11 +139,7 @@ async fn handle(
         }
     };
     let params = Params::parse(query.as_deref(), &body);
-    let (api, route) = if let Some(r) = path.strip_prefix("/nacos/v1/ns") {
-        (Api::V1, r)
-    } else if let Some(r) = path.strip_prefix("/nacos/v2/ns") {
-        (Api::V2, r)
-    } else {
+    let Some((api, route)) = naming_route(&path) else {
         let resp = match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => prometheus(),
             (
@@ -174,6 +167,15 @@ async fn handle(
     Ok(resp)
 }
 
+/// The naming API version and the route after `/nacos/v{1,2}/ns`, if `path` is a naming path.
+fn naming_route(path: &str) -> Option<(Api, &str)> {
+    if let Some(r) = path.strip_prefix("/nacos/v1/ns") {
+        Some((Api::V1, r))
+    } else {
+        path.strip_prefix("/nacos/v2/ns").map(|r| (Api::V2, r))
+    }
+}
+
 /// The metrics kind of a naming request (`route`: the path after `/nacos/v{1,2}/ns`).
 fn kind_of(method: &Method, route: &str) -> Kind {
     match route {
@@ -186,12 +188,8 @@ fn kind_of(method: &Method, route: &str) -> Kind {
 
 /// How a request fares under overload (see `admission`).
 fn class_of(method: &Method, path: &str) -> Class {
-    let route = match path
-        .strip_prefix("/nacos/v1/ns")
-        .or_else(|| path.strip_prefix("/nacos/v2/ns"))
-    {
-        Some(r) => r,
-        None => return Class::Essential, // metrics and health probes
+    let Some((_, route)) = naming_route(path) else {
+        return Class::Essential; // metrics and health probes
     };
     match (method, route) {
         (_, "/operator/metrics") | (_, "/instance/beat") | (&Method::DELETE, _) => Class::Essential,
