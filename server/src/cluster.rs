@@ -221,6 +221,11 @@ pub struct PeerIo {
 }
 
 impl PeerIo {
+    /// The transport (a cheap handle), e.g. to close every connection at shutdown.
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
+    }
+
     /// Sends a frame body to a member; counts what could not be queued.
     pub fn send(&self, to: &NodeId, body: Bytes) {
         let stats = &self.info.stats;

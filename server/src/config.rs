@@ -82,6 +82,10 @@ pub struct Args {
     /// A copy of a peer's client that its owner stopped confirming is removed after this (ms).
     #[arg(long, env = "NACELLE_REPLICA_LEASE_MS", default_value_t = 30_000)]
     pub replica_lease_ms: u64,
+    /// On SIGTERM, how long the node waits for its peers to acknowledge the changes it
+    /// accepted before it exits (ms; 0 = exit at once).
+    #[arg(long, env = "NACELLE_DRAIN_MS", default_value_t = 3_000)]
+    pub drain_ms: u64,
 }
 
 /// Resolved settings.
@@ -136,6 +140,8 @@ pub struct ClusterArgs {
     pub insecure: bool,
     /// Distro settings.
     pub distro: engine::distro::DistroConfig,
+    /// Shutdown drain bound (ms).
+    pub drain_ms: u64,
 }
 
 impl Args {
@@ -188,8 +194,9 @@ impl Args {
             if self.sync_delay_ms > 600_000
                 || !(500..=600_000).contains(&self.verify_interval_ms)
                 || self.replica_lease_ms < (2 * self.verify_interval_ms).max(10_000)
+                || self.drain_ms > 600_000
             {
-                return Err("--sync-delay-ms must be <= 600000, --verify-interval-ms within 500..=600000, and --replica-lease-ms at least twice the verify interval and at least 10000 (longer than a dead node takes to be declared DOWN, so its clients move before their copies expire)".into());
+                return Err("--sync-delay-ms and --drain-ms must be <= 600000, --verify-interval-ms within 500..=600000, and --replica-lease-ms at least twice the verify interval and at least 10000 (longer than a dead node takes to be declared DOWN, so its clients move before their copies expire)".into());
             }
             Some(ClusterArgs {
                 members: self
@@ -208,6 +215,7 @@ impl Args {
                     replica_lease_ms: self.replica_lease_ms,
                     ..engine::distro::DistroConfig::default()
                 },
+                drain_ms: self.drain_ms,
             })
         };
         if cores > usize::from(engine::distro::PARTITIONS) {

@@ -33,7 +33,7 @@ use crate::admission::{thread_cpu_time, Admission, Class, Via};
 use crate::cluster::{encode_body, ClusterInfo, MemberView, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
-use crate::trace::ClientTrace;
+use crate::trace::Traces;
 
 /// Messages between cores.
 pub enum CoreMsg {
@@ -104,6 +104,9 @@ pub struct Shared {
     pub conn_prefix: u64,
     /// The cluster, if this node is in one.
     pub cluster: Option<Arc<ClusterInfo>>,
+    /// Set on SIGTERM/SIGINT: the node refuses client writes (they fail over to another
+    /// node) while it delivers what it already accepted to its peers.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// 24 bits that differ between runs of the process (time and pid mixed).
@@ -126,6 +129,7 @@ impl Shared {
             mono_origin: Instant::now(),
             conn_prefix: conn_prefix(),
             cluster,
+            draining: std::sync::atomic::AtomicBool::new(false),
             cfg,
         })
     }
@@ -221,7 +225,7 @@ pub struct Core {
     /// Whether the last tick found the core shedding (to log transitions once).
     was_shedding: bool,
     /// `NACELLE_TRACE_CLIENT`: the one client whose story this core logs (if it owns it).
-    trace: Option<ClientTrace>,
+    trace: Option<Traces>,
 }
 
 /// How long a forwarded HTTP write may wait for the responsible node.
@@ -316,7 +320,7 @@ impl Core {
                 conn_prefix() ^ id as u64,
             ),
             was_shedding: false,
-            trace: ClientTrace::from_env(),
+            trace: Traces::from_env(),
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
 
@@ -339,6 +343,25 @@ impl Core {
     }
 
     /// Installs the peer transport handle (core 0).
+    /// Starts shutting down: pending changes go to peers now, not at the end of the merge
+    /// window. Returns how many changes peers have yet to acknowledge.
+    pub fn begin_drain(&mut self) -> usize {
+        let now = self.now();
+        self.shard.handle_shutdown(now);
+        self.execute_commands();
+        self.shard.unsynced_changes()
+    }
+
+    /// Changes of this core's clients that peers have not acknowledged yet.
+    pub fn unsynced_changes(&self) -> usize {
+        self.shard.unsynced_changes()
+    }
+
+    /// The peer transport, on the core that runs it (core 0 in a cluster).
+    pub fn peer_transport(&self) -> Option<crate::peer::transport::Transport> {
+        self.peer_io.as_ref().map(|io| io.borrow().transport())
+    }
+
     pub fn set_peer_io(&mut self, io: Rc<RefCell<PeerIo>>) {
         self.peer_io = Some(io);
     }
@@ -472,7 +495,7 @@ impl Core {
     /// A write forwarded by a peer: apply it here (never forward it again: the sender's
     /// view made us responsible) and answer once it is readable.
     fn accept_forward(&mut self, from: NodeId, id: u64, client: ClientId, op: ClientOp) {
-        if let Some(t) = self.trace.as_ref().filter(|t| t.client() == &client) {
+        if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
             let how = if id < 256 {
                 "relayed beat"
             } else {
@@ -665,7 +688,7 @@ impl Core {
         if let Some(info) = &self.shared.cluster {
             info.stats.forwards.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(t) = self.trace.as_ref().filter(|t| t.client() == &client) {
+        if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
             t.event(format_args!("forward {op:?} to {to}"));
         }
         let fallback = (client.clone(), op.clone());
@@ -938,12 +961,14 @@ impl Core {
     /// Applies a shard message here (and traces it if it names the traced client).
     fn shard_handle(&mut self, now: engine::shard::Now, msg: ShardMsg) {
         let label = self.trace.as_ref().map(|t| match &msg {
-            ShardMsg::Client { client, op, .. } if client == t.client() => format!("{op:?}"),
+            ShardMsg::Client { client, op, .. } if t.get(client).is_some() => format!("{op:?}"),
             ShardMsg::BeatRelayed {
                 client,
                 to_claimants,
                 ..
-            } if client == t.client() => format!("BeatRelayed (to claimants: {to_claimants})"),
+            } if t.get(client).is_some() => {
+                format!("BeatRelayed (to claimants: {to_claimants})")
+            }
             _ => "another client's op".to_string(),
         });
         self.shard.handle(now, msg);
@@ -952,9 +977,17 @@ impl Core {
 
     /// Logs what changed about the traced client, if anything, after `input`.
     fn trace_step(&mut self, input: impl FnOnce() -> String) {
-        if let Some(t) = self.trace.as_mut() {
+        let Some(traces) = self.trace.as_mut() else {
+            return;
+        };
+        let (mut input, mut label) = (Some(input), None::<String>);
+        for t in traces.iter_mut() {
             if client_shard(t.client(), self.n) == self.id {
-                t.observe(&self.shard, input);
+                t.observe(&self.shard, || {
+                    label
+                        .get_or_insert_with(|| input.take().map_or_else(String::new, |f| f()))
+                        .clone()
+                });
             }
         }
     }
@@ -966,8 +999,10 @@ impl Core {
                     Command::Peer { to, partition, msg } => {
                         t.peer_message("to", to, *partition, msg)
                     }
-                    Command::RelayBeat { to, client, .. } if client == t.client() => {
-                        t.event(format_args!("RelayBeat to {to}"))
+                    Command::RelayBeat { to, client, .. } => {
+                        if let Some(t) = t.get(client) {
+                            t.event(format_args!("RelayBeat to {to}"))
+                        }
                     }
                     _ => {}
                 }

@@ -131,6 +131,21 @@ async fn handle(
             text(f.status, f.message)
         });
     }
+    let draining = with_core(|c| c.shared.draining.load(Ordering::Relaxed));
+    if draining && method != Method::GET && naming_route(&path).is_some() {
+        // A write accepted now might not reach the peers before the process exits; the
+        // SDKs send a refused request to the next server.
+        let f = Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: 503,
+            message: "this node is shutting down: send the request to another node".into(),
+        };
+        return Ok(if path.starts_with("/nacos/v2/") {
+            json(f.status, wrap_v2(f.code, &f.message, "null"))
+        } else {
+            text(f.status, f.message)
+        });
+    }
     let body = match Limited::new(req.into_body(), max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -142,10 +157,11 @@ async fn handle(
     let Some((api, route)) = naming_route(&path) else {
         let resp = match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => prometheus(),
-            (
-                &Method::GET,
-                "/nacos/v1/console/health/liveness" | "/nacos/v1/console/health/readiness",
-            ) => text(StatusCode::OK, "OK"),
+            (&Method::GET, "/nacos/v1/console/health/liveness") => text(StatusCode::OK, "OK"),
+            (&Method::GET, "/nacos/v1/console/health/readiness") if draining => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+            }
+            (&Method::GET, "/nacos/v1/console/health/readiness") => text(StatusCode::OK, "OK"),
             _ => text(
                 StatusCode::NOT_FOUND,
                 format!("no route for {method} {path}"),

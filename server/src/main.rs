@@ -29,14 +29,14 @@ mod rt;
 mod trace;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, Latency, LocalExecutorPoolBuilder, PoolPlacement, Shares};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::core::{Core, MeshBatch, Shared};
 
@@ -126,6 +126,7 @@ fn run(cfg: config::Config) -> Result<(), String> {
     let shared = Shared::new(cfg.clone(), cluster);
     let mesh = MeshBuilder::<MeshBatch, _>::full(n, 1024);
     let stop = Arc::new(AtomicBool::new(false));
+    let drained = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
@@ -142,6 +143,7 @@ fn run(cfg: config::Config) -> Result<(), String> {
             let shared = shared.clone();
             let mesh = mesh.clone();
             let stop = stop.clone();
+            let drained = drained.clone();
             async move {
                 let (senders, receivers) = match mesh.join().await {
                     Ok(v) => v,
@@ -185,6 +187,7 @@ fn run(cfg: config::Config) -> Result<(), String> {
                 if id == 0 {
                     info!("shutting down");
                 }
+                drain(id, &shared, &drained).await;
                 Ok::<(), String>(())
             }
         })
@@ -198,6 +201,47 @@ fn run(cfg: config::Config) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The shutdown of one core: client writes are refused from now on (the SDKs retry on
+/// another node), and what this core already accepted goes to the peers at once; the core
+/// waits until they acknowledged it, at most `--drain-ms`. Every core waits for the others,
+/// since core 0 carries all peer traffic; core 0 then closes the peer connections, so peers
+/// see the node leave at once instead of after their idle timeout.
+async fn drain(id: usize, shared: &core::Shared, drained: &AtomicUsize) {
+    shared.draining.store(true, Ordering::Relaxed);
+    let Some(args) = shared.cfg.cluster.as_ref() else {
+        return;
+    };
+    let bound = Duration::from_millis(args.drain_ms);
+    let started = Instant::now();
+    let first = core::with_core(|c| c.begin_drain());
+    let mut left = first;
+    while left > 0 && started.elapsed() < bound {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+        left = core::with_core(|c| c.unsynced_changes());
+    }
+    let after_ms = started.elapsed().as_millis() as u64;
+    if left > 0 {
+        warn!(core = id, unacknowledged = left, after_ms, "shutdown: peers did not acknowledge every change in time; verify repairs them when they next hear from the member that takes over");
+    } else if first > 0 {
+        info!(
+            core = id,
+            changes = first,
+            after_ms,
+            "shutdown: peers acknowledged every accepted change"
+        );
+    }
+    drained.fetch_add(1, Ordering::AcqRel);
+    let all_by = started + bound + Duration::from_millis(500);
+    while drained.load(Ordering::Acquire) < shared.cfg.cores && Instant::now() < all_by {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    if id == 0 {
+        if let Some(transport) = core::with_core(|c| c.peer_transport()) {
+            transport.shutdown(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// A listening socket shared by every core (SO_REUSEPORT) that a restarted process can bind

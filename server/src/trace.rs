@@ -1,5 +1,5 @@
 //! One client's story on a real node, for investigations: `NACELLE_TRACE_CLIENT=ip:port`
-//! logs (target `nacelle::trace`, level info) every change of what this node holds about
+//! (or several, comma-separated: the chaos harness passes every client it may start) logs (target `nacelle::trace`, level info) every change of what this node holds about
 //! that heartbeat client together with the input that caused it, and every peer message,
 //! forward or relayed beat that names it, in and out.
 //!
@@ -19,29 +19,52 @@ pub struct ClientTrace {
     last: String,
 }
 
-impl ClientTrace {
-    /// The trace `NACELLE_TRACE_CLIENT` asks for, if any (a malformed value is reported once
-    /// and ignored: tracing must never stop a node).
-    pub fn from_env() -> Option<ClientTrace> {
+/// Every traced client.
+pub struct Traces(Vec<ClientTrace>);
+
+impl Traces {
+    /// The traces `NACELLE_TRACE_CLIENT` asks for, if any (a malformed address is reported
+    /// and skipped: tracing must never stop a node).
+    pub fn from_env() -> Option<Traces> {
         let raw = std::env::var("NACELLE_TRACE_CLIENT").ok()?;
-        let parsed = raw.rsplit_once(':').and_then(|(ip, port)| {
-            Some(ClientId::for_address(
-                &Host::parse(ip).ok()?,
-                port.parse().ok()?,
-            ))
-        });
-        match parsed {
-            Some(client) => Some(ClientTrace {
-                client,
-                last: String::new(),
-            }),
-            None => {
-                tracing::warn!("NACELLE_TRACE_CLIENT={raw:?} is not ip:port; not tracing");
-                None
+        let mut traces = Vec::new();
+        for one in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let parsed = one.rsplit_once(':').and_then(|(ip, port)| {
+                Some(ClientId::for_address(
+                    &Host::parse(ip).ok()?,
+                    port.parse().ok()?,
+                ))
+            });
+            match parsed {
+                Some(client) => traces.push(ClientTrace {
+                    client,
+                    last: String::new(),
+                }),
+                None => tracing::warn!("NACELLE_TRACE_CLIENT: {one:?} is not ip:port; not traced"),
             }
         }
+        (!traces.is_empty()).then_some(Traces(traces))
     }
 
+    /// The trace of `client`, if it is traced.
+    pub fn get(&self, client: &ClientId) -> Option<&ClientTrace> {
+        self.0.iter().find(|t| &t.client == client)
+    }
+
+    /// Every trace.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut ClientTrace> {
+        self.0.iter_mut()
+    }
+
+    /// Logs a peer message for every traced client it names.
+    pub fn peer_message(&self, dir: &str, peer: &NodeId, partition: u16, msg: &PeerMsg) {
+        for t in &self.0 {
+            t.peer_message(dir, peer, partition, msg);
+        }
+    }
+}
+
+impl ClientTrace {
     /// The traced client.
     pub fn client(&self) -> &ClientId {
         &self.client

@@ -328,6 +328,56 @@ async fn a_grpc_registration_is_pushed_through_the_other_nodes() {
     }
 }
 
+#[test]
+fn a_node_stopped_with_sigterm_delivers_what_it_accepted_before_it_exits() {
+    let _serial = serial();
+    let mut c = TestCluster::start(2, 0, &["--insecure"]);
+    // Node 0 holds its changes for 5 s before syncing them: only the shutdown drain can
+    // deliver what it accepted just before SIGTERM.
+    c.start_node_with(0, &["--sync-delay-ms", "5000"]);
+    c.start_node(1);
+    c.wait_formed(Duration::from_secs(15));
+    let mut expected = Vec::new();
+    for k in 0..20u16 {
+        register_http_lasting(c.node(0), "drain", &format!("10.7.0.{}", k + 1), 8080);
+        expected.push(format!("10.7.0.{}:8080", k + 1));
+    }
+    c.wait_everywhere("drain", &expected, Duration::from_secs(10));
+    // Deregister every one through node 0 (it owns about half of them and forwards the
+    // rest), plus one new registration it owns or forwards; then stop it at once.
+    for k in 0..20u16 {
+        let r = c.node(0).http(
+            "DELETE",
+            &format!(
+                "/nacos/v1/ns/instance?serviceName=drain&ip=10.7.0.{}&port=8080",
+                k + 1
+            ),
+        );
+        assert_eq!(r.status, 200, "deregister: {}", r.text());
+    }
+    register_http_lasting(c.node(0), "drain", "10.7.1.1", 8080);
+    let mut node0 = c.nodes[0].take().expect("node 0 runs");
+    let took = node0
+        .terminate(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("node 0: {e}\n{}", node0.log()));
+    let log = node0.log();
+    assert!(
+        log.contains("peers acknowledged every accepted change"),
+        "node 0 drained its changes before exiting (took {took:?}):\n{log}"
+    );
+    // Without the drain node 1 would show the 20 deleted instances until their 120 s
+    // heartbeat timeout, as their owner's Drop never left it.
+    let want = vec!["10.7.1.1:8080".to_string()];
+    let got = c.node(1).endpoints("drain");
+    assert_eq!(
+        got,
+        want,
+        "node 1 right after node 0 exited\n{}",
+        c.node(1).log()
+    );
+    drop(node0);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_node_killed_and_restarted_catches_up_and_loses_nothing() {
     let _serial = serial();

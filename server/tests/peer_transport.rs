@@ -364,6 +364,53 @@ fn a_restarted_peer_resets_the_old_connection_at_once() {
 }
 
 #[test]
+fn a_peer_restarted_after_a_clean_shutdown_is_up_again_within_a_round_trip() {
+    block_on(async {
+        let (_ca, tls) = cluster_tls(&["127.0.13.1", "127.0.13.2"]);
+        let mut ca = config(SocketAddr::new(ip("127.0.13.1"), 0), tls[0].clone());
+        ca.dial_timeout = Duration::from_secs(3);
+        let a = Transport::start(ca).expect("a starts");
+        let b = start("127.0.13.2", tls[1].clone());
+        let (aa, ba) = (a.local_addr(), b.local_addr());
+        a.set_peers([ba]);
+        b.set_peers([aa]);
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(10)).await);
+        // b leaves cleanly: a sees it at once and redials after its first backoff (200 ms),
+        // into the void — no process is there, and an unanswered QUIC Initial is only
+        // retransmitted after a second or more.
+        b.shutdown(Duration::from_millis(200)).await;
+        drop(b);
+        assert!(wait_health(&a, ba, Health::Suspicious, Duration::from_secs(2)).await);
+        sleep_ms(260).await;
+        let mut restarted = None;
+        for _ in 0..100 {
+            let mut c = config(ba, tls[1].clone());
+            c.down_after = Duration::from_secs(60);
+            if let Ok(t) = Transport::start(c) {
+                restarted = Some(t);
+                break;
+            }
+            sleep_ms(20).await;
+        }
+        let b = restarted.expect("b restarts on its address");
+        let restarted_at = Instant::now();
+        b.set_peers([aa]);
+        // b's dial reaches a, which replaces its own unanswered dial with one that answers
+        // b's: both directions are UP within a few round trips, not at a's retransmission.
+        assert!(wait_health(&b, aa, Health::Up, Duration::from_secs(5)).await);
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(5)).await);
+        let both_up = restarted_at.elapsed();
+        assert!(
+            both_up < Duration::from_millis(500),
+            "a saw the restarted b UP only after {both_up:?}"
+        );
+        a.send(ba, Bytes::from_static(b"after")).expect("queued");
+        let got = frames(&b, 1, Duration::from_secs(5)).await;
+        assert_eq!(got, vec![(aa, Bytes::from_static(b"after"))]);
+    });
+}
+
+#[test]
 fn dead_peer_goes_suspicious_then_down_and_comes_back() {
     block_on(async {
         let (_ca, tls) = cluster_tls(&["127.0.4.1", "127.0.4.2"]);

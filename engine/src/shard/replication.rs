@@ -511,6 +511,35 @@ impl Shard {
         ))
     }
 
+    /// Changes of our clients that a peer not DOWN has not acknowledged yet: keys waiting in
+    /// the merge window plus keys of batches in flight. A node that shuts down waits for
+    /// this to reach zero (see [`Shard::handle_shutdown`]); DOWN peers do not count, they
+    /// are repaired by verify when they come back.
+    pub fn unsynced_changes(&self) -> usize {
+        let Some(d) = self.distro.as_ref() else {
+            return 0;
+        };
+        d.links
+            .iter()
+            .filter(|(peer, _)| self.peer_health(peer) != Health::Down)
+            .flat_map(|(_, parts)| parts.values())
+            .map(|p| p.dirty.len() + p.inflight.values().map(|b| b.keys.len()).sum::<usize>())
+            .sum()
+    }
+
+    /// The node is shutting down: send every pending change now instead of at the end of
+    /// the merge window. A change acknowledged by its client but still in the window would
+    /// otherwise die with the process — found by the chaos harness: a deregistration
+    /// answered just before SIGTERM reached one peer and not the other, the restarted node
+    /// loaded the stale copy from that peer and the instance came back everywhere until its
+    /// heartbeat timeout.
+    pub fn handle_shutdown(&mut self, now: super::Now) {
+        self.now = now;
+        if self.distro.is_some() {
+            self.on_sync_timer();
+        }
+    }
+
     /// The largest number of unacknowledged sync batches towards any peer and partition.
     pub fn max_inflight_batches(&self) -> usize {
         self.distro.as_ref().map_or(0, |d| {

@@ -91,10 +91,6 @@ const CLOSE_FRAME_TOO_LARGE: u32 = 1;
 const CLOSE_DIAL_TIMEOUT: u32 = 2;
 const CLOSE_STREAM_STOPPED: u32 = 3;
 
-/// A dial unanswered for this long is replaced when the peer dials us (see `on_incoming`);
-/// a handshake on a live link completes well within it.
-const FRESH_DIAL: Duration = Duration::from_millis(300);
-
 /// Settings of a [`Transport`]; [`TransportConfig::new`] fills in the defaults.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -364,6 +360,10 @@ struct Peer {
     /// Our uni stream on `conn`; `Some` exactly when Up.
     stream: Option<StreamId>,
     dial_started: Instant,
+    /// The pending dial answers a dial of the peer's (see `on_incoming`): never replaced.
+    dial_is_answer: bool,
+    /// The next dial answers a dial of the peer's.
+    answer_next: bool,
     next_dial: Instant,
     backoff: Duration,
     failures: u32,
@@ -383,6 +383,8 @@ impl Peer {
             conn: None,
             stream: None,
             dial_started: now,
+            dial_is_answer: false,
+            answer_next: false,
             next_dial: now,
             backoff,
             failures: 0,
@@ -417,6 +419,8 @@ struct Inner {
     /// Round-robin start of the send batches.
     rr: usize,
     order: Vec<ConnectionHandle>,
+    /// `shutdown` was called: new connections are refused.
+    closing: bool,
 }
 
 struct Shared {
@@ -542,6 +546,7 @@ impl Transport {
             events: Vec::new(),
             rr: 0,
             order: Vec::new(),
+            closing: false,
         };
         let shared = Rc::new(Shared {
             inner: RefCell::new(inner),
@@ -874,6 +879,15 @@ impl Inner {
 
     fn on_incoming(&mut self, now: Instant, incoming: Incoming, buf: &mut Vec<u8>) {
         let remote = incoming.remote_address();
+        if self.closing {
+            // A peer redialing a node that shuts down would otherwise connect to the dying
+            // process and count it UP until the restarted one resets the connection.
+            buf.clear();
+            let t = self.endpoint.refuse(incoming, buf);
+            let size = t.size.min(buf.len());
+            self.queue_endpoint_tx(t.destination, buf[..size].to_vec());
+            return;
+        }
         if self.incoming >= self.cfg.max_incoming {
             self.stats.refused += 1;
             warn!(%remote, "peer transport: refusing connection: {} incoming already", self.incoming);
@@ -897,12 +911,16 @@ impl Inner {
                 // the view of peers that already do disagree about who is responsible for
                 // its heartbeat clients, so this window should be as short as a round trip.
                 let min = self.cfg.backoff_min;
-                // A dial younger than `FRESH_DIAL` is left alone: nodes starting together dial
-                // each other at once, and replacing fresh dials would ping-pong forever.
+                // Our pending dial is replaced unless it answers an earlier dial of the peer's:
+                // nodes that start together dial each other at once, each replaces its first
+                // dial with an answer, and answers are kept, so this cannot ping-pong. (An
+                // age rule — replace dials older than 300 ms — kept a restarted peer
+                // SUSPICIOUS for 1–2 s when our redial went out just before it was back;
+                // found by the chaos harness, where deregistrations waited for it in vain.)
                 let stale_dial = self.peers.get(&remote).and_then(|p| {
                     let ch = p.conn?;
                     let pending = p.stream.is_none()
-                        && now.saturating_duration_since(p.dial_started) >= FRESH_DIAL
+                        && !p.dial_is_answer
                         && self.conns.get(&ch).is_some_and(|c| !c.connected);
                     pending.then_some(ch)
                 });
@@ -913,9 +931,10 @@ impl Inner {
                     if stale_dial.is_some() {
                         p.conn = None;
                     }
-                    if p.conn.is_none() && p.next_dial > now {
-                        p.next_dial = now;
+                    if p.conn.is_none() {
+                        p.next_dial = p.next_dial.min(now);
                         p.backoff = min;
+                        p.answer_next = true;
                     }
                 }
                 self.conns.insert(
@@ -1298,6 +1317,7 @@ impl Inner {
                 if let Some(p) = self.peers.get_mut(&addr) {
                     p.conn = Some(ch);
                     p.dial_started = now;
+                    p.dial_is_answer = std::mem::take(&mut p.answer_next);
                 }
                 self.dirty.push(ch);
             }
@@ -1450,6 +1470,7 @@ impl Inner {
     }
 
     fn close_all(&mut self, now: Instant) {
+        self.closing = true;
         let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         for ch in handles {
             self.close_conn(ch, now, CLOSE_NORMAL, "shutdown");

@@ -110,6 +110,28 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Stops the process as an orchestrator does (SIGTERM) and waits for it to exit;
+    /// `Err` if it is still running after `within` (then it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        // SAFETY: sending a signal to our own child process, which has not been reaped.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "cannot send SIGTERM");
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return if status.success() {
+                    Ok(started.elapsed())
+                } else {
+                    Err(format!("exited with {status}"))
+                };
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.kill();
+        Err(format!("still running {within:?} after SIGTERM"))
+    }
+
     /// Whether the process is still running (it never exits by itself).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
