@@ -43,6 +43,7 @@ per_shard_count!(
     a_single_instance_publish_is_withdrawn_whatever_address_the_deregister_names,
     disconnect_removes_every_instance_and_subscription_of_the_client,
     a_heartbeat_instance_turns_unhealthy_after_its_timeout_and_is_removed_after_its_delete_timeout,
+    a_process_that_did_not_run_counts_no_silence_across_the_gap,
     preserved_metadata_keys_set_each_instances_own_timeouts,
     a_beat_restores_health_and_keeps_the_instance_alive,
     a_beat_of_an_unknown_instance_is_not_found_unless_it_carries_the_instance_to_reregister,
@@ -458,6 +459,40 @@ fn a_heartbeat_instance_turns_unhealthy_after_its_timeout_and_is_removed_after_i
     sim.unsubscribe(77, &s).unwrap();
     assert!(sim.view(&s).is_none());
     assert_eq!(sim.totals().clients, 0);
+    check(&sim);
+}
+
+fn a_process_that_did_not_run_counts_no_silence_across_the_gap(n: usize) {
+    let mut sim = Sim::new(n);
+    let s = svc("paused");
+    let i = inst("10.0.0.1", 8080);
+    let c = http_client(&i);
+    sim.register(&c, &s, i.clone()).unwrap();
+    sim.advance(10_000);
+    // Stopped for 40 s (beyond the 30 s delete timeout), then the overdue check runs: the
+    // client's beats went elsewhere or wait unread, so only the 10 s we ran count.
+    sim.stall(40_000);
+    sim.advance(1);
+    assert_eq!(
+        healthy(&sim.instances(&s)),
+        vec![true],
+        "kept across the gap"
+    );
+    sim.advance(4_000);
+    assert_eq!(
+        healthy(&sim.instances(&s)),
+        vec![true],
+        "silent 14 s of running time"
+    );
+    sim.advance(2_000);
+    assert_eq!(
+        healthy(&sim.instances(&s)),
+        vec![false],
+        "silent 16 s: unhealthy"
+    );
+    sim.advance(15_000);
+    assert!(sim.instances(&s).is_empty(), "silent 31 s: removed");
+    assert_eq!(sim.totals().expired_instances, 1);
     check(&sim);
 }
 

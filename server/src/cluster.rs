@@ -36,6 +36,57 @@ const REACHABLE_EVERY: Duration = Duration::from_millis(500);
 /// frame or two change nothing, and no longer than the idle timeout that would end the
 /// reporter's own connection to a dead member.
 const REACHABLE_FRESH: Duration = Duration::from_secs(3);
+/// A member counts as reached (and is listed in our reports) only if a frame of its own
+/// arrived within this: every member sends at least a report every [`REACHABLE_EVERY`].
+const HEARD_FRESH: Duration = Duration::from_secs(2);
+/// A member whose reports leave us out for this long, while our own link to it is UP, does
+/// not get what we send: our connection is a zombie and is replaced.
+const DEAF_RESET: Duration = Duration::from_secs(2);
+
+/// The members to list in our report: UP on our own link *and* heard from lately. A link can
+/// look UP and carry nothing — found by the chaos harness: after a 15 s SIGSTOP, the paused
+/// node's old connection to a peer that had dropped it stayed open (no idle timeout, no
+/// stateless reset arrived), its sync batches vanished into it and the peer lost instances.
+/// Listing only members we hear lets such a member see that we do not hear it.
+fn members_to_report(
+    health: &HashMap<NodeId, Health>,
+    heard: &HashMap<NodeId, std::time::Instant>,
+    now: std::time::Instant,
+) -> Vec<NodeId> {
+    let mut up: Vec<NodeId> = health
+        .iter()
+        .filter(|(n, h)| {
+            **h == Health::Up
+                && heard
+                    .get(*n)
+                    .is_some_and(|at| now.saturating_duration_since(*at) <= HEARD_FRESH)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    up.sort();
+    up
+}
+
+/// A report from a member arrived: whether it has left us out for [`DEAF_RESET`] while our
+/// link to it was UP (then the link is to be replaced; the tracking restarts).
+fn peer_is_deaf_to_us(
+    deaf_since: &mut HashMap<NodeId, std::time::Instant>,
+    from: &NodeId,
+    lists_us: bool,
+    our_link_up: bool,
+    now: std::time::Instant,
+) -> bool {
+    if lists_us || !our_link_up {
+        deaf_since.remove(from);
+        return false;
+    }
+    let since = *deaf_since.entry(from.clone()).or_insert(now);
+    if now.saturating_duration_since(since) >= DEAF_RESET {
+        deaf_since.remove(from);
+        return true;
+    }
+    false
+}
 
 /// The membership as the shards see it, and which members only another member vouches for.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,6 +192,8 @@ pub struct ClusterStats {
     pub detours: AtomicU64,
     /// Members DOWN on this node's own links but reachable through another member.
     pub vouched: AtomicU64,
+    /// Connections to a member replaced because the member did not hear us on them.
+    pub reconnects: AtomicU64,
     /// Health of each member (index as in `members_now`): 0 up, 1 suspicious, 2 down.
     pub health: std::sync::Mutex<Vec<(String, u8)>>,
     /// Bytes of verify digests sent (the `Digest` frames).
@@ -215,6 +268,10 @@ pub struct PeerIo {
     health: HashMap<NodeId, Health>,
     /// What each peer last said it reaches, and when.
     reports: HashMap<NodeId, (Vec<NodeId>, std::time::Instant)>,
+    /// When a frame of each peer last arrived.
+    heard: HashMap<NodeId, std::time::Instant>,
+    /// Since when each peer's reports leave us out although our link to it is UP.
+    deaf_since: HashMap<NodeId, std::time::Instant>,
     /// The view the cores have.
     published: Option<MemberView>,
     info: Arc<ClusterInfo>,
@@ -320,12 +377,43 @@ impl PeerIo {
 
     /// Peer `from` reports the members it reaches; the new view if that changes it.
     pub fn record_reachable(&mut self, from: NodeId, up: Vec<NodeId>) -> Option<MemberView> {
-        self.reports.insert(from, (up, std::time::Instant::now()));
+        let now = std::time::Instant::now();
+        let link_up = self.health.get(&from) == Some(&Health::Up);
+        if peer_is_deaf_to_us(
+            &mut self.deaf_since,
+            &from,
+            up.contains(&self.me),
+            link_up,
+            now,
+        ) {
+            if let Some(addr) = self.by_node.get(&from) {
+                warn!(member = %from, "the member has not heard from us for {DEAF_RESET:?} although our link to it is up: reconnecting");
+                self.info.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                self.transport.reconnect(*addr);
+            }
+        }
+        self.reports.insert(from, (up, now));
         self.changed_view()
     }
 
-    /// The members our own links reach (what we report to them).
+    /// A frame from `from` arrived.
+    fn heard_from(&mut self, from: &NodeId) {
+        let now = std::time::Instant::now();
+        match self.heard.get_mut(from) {
+            Some(at) => *at = now,
+            None => {
+                self.heard.insert(from.clone(), now);
+            }
+        }
+    }
+
+    /// The members our own links reach and that we hear (what we report to them).
     fn reachable(&self) -> Vec<NodeId> {
+        members_to_report(&self.health, &self.heard, std::time::Instant::now())
+    }
+
+    /// The members our own links reach (whom our reports go to).
+    fn linked(&self) -> Vec<NodeId> {
         let mut up: Vec<NodeId> = self
             .health
             .iter()
@@ -370,6 +458,8 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
         me: info.me.clone(),
         health: HashMap::new(),
         reports: HashMap::new(),
+        heard: HashMap::new(),
+        deaf_since: HashMap::new(),
         published: None,
         info: info.clone(),
     };
@@ -391,8 +481,8 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
             let view = {
                 let mut io = reporter.borrow_mut();
                 let up = io.reachable();
-                let body = encode_body(&Frame::Reachable { up: up.clone() });
-                for n in &up {
+                let body = encode_body(&Frame::Reachable { up });
+                for n in &io.linked() {
                     io.send(n, body.clone());
                 }
                 io.changed_view()
@@ -414,15 +504,18 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                     // The borrow ends before the core runs: routing may record a
                     // `Reachable` report in this same `PeerIo`.
                     let node = {
-                        let io = events.borrow();
+                        let mut io = events.borrow_mut();
                         let stats = &io.info.stats;
                         stats.frames_received.fetch_add(1, Ordering::Relaxed);
                         stats
                             .bytes_received
                             .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
                         let node = io.by_addr.get(&from).cloned();
-                        if node.is_none() {
-                            stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        match &node {
+                            Some(n) => io.heard_from(n),
+                            None => {
+                                stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         node
                     };
@@ -554,5 +647,71 @@ mod tests {
         // A SUSPICIOUS member is left as it is (vouching only lifts DOWN).
         assert_eq!(health_of(&view, &n(3)), Health::Suspicious);
         assert!(view.vouched.is_empty());
+    }
+
+    #[test]
+    fn we_report_only_members_we_reach_and_hear() {
+        let t0 = Instant::now();
+        let health = HashMap::from([
+            (n(2), Health::Up),
+            (n(3), Health::Up),
+            (n(4), Health::Suspicious),
+        ]);
+        let heard = HashMap::from([(n(2), t0), (n(4), t0)]);
+        // Node 3 is UP on our link but silent; node 4 is heard but not reached.
+        assert_eq!(members_to_report(&health, &heard, t0), vec![n(2)]);
+        let later = t0 + HEARD_FRESH + Duration::from_millis(1);
+        assert!(members_to_report(&health, &heard, later).is_empty());
+    }
+
+    #[test]
+    fn a_member_that_leaves_us_out_long_enough_gets_a_new_connection() {
+        let t0 = Instant::now();
+        let mut deaf = HashMap::new();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Left out, link up: tracked, no reset yet.
+        assert!(!peer_is_deaf_to_us(&mut deaf, &n(2), false, true, at(0)));
+        assert!(!peer_is_deaf_to_us(
+            &mut deaf,
+            &n(2),
+            false,
+            true,
+            at(1_500)
+        ));
+        // One report that lists us starts the count again.
+        assert!(!peer_is_deaf_to_us(&mut deaf, &n(2), true, true, at(1_900)));
+        assert!(!peer_is_deaf_to_us(
+            &mut deaf,
+            &n(2),
+            false,
+            true,
+            at(2_000)
+        ));
+        assert!(!peer_is_deaf_to_us(
+            &mut deaf,
+            &n(2),
+            false,
+            true,
+            at(3_900)
+        ));
+        assert!(peer_is_deaf_to_us(&mut deaf, &n(2), false, true, at(4_000)));
+        // After a reset the count restarts.
+        assert!(!peer_is_deaf_to_us(
+            &mut deaf,
+            &n(2),
+            false,
+            true,
+            at(4_100)
+        ));
+        // Our own link is not up: nothing to replace, nothing tracked.
+        assert!(!peer_is_deaf_to_us(&mut deaf, &n(3), false, false, at(0)));
+        assert!(!peer_is_deaf_to_us(
+            &mut deaf,
+            &n(3),
+            false,
+            false,
+            at(10_000)
+        ));
+        assert!(!deaf.contains_key(&n(3)));
     }
 }

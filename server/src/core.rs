@@ -357,6 +357,16 @@ impl Core {
         self.shard.unsynced_changes()
     }
 
+    /// Unacknowledged changes per peer, for the shutdown log.
+    pub fn unsynced_by_peer(&self) -> String {
+        self.shard
+            .unsynced_by_peer()
+            .iter()
+            .map(|(peer, n)| format!("{peer}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The peer transport, on the core that runs it (core 0 in a cluster).
     pub fn peer_transport(&self) -> Option<crate::peer::transport::Transport> {
         self.peer_io.as_ref().map(|io| io.borrow().transport())

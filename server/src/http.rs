@@ -656,6 +656,8 @@ fn prometheus() -> Resp {
         }
         let expired = s.stat(|x| x.expired_instances.load(Ordering::Relaxed) as i64);
         let _ = writeln!(out, "# HELP nacelle_expired_instances_total HTTP instances removed after their beats stopped.\n# TYPE nacelle_expired_instances_total counter\nnacelle_expired_instances_total {expired}");
+        let paused = s.stat(|x| x.paused_beat_checks.load(Ordering::Relaxed) as i64);
+        let _ = writeln!(out, "# HELP nacelle_paused_beat_checks_total Heartbeat checks that found the process had not run for a while (heartbeat clocks shifted instead of expiring).\n# TYPE nacelle_paused_beat_checks_total counter\nnacelle_paused_beat_checks_total {paused}");
         let cache = s.index.budget().used();
         let _ = writeln!(out, "# HELP nacelle_answer_cache_bytes Bytes of cached encoded answers.\n# TYPE nacelle_answer_cache_bytes gauge\nnacelle_answer_cache_bytes {cache}");
         crate::metrics::render_requests(&mut out, &s.metrics);

@@ -223,7 +223,8 @@ async fn drain(id: usize, shared: &core::Shared, drained: &AtomicUsize) {
     }
     let after_ms = started.elapsed().as_millis() as u64;
     if left > 0 {
-        warn!(core = id, unacknowledged = left, after_ms, "shutdown: peers did not acknowledge every change in time; verify repairs them when they next hear from the member that takes over");
+        let by_peer = core::with_core(|c| c.unsynced_by_peer());
+        warn!(core = id, unacknowledged = left, after_ms, "shutdown: peers did not acknowledge every change in time ({by_peer}); verify repairs them when they next hear from the member that takes over");
     } else if first > 0 {
         info!(
             core = id,

@@ -275,7 +275,7 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
         );
     }
     let st = &info.stats;
-    let peer: [(&str, &str, &AtomicU64); 11] = [
+    let peer: [(&str, &str, &AtomicU64); 12] = [
         (
             "nacelle_peer_forward_detours_total",
             "HTTP writes routed through another member because the responsible node was SUSPICIOUS.",
@@ -330,6 +330,11 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
             "nacelle_distro_digest_bytes_total",
             "Bytes of verify digests sent.",
             &st.digest_bytes,
+        ),
+        (
+            "nacelle_peer_reconnects_total",
+            "Connections to a member replaced because its reports showed it did not hear us.",
+            &st.reconnects,
         ),
     ];
     for (name, help, v) in peer {

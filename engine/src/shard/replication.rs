@@ -516,15 +516,31 @@ impl Shard {
     /// this to reach zero (see [`Shard::handle_shutdown`]); DOWN peers do not count, they
     /// are repaired by verify when they come back.
     pub fn unsynced_changes(&self) -> usize {
+        self.unsynced_by_peer().iter().map(|(_, n)| n).sum()
+    }
+
+    /// [`Shard::unsynced_changes`] per peer (peers with none left out), for logs.
+    pub fn unsynced_by_peer(&self) -> Vec<(NodeId, usize)> {
         let Some(d) = self.distro.as_ref() else {
-            return 0;
+            return Vec::new();
         };
-        d.links
+        let mut out: Vec<(NodeId, usize)> = d
+            .links
             .iter()
             .filter(|(peer, _)| self.peer_health(peer) != Health::Down)
-            .flat_map(|(_, parts)| parts.values())
-            .map(|p| p.dirty.len() + p.inflight.values().map(|b| b.keys.len()).sum::<usize>())
-            .sum()
+            .map(|(peer, parts)| {
+                let n = parts
+                    .values()
+                    .map(|p| {
+                        p.dirty.len() + p.inflight.values().map(|b| b.keys.len()).sum::<usize>()
+                    })
+                    .sum();
+                (peer.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        out.sort();
+        out
     }
 
     /// The node is shutting down: send every pending change now instead of at the end of

@@ -262,6 +262,12 @@ impl Sim {
         self.set_clock(target);
     }
 
+    /// The process does not run for `ms` (SIGSTOP, a VM pause): the clock moves, no timer
+    /// fires; the next `advance` fires the overdue ones at once.
+    pub fn stall(&mut self, ms: u64) {
+        self.set_clock(self.now.mono_ms + ms);
+    }
+
     fn set_clock(&mut self, mono_ms: u64) {
         self.now = Now {
             mono_ms,

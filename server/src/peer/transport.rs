@@ -647,6 +647,19 @@ impl Transport {
             .map_or(0, |p| p.queued)
     }
 
+    /// Replaces the connection to `peer` (the peer says it does not hear us on it): the
+    /// peer goes SUSPICIOUS and is redialed after the first backoff; queued frames wait for
+    /// the new connection, frames already handed to the old one are gone (Distro resends).
+    pub fn reconnect(&self, peer: SocketAddr) {
+        self.h.shared.run(true, |inner, now| {
+            let Some(ch) = inner.peers.get(&peer).and_then(|p| p.conn) else {
+                return;
+            };
+            inner.close_conn(ch, now, CLOSE_NORMAL, "peer does not hear us");
+            inner.on_conn_gone(peer, now, "the peer does not hear us on it");
+        });
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> TransportStats {
         self.h.shared.inner.borrow().stats
