@@ -12,7 +12,7 @@
 //! service costs one rebuild; pushes wait `push_delay_ms` so a burst costs one push.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -552,6 +552,9 @@ pub struct Shard {
     distro: Option<Box<replication::DistroState>>,
     /// When the heartbeat check last ran (to notice that this process did not run).
     last_beat_check_ms: u64,
+    /// Our heartbeat clients not heard from since this process was found not to have run
+    /// (see `check_heartbeats`): a peer that held them meanwhile may delete them.
+    pub(super) pause_stale: HashSet<ClientId, StableHasher>,
 }
 
 impl Shard {
@@ -581,6 +584,7 @@ impl Shard {
             clock: 0,
             distro: None,
             last_beat_check_ms: now.mono_ms,
+            pause_stale: HashSet::default(),
         };
         shard.set_timer(
             now.mono_ms + shard.cfg.beat_check_interval_ms,
@@ -795,6 +799,9 @@ impl Shard {
 
     fn apply_client_op(&mut self, client_id: ClientId, op: ClientOp) -> OpResult {
         let now_ms = self.now.mono_ms;
+        if !self.pause_stale.is_empty() {
+            self.pause_stale.remove(&client_id);
+        }
         if self.distro.is_some() {
             // A write for a client held as a copy means its writer sees this node as
             // responsible (a membership change not yet seen here): take the client over.
@@ -1146,7 +1153,39 @@ impl Shard {
         if empty {
             self.clients.swap_remove(client_id);
             self.stats.count_client(client_id, -1);
+            if !self.pause_stale.is_empty() {
+                self.pause_stale.remove(client_id);
+            }
         }
+    }
+
+    /// A peer deleted one of our heartbeat clients while we did not run (it held the
+    /// client meanwhile, see `check_heartbeats`): its `Drop`, newer than our copy, wins.
+    /// Returns whether it was applied.
+    pub(super) fn accept_drop_after_pause(&mut self, client_id: &ClientId, rev: u64) -> bool {
+        if !self.pause_stale.contains(client_id) {
+            return false;
+        }
+        let Some(client) = self.clients.get_mut(client_id) else {
+            return false;
+        };
+        if client.replica.is_some() || client.publishes.iter().any(|e| e.rev >= rev) {
+            return false;
+        }
+        self.pause_stale.remove(client_id);
+        let entries = std::mem::take(&mut client.publishes);
+        client.revision = next_rev(&mut self.clock, self.now.unix_ms);
+        for entry in entries {
+            self.native_entry_changed(client_id, &entry.service, Some(entry.rev), None);
+            self.send_service_op(
+                entry.service,
+                ServiceOp::Remove {
+                    client: client_id.clone(),
+                },
+            );
+        }
+        self.drop_client_if_empty(client_id);
+        true
     }
 
     /// Marks heartbeat instances unhealthy, or removes them, when their beats stopped (Nacos's
@@ -1156,19 +1195,25 @@ impl Shard {
         let interval = self.cfg.beat_check_interval_ms;
         let gap = now_ms.saturating_sub(self.last_beat_check_ms);
         self.last_beat_check_ms = now_ms;
-        if gap > 3 * interval && self.distro.is_none() {
+        if gap > 3 * interval {
             // This process did not run (SIGSTOP, a VM pause, a stalled machine): the
-            // clients' beats wait unread in our sockets, so silence measured across the gap
-            // proves nothing. Shift every clock by the time we were stopped; expired now, every
-            // instance would flap (deleted, then re-registered by its next beat).
+            // clients' beats went to other nodes or wait unread in our sockets, so silence
+            // measured across the gap proves nothing. Shift every clock by the time we were
+            // stopped; expired now, a live client would flap, and a dead one that a peer still
+            // holds would come back with its hand-over (the chaos harness's pause scenario).
             //
-            // Not in a cluster: there the members took our clients over while we were
-            // DOWN, heard their beats and expired the dead ones. Keeping ours alive made our
-            // verify lists bring back what they had expired (the chaos harness's pause
-            // scenario: a dead instance reappeared on both peers for 5 s); expiring them
-            // here costs at most a short flap on this node when a peer still holds a dead
-            // client and hands it back. Taking the peers' deletions on return would be the
-            // real fix (see DISTRO.md, "Known gaps").
+            // In a cluster the members took our clients over while we were DOWN and expired
+            // the dead ones: until a client is heard from again, a peer's `Drop` of it wins
+            // over our copy (see `accept_drop_after_pause`); kept and listed by our verify
+            // instead, it would be resynced back onto the peers that had expired it.
+            if self.distro.is_some() {
+                self.pause_stale = self
+                    .clients
+                    .iter()
+                    .filter(|(id, c)| id.is_heartbeat() && c.replica.is_none())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+            }
             let stopped = gap - interval;
             self.stats
                 .paused_beat_checks

@@ -86,6 +86,8 @@ impl ReplicaInfo {
 /// Distro counters of a shard, readable from any core.
 #[derive(Default, Debug)]
 pub struct DistroStats {
+    /// Peers' deletions of our clients taken after this node did not run for a while.
+    pub drops_after_pause: AtomicU64,
     /// The startup snapshot is loaded (or there was nobody to load it from).
     pub loaded: AtomicBool,
     /// Milliseconds from the start of Distro to `loaded`.
@@ -1216,7 +1218,9 @@ impl Shard {
             SyncItem::Drop { client, rev } => {
                 self.observe_rev(rev);
                 self.withdraw_claim(from, &client);
-                if !self.clients.contains_key(&client) {
+                if self.accept_drop_after_pause(&client, rev) {
+                    bump(&self.stats.distro.drops_after_pause, 1);
+                } else if !self.clients.contains_key(&client) {
                     self.remember_removal(&client, rev + 1, self.now.mono_ms);
                 } else if self.prepare_replica(from, &client, rev)
                     && !self.follow_claimant(from, &client)
