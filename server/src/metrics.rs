@@ -195,7 +195,12 @@ pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bo
             .sum::<u64>()
     };
     type Distro = fn(&engine::shard::DistroStats) -> u64;
-    let counters: [(&str, &str, Distro); 14] = [
+    let counters: [(&str, &str, Distro); 15] = [
+        (
+            "nacelle_distro_drops_after_pause_total",
+            "Peers' deletions of this node's clients accepted after it found it had not run for a while.",
+            |s| s.drops_after_pause.load(Ordering::Relaxed),
+        ),
         (
             "nacelle_distro_sync_batches_total",
             "Sync batches sent to peers.",
