@@ -16,7 +16,7 @@
 //!
 //! # HTTP/1.1: queueing in the connection, and the core's lag
 //! An HTTP/1.1 request is parsed and served in its connection's task. Its connection stamps
-//! every read that brings bytes (`rt::StampedIo`); a request's queueing delay is the time
+//! every read that brings bytes (`rt::GlommioIo::stamped`); a request's queueing delay is the time
 //! since that read. Pipelined requests that arrived together wait behind each other in the
 //! connection's buffer, and this is the same CoDel-style window as gRPC's, kept apart from
 //! it (an HTTP request read just now must not hide a gRPC backlog). What the stamp cannot

@@ -24,7 +24,7 @@ use wire::service_info::{self, NameStyle, Query};
 use crate::admission::Class;
 use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
-use crate::rt::{hyper_io, LocalExec, LocalTimer};
+use crate::rt::{GlommioIo, LocalExec, LocalTimer};
 
 /// The connection a gRPC request arrived on (put into each request's extensions).
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +84,7 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
                 .max_pending_accept_reset_streams(Some(1024))
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .keep_alive_timeout(Duration::from_secs(20))
-                .serve_connection(hyper_io(stream), svc);
+                .serve_connection(GlommioIo::new(stream), svc);
             let killed = async {
                 let _ = kill_rx.await;
                 Ok::<(), hyper::Error>(())

@@ -22,7 +22,7 @@ use wire::service_info::{self, NameStyle, Query};
 use crate::admission::Class;
 use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
-use crate::rt::{stamped_hyper_io, LocalTimer};
+use crate::rt::{GlommioIo, LocalTimer};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, max_body: usize) {
         };
         let _ = stream.set_nodelay(true);
         glommio::spawn_local(async move {
-            let (io, last_read) = stamped_hyper_io(stream);
+            let (io, last_read) = GlommioIo::stamped(stream);
             let svc = hyper::service::service_fn(move |req| handle(req, max_body, last_read.get()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(LocalTimer)
@@ -214,7 +214,12 @@ fn class_of(method: &Method, path: &str) -> Class {
     }
 }
 
-async fn route_naming(api: Api, method: &Method, route: &str, p: &Params) -> Result<Resp, Failure> {
+async fn route_naming(
+    api: Api,
+    method: &Method,
+    route: &str,
+    p: &Params<'_>,
+) -> Result<Resp, Failure> {
     match (method, route) {
         (&Method::POST, "/instance") => register(api, p).await,
         (&Method::PUT, "/instance") => update(api, p).await,
@@ -293,7 +298,7 @@ async fn outcome(
     }
 }
 
-async fn register(api: Api, p: &Params) -> Result<Resp, Failure> {
+async fn register(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let spec = p.instance_spec()?;
     let instance = with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?;
@@ -311,7 +316,7 @@ async fn register(api: Api, p: &Params) -> Result<Resp, Failure> {
 
 /// PUT: replaces the fields of an existing instance with the request's (Nacos builds the
 /// instance from the parameters, defaults included); an unknown instance is an error.
-async fn update(api: Api, p: &Params) -> Result<Resp, Failure> {
+async fn update(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let (key, host, port, cluster) = p.address()?;
     let patch = p.replacement()?;
     let op = ClientOp::Update {
@@ -325,7 +330,7 @@ async fn update(api: Api, p: &Params) -> Result<Resp, Failure> {
     Ok(ok_answer(api))
 }
 
-async fn patch(api: Api, p: &Params) -> Result<Resp, Failure> {
+async fn patch(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let (key, host, port, cluster) = p.address()?;
     let patch = p.patch()?;
     let client = ClientId::for_address(&host, port);
@@ -343,7 +348,7 @@ async fn patch(api: Api, p: &Params) -> Result<Resp, Failure> {
     Ok(ok_answer(api))
 }
 
-async fn deregister(api: Api, p: &Params) -> Result<Resp, Failure> {
+async fn deregister(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let (key, host, port, cluster) = p.address()?;
     let client = ClientId::for_address(&host, port);
     submit(
@@ -359,7 +364,7 @@ async fn deregister(api: Api, p: &Params) -> Result<Resp, Failure> {
     Ok(ok_answer(api))
 }
 
-async fn beat(api: Api, p: &Params) -> Result<Resp, Failure> {
+async fn beat(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let http_params::Beat {
         key,
         host,
@@ -400,7 +405,7 @@ async fn beat(api: Api, p: &Params) -> Result<Resp, Failure> {
     })
 }
 
-fn instance_list(api: Api, p: &Params) -> Result<Resp, Failure> {
+fn instance_list(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let http_params::InstanceQuery {
         key,
         clusters,
@@ -427,7 +432,7 @@ fn instance_list(api: Api, p: &Params) -> Result<Resp, Failure> {
     Ok(json(StatusCode::OK, bytes))
 }
 
-fn instance_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
+fn instance_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let (key, host, port, cluster) = p.instance_detail()?;
     let cluster = cluster.to_owned();
     let index = with_core(|c| c.shared.index.clone());
@@ -493,7 +498,7 @@ pub fn list_services(
     (count, names[start..end].to_vec())
 }
 
-fn service_list(api: Api, p: &Params) -> Result<Resp, Failure> {
+fn service_list(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let page = p.service_page(api)?;
     let (count, names) = list_services(
         page.namespace,
@@ -519,7 +524,7 @@ fn service_list(api: Api, p: &Params) -> Result<Resp, Failure> {
     })
 }
 
-fn service_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
+fn service_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let index = with_core(|c| c.shared.index.clone());
     let body = index.read(&key, |view| {
@@ -554,7 +559,7 @@ fn service_detail(api: Api, p: &Params) -> Result<Resp, Failure> {
 
 async fn configure_service(
     api: Api,
-    p: &Params,
+    p: &Params<'_>,
     must_exist: Option<bool>,
 ) -> Result<Resp, Failure> {
     let http_params::ServiceConfig {
@@ -574,7 +579,7 @@ async fn configure_service(
     Ok(ok_answer(api))
 }
 
-async fn delete_service(api: Api, p: &Params) -> Result<Resp, Failure> {
+async fn delete_service(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     service_op(key, ServiceOp::Delete).await?;
     Ok(ok_answer(api))
