@@ -6,82 +6,26 @@
 
 extern crate nacelle_engine as engine;
 
-use engine::distro::{DistroConfig, Health, Members, NodeId, PeerMsg, SyncItem, PARTITIONS};
+mod cluster_shard;
+
+use cluster_shard::{loaded_shard, now, register_own_clients, Keep};
+use engine::distro::{DistroConfig, NodeId, PeerMsg, SyncItem};
 use engine::shard::{ClientOp, ShardMsg};
-use engine::{ClientId, Host, Instance, Now, ReadIndex, ServiceKey, Shard, ShardConfig};
+use engine::{ClientId, Host, ServiceKey, Shard};
 use std::sync::Arc;
 
-fn now(ms: u64) -> Now {
-    Now {
-        mono_ms: ms,
-        unix_ms: 1_700_000_000_000 + ms,
-    }
-}
-
 /// A shard of node 10.0.0.1 with node 10.0.0.2 UP (loaded: the peer answered with nothing),
-/// and two heartbeat clients it is responsible for, registered at t = 0.
+/// and two heartbeat clients it is responsible for, registered at t = 2 ms.
 fn node_with_two_clients() -> (Shard, NodeId, ServiceKey, Vec<ClientId>) {
-    let cfg = ShardConfig {
-        shard_count: 1,
-        distro: Some(DistroConfig::default()),
-        ..ShardConfig::default()
-    };
-    let mut shard = Shard::new(0, cfg, ReadIndex::new(1, 1 << 20), now(0));
-    let peer = NodeId::new("10.0.0.2:8848");
-    let members = Members {
-        me: Some(NodeId::new("10.0.0.1:8848")),
-        peers: vec![(peer.clone(), Health::Up)],
-    };
-    shard.handle_members(now(0), members.clone());
-    // The peer has nothing: every partition's snapshot is empty.
-    let mut requests = Vec::new();
-    while let Some(cmd) = shard.poll_command() {
-        if let engine::Command::Peer {
-            partition,
-            msg: PeerMsg::SnapshotRequest { id },
-            ..
-        } = cmd
-        {
-            requests.push((partition, id));
-        }
-    }
-    assert_eq!(requests.len(), usize::from(PARTITIONS));
-    for (partition, id) in requests {
-        let done = PeerMsg::SnapshotChunk {
-            id,
-            seq: 0,
-            clients: Vec::new(),
-            done: true,
-        };
-        shard.handle_peer(now(1), peer.clone(), partition, done);
-    }
-    assert!(shard.is_loaded());
+    let (mut shard, peer) = loaded_shard(DistroConfig::default());
     let service = ServiceKey::new("public", "DEFAULT_GROUP", "paused").unwrap();
-    let mut clients = Vec::new();
-    for last in 1..=250u8 {
-        let host = Host::V4([10, 9, 0, last].into());
-        let client = ClientId::for_address(&host, 8080);
-        if !members.is_mine(&client) {
-            continue;
+    let clients = register_own_clients(&mut shard, &service, 2, |taken, _| {
+        if taken.len() == 2 {
+            Keep::Done
+        } else {
+            Keep::Take
         }
-        let instance = Instance::new(host, 8080, Arc::from("DEFAULT"));
-        shard.handle(
-            now(2),
-            ShardMsg::Client {
-                client: client.clone(),
-                op: ClientOp::Register {
-                    service: service.clone(),
-                    instance,
-                },
-                reply: None,
-            },
-        );
-        clients.push(client);
-        if clients.len() == 2 {
-            break;
-        }
-    }
-    shard.flush(now(2));
+    });
     assert_eq!(clients.len(), 2);
     while shard.poll_command().is_some() {}
     (shard, peer, service, clients)

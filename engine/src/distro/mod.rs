@@ -161,7 +161,9 @@ pub struct DistroConfig {
     pub sync_delay_ms: u64,
     /// An unacknowledged batch is retried (with the clients' current state) after this (ms).
     pub sync_timeout_ms: u64,
-    /// Batches in flight per peer and partition before new changes wait (backpressure).
+    /// Sync batches in flight per peer (over a shard's partitions) before new changes wait
+    /// (backpressure). Everything towards a peer shares one ordered stream, so this also
+    /// bounds how long a snapshot chunk or an answer waits behind sync traffic.
     pub max_inflight_batches: usize,
     /// Items per sync batch.
     pub max_batch_items: usize,
@@ -192,7 +194,7 @@ impl Default for DistroConfig {
         DistroConfig {
             sync_delay_ms: 20,
             sync_timeout_ms: 3_000,
-            max_inflight_batches: 8,
+            max_inflight_batches: 16,
             max_batch_items: 512,
             verify_interval_ms: 5_000,
             replica_lease_ms: 30_000,

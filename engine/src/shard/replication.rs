@@ -227,6 +227,8 @@ pub(crate) struct DistroState {
     /// Heartbeat clients being handed to their new owner: ours until it acknowledged our
     /// full state, so a client is never nobody's (the owner may have died meanwhile).
     handovers: HashMap<ClientId, NodeId, StableHasher>,
+    /// The partition that last sent a sync batch to each peer (`pump`'s round robin).
+    pump_cursor: HashMap<NodeId, u16>,
 }
 
 impl Shard {
@@ -273,6 +275,7 @@ impl Shard {
             last_expiry_ms: now.mono_ms,
             next_id: (self.id as u64) << 48 | (now.unix_ms & 0xFFFF_FFFF),
             handovers: HashMap::default(),
+            pump_cursor: HashMap::new(),
         }));
         self.set_timer(now.mono_ms + TICK_MS, Timer::DistroTick);
         self.set_timer(verify_at, Timer::Verify);
@@ -356,7 +359,7 @@ impl Shard {
                 if let Some(done) = done {
                     self.complete_handovers(&from, &done.keys);
                 }
-                self.pump(&from, partition);
+                self.pump(&from);
             }
             PeerMsg::Digest { round, root, clock } => {
                 self.observe_rev(clock);
@@ -389,7 +392,7 @@ impl Shard {
                         );
                     }
                 }
-                self.pump(&from, partition);
+                self.pump(&from);
             }
             PeerMsg::SnapshotRequest { id } => {
                 let now_ms = self.now.mono_ms;
@@ -558,13 +561,13 @@ impl Shard {
         }
     }
 
-    /// The largest number of unacknowledged sync batches towards any peer and partition.
+    /// The largest number of unacknowledged sync batches towards any peer (over this
+    /// shard's partitions).
     pub fn max_inflight_batches(&self) -> usize {
         self.distro.as_ref().map_or(0, |d| {
             d.links
                 .values()
-                .flat_map(|l| l.values())
-                .map(|p| p.inflight.len())
+                .map(|l| l.values().map(|p| p.inflight.len()).sum())
                 .max()
                 .unwrap_or(0)
         })
@@ -672,18 +675,14 @@ impl Shard {
             return;
         };
         d.sync_timer_set = false;
-        let work: Vec<(NodeId, u16)> = d
+        let work: Vec<NodeId> = d
             .links
             .iter()
-            .flat_map(|(n, parts)| {
-                parts
-                    .iter()
-                    .filter(|(_, p)| !p.dirty.is_empty())
-                    .map(move |(p, _)| (n.clone(), *p))
-            })
+            .filter(|(_, parts)| parts.values().any(|p| !p.dirty.is_empty()))
+            .map(|(n, _)| n.clone())
             .collect();
-        for (peer, partition) in work {
-            self.pump(&peer, partition);
+        for peer in work {
+            self.pump(&peer);
         }
     }
 
@@ -702,9 +701,14 @@ impl Shard {
             .map(|l| l.entry(partition).or_default())
     }
 
-    /// Sends what is pending for `peer` in `partition`, as far as the in-flight window
-    /// allows (I5: bounded in-flight data per peer).
-    fn pump(&mut self, peer: &NodeId, partition: u16) {
+    /// Sends what is pending for `peer`, as far as the in-flight window allows (I5: bounded
+    /// in-flight data per peer), one batch per partition in turn.
+    ///
+    /// Why one window per peer rather than per partition: everything towards a peer shares
+    /// one ordered QUIC stream, and a window of 8 batches for each of 64 partitions let a
+    /// backlog of 262,144 changes sit in that stream, ahead of the snapshot chunks a joining
+    /// peer waits for (a join took 17.8 s instead of 3.5 s).
+    fn pump(&mut self, peer: &NodeId) {
         if self.peer_health(peer) == Health::Down {
             return;
         }
@@ -714,12 +718,37 @@ impl Shard {
             None => return,
         };
         loop {
-            let Some(part) = self.link_part(peer, partition) else {
+            let Some(d) = self.distro.as_mut() else {
                 return;
             };
-            if part.dirty.is_empty() || part.inflight.len() >= max_inflight {
+            let Some(parts) = d.links.get_mut(peer) else {
+                return;
+            };
+            if parts.values().map(|p| p.inflight.len()).sum::<usize>() >= max_inflight {
                 return;
             }
+            // Round robin: the partition after the one that sent last goes first.
+            let after = d.pump_cursor.get(peer).copied();
+            let next = after
+                .and_then(|a| {
+                    parts
+                        .range(a + 1..)
+                        .find(|(_, p)| !p.dirty.is_empty())
+                        .map(|(k, _)| *k)
+                })
+                .or_else(|| {
+                    parts
+                        .iter()
+                        .find(|(_, p)| !p.dirty.is_empty())
+                        .map(|(k, _)| *k)
+                });
+            let Some(partition) = next else {
+                return;
+            };
+            d.pump_cursor.insert(peer.clone(), partition);
+            let Some(part) = parts.get_mut(&partition) else {
+                return;
+            };
             let take = part.dirty.len().min(max_items);
             let keys: Vec<SyncKey> = part.dirty.drain(..take).collect();
             let seq = part.next_seq;
@@ -1782,7 +1811,7 @@ impl Shard {
         let mut retried = 0u64;
         let mut work = Vec::new();
         for (peer, parts) in d.links.iter_mut() {
-            for (p, part) in parts.iter_mut() {
+            for part in parts.values_mut() {
                 let late: Vec<u64> = part
                     .inflight
                     .iter()
@@ -1797,14 +1826,14 @@ impl Shard {
                         }
                     }
                 }
-                if !part.dirty.is_empty() {
-                    work.push((peer.clone(), *p));
+                if !part.dirty.is_empty() && work.last() != Some(peer) {
+                    work.push(peer.clone());
                 }
             }
         }
         bump(&self.stats.distro.sync_retries, retried);
-        for (peer, p) in work {
-            self.pump(&peer, p);
+        for peer in work {
+            self.pump(&peer);
         }
         self.drive_load();
         self.serve_snapshots();

@@ -1053,7 +1053,7 @@ impl World {
     ///   HTTP instance is visible on every running node whenever the running nodes have seen
     ///   each other UP for a while — also while a crashed node is still being declared DOWN
     ///   and its clients move;
-    /// - I5: in-flight sync batches per peer and partition stay within the window.
+    /// - I5: in-flight sync batches per peer (per shard) stay within the window.
     pub fn check_safety(&mut self) {
         let max_inflight = self.scenario.distro.max_inflight_batches;
         let grace =
