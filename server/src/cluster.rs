@@ -409,7 +409,19 @@ impl PeerIo {
 
     /// The members our own links reach and that we hear (what we report to them).
     fn reachable(&self) -> Vec<NodeId> {
-        members_to_report(&self.health, &self.heard, std::time::Instant::now())
+        // Heard: a frame taken lately, or a datagram of our connection that arrived lately.
+        // Frames can wait in the transport for seconds when this node is busy (a snapshot
+        // load on a loaded machine); counting only them made busy members drop each other's
+        // links every few seconds, which killed the snapshot streams and a join never ended.
+        // A zombie connection (session 7) brings no datagram at all.
+        let mut heard = self.heard.clone();
+        for (node, addr) in &self.by_node {
+            if let Some(at) = self.transport.last_datagram(*addr) {
+                let entry = heard.entry(node.clone()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        }
+        members_to_report(&self.health, &heard, std::time::Instant::now())
     }
 
     /// The members our own links reach (whom our reports go to).

@@ -487,24 +487,36 @@ fn dead_peer_goes_suspicious_then_down_and_comes_back() {
     });
 }
 
+/// Two peers: `a`, and `b` that buffers at most 64 KiB of unread frames and grants a
+/// 256 KiB stream window.
+fn sender_and_slow_reader(a_ip: &str, b_ip: &str) -> (Transport, Transport) {
+    let (_ca, tls) = cluster_tls(&[a_ip, b_ip]);
+    let a = start(a_ip, tls[0].clone());
+    let mut cfg = config(SocketAddr::new(ip(b_ip), 0), tls[1].clone());
+    cfg.max_recv_buffered = 64 << 10;
+    cfg.stream_window = 256 << 10;
+    let b = Transport::start(cfg).expect("starts");
+    a.set_peers([b.local_addr()]);
+    b.set_peers([a.local_addr()]);
+    (a, b)
+}
+
+/// Sends `n` frames of 1000 bytes: the index (u32 LE), then `index % 251` repeated.
+fn send_numbered(a: &Transport, to: SocketAddr, n: usize) {
+    for i in 0..n {
+        let mut body = vec![(i % 251) as u8; 1000];
+        body[..4].copy_from_slice(&(i as u32).to_le_bytes());
+        a.send(to, body.into()).expect("queued");
+    }
+}
+
 #[test]
 fn slow_reader_pushes_back_and_loses_nothing() {
     block_on(async {
-        let (_ca, tls) = cluster_tls(&["127.0.5.1", "127.0.5.2"]);
-        let a = start("127.0.5.1", tls[0].clone());
-        let mut cfg = config(SocketAddr::new(ip("127.0.5.2"), 0), tls[1].clone());
-        cfg.max_recv_buffered = 64 << 10;
-        cfg.stream_window = 256 << 10;
-        let b = Transport::start(cfg).expect("starts");
-        let (aa, ba) = (a.local_addr(), b.local_addr());
-        a.set_peers([ba]);
-        b.set_peers([aa]);
+        let (a, b) = sender_and_slow_reader("127.0.5.1", "127.0.5.2");
+        let ba = b.local_addr();
         const N: usize = 4000;
-        for i in 0..N {
-            let mut body = vec![(i % 251) as u8; 1000];
-            body[..4].copy_from_slice(&(i as u32).to_le_bytes());
-            a.send(ba, body.into()).expect("queued");
-        }
+        send_numbered(&a, ba, N);
         // b does not read for a while: its buffer fills, then flow control holds a back.
         sleep_ms(1500).await;
         assert!(
@@ -522,6 +534,58 @@ fn slow_reader_pushes_back_and_loses_nothing() {
             assert_eq!(body.len(), 1000);
         }
         assert_eq!(a.health(ba), Health::Up);
+    });
+}
+
+#[test]
+fn a_connection_replaced_in_the_middle_of_a_frame_resumes_on_a_frame_boundary() {
+    block_on(async {
+        // b reads slowly and grants a small window: a's queue stops in the middle of a chunk.
+        let (a, b) = sender_and_slow_reader("127.0.7.1", "127.0.7.2");
+        let ba = b.local_addr();
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(10)).await);
+        const BEFORE: usize = 4000;
+        send_numbered(&a, ba, BEFORE);
+        sleep_ms(300).await;
+        assert!(a.queued_bytes(ba) > 0, "still being written");
+        // The member said it does not hear us: the connection is replaced mid-chunk.
+        a.reconnect(ba);
+        assert!(wait_health(&a, ba, Health::Up, Duration::from_secs(10)).await);
+        const AFTER: usize = 100;
+        for i in 0..AFTER {
+            a.send(ba, Bytes::from(format!("after {i}")))
+                .expect("queued");
+        }
+        // b gets whole frames only, in order (some of the first ones are lost with the old
+        // connection), then every later one, on a connection that stays up.
+        let got = frames(&b, BEFORE + AFTER, Duration::from_secs(5)).await;
+        let (early, late): (Vec<&Bytes>, Vec<&Bytes>) = got
+            .iter()
+            .map(|(_, body)| body)
+            .partition(|body| body.len() == 1000);
+        let mut last = None;
+        for body in &early {
+            let i = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+            assert!(
+                i < BEFORE && last.is_none_or(|l| i > l),
+                "frame {i} after {last:?}"
+            );
+            assert!(
+                body[4..].iter().all(|&x| x == (i % 251) as u8),
+                "frame {i} garbled"
+            );
+            last = Some(i);
+        }
+        assert_eq!(
+            late.len(),
+            AFTER,
+            "frames after the reconnect; b: {:?}",
+            b.stats()
+        );
+        for (i, body) in late.iter().enumerate() {
+            assert_eq!(**body, format!("after {i}").as_bytes());
+        }
+        assert_eq!(a.stats().connections_lost, 1, "{:?}", a.stats());
     });
 }
 

@@ -81,7 +81,7 @@ const MAX_ENDPOINT_TX: usize = 1024;
 /// written to a stream as one segment and finds a segment by a linear scan from the oldest
 /// unacknowledged one, so hundreds of thousands of tiny chunks in flight make sending quadratic
 /// (measured: 100-byte frames fell to 9k/s); 64 KiB chunks keep the segment count in the
-/// hundreds. Larger frames go as their own chunk, uncopied.
+/// hundreds. A larger frame is copied in too and closes the chunk.
 const COALESCE_MAX: usize = 16 * 1024;
 const TAIL_TARGET: usize = 64 * 1024;
 
@@ -371,13 +371,49 @@ struct Peer {
     disconnected_since: Instant,
     health: Health,
     /// Chunks ready for the stream, in order, then `tail`: small frames being coalesced.
+    /// Every chunk ends where a frame ends, so a new stream can start with any of them.
     queue: VecDeque<Bytes>,
+    /// The length each chunk of `queue` had when queued: a front chunk shorter than that was
+    /// partly written into the stream.
+    queue_lens: VecDeque<usize>,
     tail: BytesMut,
     /// Bytes in `queue` and `tail`.
     queued: usize,
 }
 
 impl Peer {
+    fn push_chunk(&mut self, chunk: Bytes) {
+        self.queue_lens.push_back(chunk.len());
+        self.queue.push_back(chunk);
+    }
+
+    fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.queue_lens.clear();
+        self.tail = BytesMut::new();
+        self.queued = 0;
+    }
+
+    /// After the stream was lost: drops the rest of a chunk that was partly written into it.
+    ///
+    /// Why: the next stream must start on a frame boundary. Resuming mid-chunk sent the tail
+    /// of a frame as if it began a new one; the peer read garbage as a frame length ("frame of
+    /// 1310720000 bytes exceeds ...") and closed every connection that followed, again and
+    /// again (seen after a reconnect of a member that did not hear us, joining under load).
+    /// The dropped frames are lost like those already handed to the old connection.
+    fn drop_partly_written(&mut self) -> usize {
+        match (self.queue.front(), self.queue_lens.front()) {
+            (Some(chunk), Some(&len)) if chunk.len() < len => {
+                let rest = chunk.len();
+                self.queue.pop_front();
+                self.queue_lens.pop_front();
+                self.queued -= rest;
+                rest
+            }
+            _ => 0,
+        }
+    }
+
     fn new(now: Instant, backoff: Duration) -> Self {
         Peer {
             conn: None,
@@ -391,6 +427,7 @@ impl Peer {
             disconnected_since: now,
             health: Health::Unknown,
             queue: VecDeque::new(),
+            queue_lens: VecDeque::new(),
             tail: BytesMut::new(),
             queued: 0,
         }
@@ -407,6 +444,10 @@ struct Inner {
     peers: HashMap<SocketAddr, Peer>,
     /// Connections whose events must be drained.
     dirty: Vec<ConnectionHandle>,
+    /// When a datagram last arrived from each peer address on an established connection that
+    /// carries the peer's stream to us: the peer is talking to us, however far behind our
+    /// reading of its frames is.
+    last_datagram: HashMap<SocketAddr, Instant>,
     endpoint_tx: VecDeque<(SocketAddr, Vec<u8>)>,
     frames: VecDeque<(SocketAddr, Bytes)>,
     recv_buffered: usize,
@@ -536,6 +577,7 @@ impl Transport {
             incoming: 0,
             peers: HashMap::new(),
             dirty: Vec::new(),
+            last_datagram: HashMap::new(),
             endpoint_tx: VecDeque::new(),
             frames: VecDeque::new(),
             recv_buffered: 0,
@@ -658,6 +700,17 @@ impl Transport {
             inner.close_conn(ch, now, CLOSE_NORMAL, "peer does not hear us");
             inner.on_conn_gone(peer, now, "the peer does not hear us on it");
         });
+    }
+
+    /// When a datagram from `peer` last arrived on a connection carrying its stream to us.
+    pub fn last_datagram(&self, peer: SocketAddr) -> Option<Instant> {
+        self.h
+            .shared
+            .inner
+            .borrow()
+            .last_datagram
+            .get(&peer)
+            .copied()
     }
 
     /// Counters since start.
@@ -845,16 +898,15 @@ impl Inner {
         if peer.queued + size > max {
             return Err(SendError::Full);
         }
-        peer.tail.reserve(4 + body.len().min(COALESCE_MAX));
+        peer.tail.reserve(4 + body.len());
         peer.tail.put_u32_le(body.len() as u32);
-        if body.len() <= COALESCE_MAX {
-            peer.tail.extend_from_slice(&body);
-            if peer.tail.len() >= TAIL_TARGET {
-                peer.queue.push_back(peer.tail.split().freeze());
-            }
-        } else {
-            peer.queue.push_back(peer.tail.split().freeze());
-            peer.queue.push_back(body);
+        // A large frame is copied too: a chunk holding only its length prefix would end
+        // mid-frame (see `Peer::drop_partly_written`). Frames are 16 MiB at most and large
+        // ones rare (snapshot chunks), so one more copy of them costs little.
+        peer.tail.extend_from_slice(&body);
+        if peer.tail.len() >= TAIL_TARGET || body.len() > COALESCE_MAX {
+            let chunk = peer.tail.split().freeze();
+            peer.push_chunk(chunk);
         }
         peer.queued += size;
         self.stats.frames_sent += 1;
@@ -868,6 +920,12 @@ impl Inner {
         match self.endpoint.handle(now, from, None, None, data, &mut buf) {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(c) = self.conns.get_mut(&ch) {
+                    // Only a connection that carries the peer's stream to us: a peer whose
+                    // frames go into a connection we no longer have (a zombie, see cluster)
+                    // may still acknowledge our data on another one.
+                    if (c.connected || c.established) && !c.readers.is_empty() {
+                        self.last_datagram.insert(c.remote, now);
+                    }
                     c.conn.handle_event(ev);
                     self.dirty.push(ch);
                 }
@@ -1049,7 +1107,20 @@ impl Inner {
                     }
                     Role::In if !established => {
                         self.stats.refused += 1;
-                        warn!(%remote, "peer transport: handshake of an incoming connection failed: {reason}");
+                        // Two members that dial each other at once keep one connection: the
+                        // other side closes its own dial (or gives up on it) while we are
+                        // still in its handshake. That happens at every start and is not a
+                        // failure; a refused certificate or a timeout is.
+                        let peer_closed_its_dial = matches!(
+                            &reason,
+                            quinn_proto::ConnectionError::ConnectionClosed(close)
+                                if close.error_code == quinn_proto::TransportErrorCode::APPLICATION_ERROR
+                        );
+                        if peer_closed_its_dial {
+                            debug!(%remote, "peer transport: the peer closed its dial during the handshake: {reason}");
+                        } else {
+                            warn!(%remote, "peer transport: handshake of an incoming connection failed: {reason}");
+                        }
                     }
                     Role::In => {
                         debug!(%remote, "peer transport: incoming connection lost: {reason}");
@@ -1214,9 +1285,7 @@ impl Inner {
                 } else {
                     warn!(peer = %addr, "peer down");
                 }
-                peer.queue.clear();
-                peer.tail = BytesMut::new();
-                peer.queued = 0;
+                peer.clear_queue();
             }
             Health::Suspicious => info!(peer = %addr, "peer suspicious"),
             Health::Up | Health::Unknown => {}
@@ -1254,6 +1323,11 @@ impl Inner {
         let was_up = peer.stream.is_some();
         peer.conn = None;
         peer.stream = None;
+        let dropped = peer.drop_partly_written();
+        if dropped > 0 {
+            self.stats.bytes_dropped += dropped as u64;
+            debug!(peer = %addr, bytes = dropped, "dropped the rest of a chunk the lost stream had begun");
+        }
         let health = if was_up {
             self.stats.connections_lost += 1;
             info!(peer = %addr, "peer connection lost: {reason}");
@@ -1394,7 +1468,8 @@ impl Inner {
                         break;
                     }
                     // The stream has room: what was coalesced so far goes now, not later.
-                    peer.queue.push_back(peer.tail.split().freeze());
+                    let chunk = peer.tail.split().freeze();
+                    peer.push_chunk(chunk);
                 }
                 let (front, _) = peer.queue.as_mut_slices();
                 let n = front.len();
@@ -1403,6 +1478,7 @@ impl Inner {
                         peer.queued -= w.bytes;
                         self.stats.bytes_sent += w.bytes as u64;
                         peer.queue.drain(..w.chunks);
+                        peer.queue_lens.drain(..w.chunks);
                         if w.chunks < n {
                             break;
                         }
