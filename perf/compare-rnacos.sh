@@ -15,13 +15,25 @@
 #
 #   bash perf/compare-rnacos.sh      # ROUNDS=3 INSTANCES=100000 SERVICES=1000 CONNECTIONS=1000
 #   ROUNDS=1 INSTANCES=10000 CONNECTIONS=100 DURATION=3 bash perf/compare-rnacos.sh   # smoke test
+#   PLACEMENT=pinned bash perf/compare-rnacos.sh   # server on CPU 0, loadgen on the other CPUs
+# PLACEMENT=pinned (taskset; both servers' defaults then see one CPU) keeps loadgen from
+# competing with the server, so the rates are what one server core delivers; results go to
+# perf/results/compare-rnacos-pinned.* unless OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}; INSTANCES=${INSTANCES:-100000}; SERVICES=${SERVICES:-1000}
 CONNECTIONS=${CONNECTIONS:-1000}; DURATION=${DURATION:-10}
 QUERY_RATE=${QUERY_RATE:-1000}; QUERY_MAX_RATE=${QUERY_MAX_RATE:-10000}; QUERY_CONNS=${QUERY_CONNS:-16}
 SUB_SERVICES=${SUB_SERVICES:-100}; SUBSCRIBERS=${SUBSCRIBERS:-5}; SUB_RATE=${SUB_RATE:-200}
-PORT=${PORT:-28848}; OUT=${OUT:-perf/results/compare-rnacos}
+PORT=${PORT:-28848}; PLACEMENT=${PLACEMENT:-shared}
+case $PLACEMENT in
+  shared) PIN_SERVER=(); PIN_LOAD=(); OUT=${OUT:-perf/results/compare-rnacos} ;;
+  pinned) [ "$(nproc)" -ge 2 ] || { echo "PLACEMENT=pinned needs 2 CPUs" >&2; exit 1; }
+    PIN_SERVER=(taskset -c 0); PIN_LOAD=(taskset -c "1-$(($(nproc) - 1))")
+    OUT=${OUT:-perf/results/compare-rnacos-pinned} ;;
+  *) echo "PLACEMENT is shared or pinned" >&2; exit 1 ;;
+esac
+export PLACEMENT
 export INSTANCES SERVICES CONNECTIONS DURATION QUERY_RATE QUERY_MAX_RATE QUERY_CONNS SUB_SERVICES SUBSCRIBERS SUB_RATE
 NACELLE=target/release/nacelle; LOADGEN=target/release/loadgen
 if [ ! -x "$NACELLE" ] || [ ! -x "$LOADGEN" ] || [ -n "${BUILD:-}" ]; then
@@ -51,11 +63,11 @@ done
 metrics() { curl -sf "http://127.0.0.1:$PORT/nacos/v1/ns/operator/metrics"; }
 start() {
   case $1 in
-    nacelle) "$NACELLE" --bind 127.0.0.1 --http-port "$PORT" >"$WORK/server.log" 2>&1 & ;;
+    nacelle) "${PIN_SERVER[@]}" "$NACELLE" --bind 127.0.0.1 --http-port "$PORT" >"$WORK/server.log" 2>&1 & ;;
     rnacos) rm -rf "$WORK/rn"; mkdir -p "$WORK/rn"
       env RNACOS_HTTP_PORT=$PORT RNACOS_GRPC_PORT=$((PORT + 1000)) RNACOS_HTTP_CONSOLE_PORT=$((PORT + 2000)) \
         RNACOS_CONFIG_DB_DIR="$WORK/rn" RNACOS_DATA_DIR="$WORK/rn" RNACOS_RAFT_NODE_ADDR=127.0.0.1:$((PORT + 1000)) \
-        "$RNACOS" >"$WORK/server.log" 2>&1 & ;;
+        "${PIN_SERVER[@]}" "$RNACOS" >"$WORK/server.log" 2>&1 & ;;
   esac
   PID=$!
   for _ in $(seq 150); do metrics >/dev/null 2>&1 && { sleep 1; return; }; sleep 0.1; done
@@ -70,7 +82,7 @@ run_one() {  # run_one <server> <round>: one fresh server through the three scen
   local s=$1 r=$2 d="$WORK/$1-$2"; mkdir -p "$d"
   start "$s"
   local rss0 t0; rss0=$(rss_kb); t0=$(cpu_ticks)
-  "$LOADGEN" register --targets "127.0.0.1:$PORT" --instances "$INSTANCES" --services "$SERVICES" \
+  "${PIN_LOAD[@]}" "$LOADGEN" register --targets "127.0.0.1:$PORT" --instances "$INSTANCES" --services "$SERVICES" \
     --connections "$CONNECTIONS" --hold -1 --no-progress --report "$d/register.json" >"$d/register.log" 2>&1 &
   LG=$!
   until grep -q "^registered " "$d/register.log" 2>/dev/null; do
@@ -84,14 +96,14 @@ run_one() {  # run_one <server> <round>: one fresh server through the three scen
   sleep 3
   local rss1 count; rss1=$(rss_kb)
   count=$(metrics | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin).get("instanceCount")))')
-  "$LOADGEN" query --targets "127.0.0.1:$PORT" --services "$SERVICES" --connections "$QUERY_CONNS" \
+  "${PIN_LOAD[@]}" "$LOADGEN" query --targets "127.0.0.1:$PORT" --services "$SERVICES" --connections "$QUERY_CONNS" \
     --rate "$QUERY_RATE" --duration "$DURATION" --no-progress --report "$d/query.json" >"$d/query.log" 2>&1
   local q0; q0=$(cpu_ticks)
-  "$LOADGEN" query --targets "127.0.0.1:$PORT" --services "$SERVICES" --connections "$QUERY_CONNS" \
+  "${PIN_LOAD[@]}" "$LOADGEN" query --targets "127.0.0.1:$PORT" --services "$SERVICES" --connections "$QUERY_CONNS" \
     --rate "$QUERY_MAX_RATE" --duration "$DURATION" --max-inflight 2000 --no-progress \
     --report "$d/query-max.json" >"$d/query-max.log" 2>&1
   local q1; q1=$(cpu_ticks)
-  "$LOADGEN" subscribe --targets "127.0.0.1:$PORT" --service-prefix sub-svc- --services "$SUB_SERVICES" \
+  "${PIN_LOAD[@]}" "$LOADGEN" subscribe --targets "127.0.0.1:$PORT" --service-prefix sub-svc- --services "$SUB_SERVICES" \
     --subscribers "$SUBSCRIBERS" --instances-per-service 10 --rate "$SUB_RATE" --duration "$DURATION" \
     --no-progress --report "$d/subscribe.json" >"$d/subscribe.log" 2>&1
   kill -INT "$LG"; wait "$LG" || true; LG=""
@@ -187,16 +199,20 @@ rows = [  # (label, key, unit, higher is better)
 ]
 def f(v):
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
-print(f"\nmedians over {rounds} alternating rounds (loadgen on the same 2 CPUs as the server):")
+pinned = os.environ.get("PLACEMENT") == "pinned"
+where = ("the server on CPU 0 only, loadgen on the other CPUs (PLACEMENT=pinned), so the rates are "
+         "what one server core delivers" if pinned else
+         "loadgen runs on the same CPUs as the server, so the machine bounds both")
+print(f"\nmedians over {rounds} alternating rounds ({where}):")
 print(f"  {'':<50} {'nacelle':>10} {'r-nacos':>10} {'nacelle/r-nacos':>16}")
 md = [f"# nacelle vs r-nacos {rn_version} (gRPC, loadgen)", "",
-      f"`bash perf/compare-rnacos.sh` on {res['machine']}: {rounds} alternating rounds, a fresh server "
+      f"`{'PLACEMENT=pinned ' if pinned else ''}bash perf/compare-rnacos.sh` on {res['machine']}: {rounds} alternating rounds, a fresh server "
       f"per round, medians. {env['INSTANCES']} instances in {env['SERVICES']} services from "
       f"{env['CONNECTIONS']} gRPC connections (one InstanceRequest each), queries on those "
       f"services while held ({env['QUERY_CONNS']} connections, {env['DURATION']} s per phase), "
       f"{env['SUB_SERVICES']} services x {env['SUBSCRIBERS']} subscribers with a writer at "
-      f"{env['SUB_RATE']} changes/s. loadgen runs on the same CPUs as the server, so the machine "
-      f"bounds both; the ratios are the result, absolute numbers move between runs.", "",
+      f"{env['SUB_RATE']} changes/s. {where[0].upper() + where[1:]}; the ratios are the result, "
+      f"absolute numbers move between runs.", "",
       "| | nacelle | r-nacos | nacelle / r-nacos | better |", "|---|---|---|---|---|"]
 for label, k, unit, better in rows:
     a, b = med["nacelle"][k], med["rnacos"][k]
@@ -217,7 +233,7 @@ md += ["", "Notes: the RSS growth includes the server side of the connections (1
        f"{os.environ.get('LOADAVG_START', '?')} / {open('/proc/loadavg').read().split()[0]}."]
 md += ["", f"Errors summed over the rounds: {json.dumps(errs)} (query_max errors are mostly "
        "queries dropped by loadgen beyond 2,000 in flight, which is how the saturation run caps its backlog).",
-       "", "Per-round values are in `compare-rnacos.json` (`runs`); chart: `compare-rnacos.svg`.", ""]
+       "", f"Per-round values are in `{os.path.basename(out)}.json` (`runs`); chart: `{os.path.basename(out)}.svg`.", ""]
 print(f"  errors: {json.dumps(errs)}")
 qr, qm_rate = env["QUERY_RATE"], env["QUERY_MAX_RATE"]
 res["chart"] = {
