@@ -23,7 +23,8 @@ use crate::distro::{
 };
 use crate::view::Publish;
 
-/// A snapshot request with no chunk at all after this long goes to another peer.
+/// A snapshot request followed by nothing at all from its peer for this long goes to
+/// another peer.
 const FIRST_CHUNK_TIMEOUT_MS: u64 = 1_000;
 
 /// How often the housekeeping tick runs (retries, snapshot progress, leases).
@@ -157,7 +158,11 @@ struct SnapshotServe {
     to: NodeId,
     partition: u16,
     id: u64,
-    cursor: usize,
+    /// The partition's clients when the request came, still to send (last first). A list
+    /// rather than a cursor into the client map: removals reorder the map, and a cursor
+    /// would skip the client moved behind it. Clients that arrive later reach the peer
+    /// through sync.
+    pending: Vec<ClientId>,
     next_seq: u64,
     acked: u64,
     finished: bool,
@@ -218,6 +223,10 @@ pub(crate) struct DistroState {
     /// When a chunk of a current load last arrived from each peer: a peer that is sending
     /// is alive, and a partition waiting behind the others' chunks is queued, not stalled.
     load_heard: HashMap<NodeId, u64>,
+    /// While loading: when any message from each peer last arrived. A request followed by
+    /// other messages from its peer reached a live process; its first chunk may just wait
+    /// behind the peer's sync traffic.
+    frames_heard: HashMap<NodeId, u64>,
     loaded: bool,
     serving: Vec<SnapshotServe>,
     started_ms: u64,
@@ -268,6 +277,7 @@ impl Shard {
             round: 0,
             loads,
             load_heard: HashMap::new(),
+            frames_heard: HashMap::new(),
             loaded: false,
             serving: Vec::new(),
             started_ms: now.mono_ms,
@@ -345,6 +355,12 @@ impl Shard {
         if !d.members.peers.iter().any(|(n, _)| n == &from) || !d.partitions.contains(&partition) {
             return;
         }
+        if !d.loaded {
+            let now_ms = now.mono_ms;
+            if let Some(d) = self.distro.as_mut() {
+                d.frames_heard.insert(from.clone(), now_ms);
+            }
+        }
         match msg {
             PeerMsg::Sync { seq, items } => {
                 for item in items {
@@ -396,14 +412,34 @@ impl Shard {
             }
             PeerMsg::SnapshotRequest { id } => {
                 let now_ms = self.now.mono_ms;
+                let mut pending: Vec<ClientId> = self
+                    .clients
+                    .iter()
+                    .filter(|(c, state)| {
+                        partition_of(c) == partition && !state.publishes.is_empty()
+                    })
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                pending.reverse();
                 if let Some(d) = self.distro.as_mut() {
+                    // The snapshot carries the current state of every client we hold, so
+                    // pending changes of those clients would reach the peer twice (with a
+                    // joining node, every change made while it was away). Removals stay:
+                    // the snapshot does not list what is gone, and so do hand-overs: they
+                    // complete when the peer acknowledges a sync of them.
+                    if let Some(part) = d.links.get_mut(&from).and_then(|l| l.get_mut(&partition)) {
+                        let (clients, handovers) = (&self.clients, &d.handovers);
+                        part.dirty.retain(|k| {
+                            !clients.contains_key(&k.client) || handovers.contains_key(&k.client)
+                        });
+                    }
                     d.serving
                         .retain(|s| !(s.to == from && s.partition == partition));
                     d.serving.push(SnapshotServe {
                         to: from,
                         partition,
                         id,
-                        cursor: 0,
+                        pending,
                         next_seq: 0,
                         acked: 0,
                         finished: false,
@@ -1940,10 +1976,18 @@ impl Shard {
             if load.done {
                 continue;
             }
-            // No first chunk is quick to notice: a peer answers within a tick or two. It
-            // happens when the answer went into a connection the peer still held to this
-            // node's previous process (lost when the new process resets it).
-            let limit = if load.expect_seq == 0 {
+            // Silence after a request is quick to notice: a peer's frames arrive within a
+            // tick or two. It happens when the answer went into a connection the peer still
+            // held to this node's previous process (lost when the new process resets it).
+            // A peer that sends other frames got the request: its first chunk may wait
+            // behind its sync traffic, and asking another peer would only add a second
+            // stream to the queue (found by perf/cluster.sh: with 1,100,000 instances and a
+            // busy joining node every partition moved after 1 s, the abandoned streams
+            // filled the peers' 64 MiB queues and the node never loaded).
+            let silent = load.source.as_ref().is_none_or(|s| {
+                d.frames_heard.get(s).copied().unwrap_or(0) <= load.last_progress_ms
+            });
+            let limit = if load.expect_seq == 0 && silent {
                 timeout.min(FIRST_CHUNK_TIMEOUT_MS)
             } else {
                 timeout
@@ -2111,15 +2155,17 @@ impl Shard {
                 progressed = true;
                 let mut out = Vec::new();
                 let mut instances = 0;
-                let total = self.clients.len();
-                while s.cursor < total && out.len() < chunk && instances < chunk_instances {
-                    if let Some((id, c)) = self.clients.get_index(s.cursor) {
-                        if partition_of(id) == s.partition && !c.publishes.is_empty() {
+                while out.len() < chunk && instances < chunk_instances {
+                    let Some(id) = s.pending.pop() else {
+                        break;
+                    };
+                    if let Some(c) = self.clients.get(&id) {
+                        if !c.publishes.is_empty() {
                             let origin = c
                                 .replica
                                 .as_ref()
                                 .map_or_else(|| me.clone(), |i| i.origin.clone());
-                            let mut state = Self::client_state(id, c);
+                            let mut state = Self::client_state(&id, c);
                             instances +=
                                 state.entries.iter().map(|e| e.publish.len()).sum::<usize>();
                             if let Some(info) = c.replica.as_ref() {
@@ -2130,9 +2176,8 @@ impl Shard {
                             out.push((origin, state));
                         }
                     }
-                    s.cursor += 1;
                 }
-                let done = s.cursor >= total;
+                let done = s.pending.is_empty();
                 bump(&self.stats.distro.snapshot_sent, out.len() as u64);
                 msgs.push((
                     s.to.clone(),
