@@ -449,6 +449,34 @@ class World:
             return None if p is None else max(ux, ut, p)
 
 
+def failure_reasons(res, name, ctx, agree, final, over_bound, checker, growth):
+    """Each verdict that failed, with the evidence for it, one line each."""
+    out = []
+    if "error" in res:
+        out.append(f"error: {res['error']}")
+    if res.get("live_lost"):
+        out.append(f"live instances lost: {[m for m in res['missing'] if m['kind'] == 'lost'][:10]}")
+    if name == "kill-during-load" and not ctx.extra.get("killed_during_load"):
+        out.append("the node was not caught loading")
+    if agree is None:
+        out.append("no agreement after the fault ended")
+    if final is None:
+        out.append("no agreement at the end")
+    if over_bound:
+        out.append(f"dead instances over their bound: {res.get('dead_over_bound')}")
+    if checker.resurrected:
+        out.append(f"dead instances back after they were gone: {res.get('resurrected')}")
+    if not res.get("counts_equal_at_end", True):
+        out.append(f"instance counts differ at the end: {res.get('instance_counts_at_end')}")
+    big = {i: g for i, g in growth.items() if g >= RSS_GROWTH_LIMIT_MB}
+    if big:
+        out.append(f"RSS grew by {big} MB")
+    if not out:
+        out.append("unknown (see the JSON report)")
+    out.append(f"status log: {res.get('status_log')}")
+    return out
+
+
 def dead_bound(c):
     """How long a dead client's instance may stay: a silent death waits for the deletion
     timeout, a deregistration only for sync and polling."""
@@ -965,6 +993,11 @@ def run_scenario(name, args, net, binary, loadgen, workdir, seed):
                          and all(g < RSS_GROWTH_LIMIT_MB for g in growth.values()))
     log(f"  {'PASS' if res['passed'] else 'FAIL'}: lost {res['live_lost']}, flaps {res['flaps_after_heal']}, agreement {res['agreement_s']} s, "
         f"dead worst {res['dead_silent_worst_s']}/{res['dead_deregistered_worst_s']} s, peak RSS {peak}")
+    if not res.get("passed", False):
+        # The JSON stays on the machine that ran this; CI keeps only this log, so the
+        # reasons must be in it.
+        for why in failure_reasons(res, name, ctx, agree, final, over_bound, checker, growth):
+            log("    why:", why)
     return res
 
 
