@@ -23,8 +23,8 @@ for run in $(seq "$RUNS"); do
   if [ "$CLIENTS" -gt 0 ]; then
     command -v wrk >/dev/null || { echo "CLIENTS needs wrk" >&2; exit 1; }
     wrk -t2 -c64 -d60s -s perf/http/register.lua "http://127.0.0.1:$PORT" -- 1000 $((CLIENTS / 2)) 0 lasting >/dev/null
-    # What the nodes hold, not CLIENTS: a registration shed with 503 under wrk's burst is
-    # the client's to retry, and wrk does not.
+    # What the nodes hold, not CLIENTS: wrk calls request() once more than it sends (it
+    # checks the script's first request before the run), so CLIENTS - 1 arrive.
     sleep 2; held=$(field 1 instanceCount)
   fi
   total=$((INSTANCES + held))
