@@ -43,11 +43,12 @@ pub struct NacosGrpc;
 
 /// Accepts gRPC connections on this core until the listener fails.
 pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
-    let routes = tonic::service::Routes::new(
-        RequestServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes),
-    )
-    .add_service(BiRequestStreamServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes))
-    .prepare();
+    // Two services, dispatched by path here rather than through tonic's `Routes` (an axum
+    // router): its route matching, boxing and response mapping cost more per unary call than
+    // this match, and each generated server answers UNIMPLEMENTED for paths it does not know.
+    let unary = RequestServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes);
+    let bi_stream =
+        BiRequestStreamServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes);
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -61,7 +62,7 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
         let Ok(remote) = stream.peer_addr() else {
             continue;
         };
-        let routes = routes.clone();
+        let (unary, bi_stream) = (unary.clone(), bi_stream.clone());
         glommio::spawn_local(async move {
             let (kill_tx, kill_rx) = oneshot::channel::<()>();
             let id = with_core(|c| c.open_conn(remote, kill_tx));
@@ -71,8 +72,11 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
                     req.extensions_mut().insert(ctx);
                     // Accepted now; the handler sees how long the request queued.
                     req.extensions_mut().insert(Arrived(Instant::now()));
-                    let mut routes = routes.clone();
-                    tower_service::Service::call(&mut routes, req)
+                    if req.uri().path().starts_with("/Request/") {
+                        tower_service::Service::call(&mut unary.clone(), req)
+                    } else {
+                        tower_service::Service::call(&mut bi_stream.clone(), req)
+                    }
                 });
             let conn = hyper::server::conn::http2::Builder::new(LocalExec)
                 .timer(LocalTimer)

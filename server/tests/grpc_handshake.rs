@@ -185,3 +185,33 @@ async fn a_second_bi_stream_on_the_same_connection_is_refused_and_the_first_keep
         .await;
     assert!(push.is_some(), "no push on the first stream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_grpc_methods_get_unimplemented_and_the_connection_keeps_working() {
+    let server = Server::start(&[]);
+    let mut c = Conn::bare(server.grpc).await;
+    for path in [
+        "/Request/notAMethod",
+        "/BiRequestStream/notAMethod",
+        "/nacos.Other/request",
+        "/",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(c.channel.clone());
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<_, wire::proto::Payload, _>(
+                tonic::Request::new(payload("ServerCheckRequest", &json!({"headers": {}}))),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err(path);
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
+    let (kind, v) = c.call("ServerCheckRequest", &json!({"headers": {}})).await;
+    assert_eq!(kind, "ServerCheckResponse", "{v}");
+}
