@@ -2,7 +2,7 @@
 //! against the invariants of `DISTRO.md`.
 //!
 //! - `DISTRO_SEEDS=<n>` sets how many seeds the sweep runs (default 200, and a fifth of it
-//!   for the crash-only sweep; CI runs the defaults);
+//!   for the crash-only sweep; the test command runs 2,000);
 //! - `DISTRO_SEED=<n>` replays one seed of each sweep with a log of every fault (add
 //!   `--exact <test>` to replay one sweep).
 
