@@ -55,6 +55,7 @@ AGREE_GOAL_S = (VERIFY_MS + BEAT_MS) / 1000 + 1.0  # I1: one verify + one beat i
 AGREE_LIMIT_S = 45  # no agreement within this after a fault ends = a violation
 DEAD_BOUND_S = (DELETE_MS + BEAT_CHECK_MS + VERIFY_MS) / 1000 + 2.0  # silent death -> gone everywhere
 DEREG_BOUND_S = 3.0  # explicit deregistration -> gone everywhere
+TRACED = ""  # NACELLE_TRACE_CLIENT for the nodes (set in main from --clients)
 RSS_GROWTH_LIMIT_MB = 100
 
 
@@ -172,6 +173,10 @@ class Node:
         logf.write(f"\n===== start #{self.starts} at {time.time():.3f}\n")
         logf.flush()
         env = dict(os.environ, NACELLE_LOG=os.environ.get("NACELLE_LOG", "info"), NO_COLOR="1")
+        if TRACED:
+            # Each node logs the story of every client the run may start (server/src/trace.rs):
+            # a failed verdict prints the failing instance's lines from every node.
+            env["NACELLE_TRACE_CLIENT"] = TRACED
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", f"{NS}n{self.i}", self.binary, "--bind", self.ip, "--http-port", str(HTTP_PORT),
              "--members", self.members, "--insecure", "--cores", "1", "--verify-interval-ms", str(VERIFY_MS),
@@ -449,8 +454,30 @@ class World:
             return None if p is None else max(ux, ut, p)
 
 
+def client_addr(key):
+    """`ip:port` of a checker key `service/ip:port`."""
+    return key.rsplit("/", 1)[-1]
+
+
+def trace_excerpt(sdir, keys, nodes, lines=25):
+    """The last trace lines of each instance in `keys`, from every node's log."""
+    out = []
+    for key in list(keys)[:3]:
+        addr = "client=" + client_addr(key) + "#"  # server/src/trace.rs lines
+        for i in nodes:
+            try:
+                with open(os.path.join(sdir, f"n{i}.log"), errors="replace") as f:
+                    hits = [ln.rstrip() for ln in f if addr in ln]
+            except OSError:
+                continue
+            out.append(f"trace of {key} on node {i} (last {min(lines, len(hits))} of {len(hits)} lines):")
+            out += ["  " + ln[:400] for ln in hits[-lines:]]
+    return out
+
+
 def failure_reasons(res, name, ctx, agree, final, over_bound, checker, growth):
-    """Each verdict that failed, with the evidence for it, one line each."""
+    """Each verdict that failed, with the evidence for it, one line each (then the node
+    traces of the instances involved)."""
     out = []
     if "error" in res:
         out.append(f"error: {res['error']}")
@@ -474,6 +501,10 @@ def failure_reasons(res, name, ctx, agree, final, over_bound, checker, growth):
     if not out:
         out.append("unknown (see the JSON report)")
     out.append(f"status log: {res.get('status_log')}")
+    involved = list(over_bound) + [k for k, _, _ in checker.resurrected]
+    involved += [m["instance"] for m in res.get("missing", []) if m["kind"] == "lost"]
+    if involved and res.get("logs"):
+        out += trace_excerpt(res["logs"], dict.fromkeys(involved), ctx.nodes)
     return out
 
 
@@ -1060,6 +1091,11 @@ def main():
         shutil.copy2(loadgen, os.path.join(workdir, "loadgen"))
         loadgen = os.path.join(workdir, "loadgen")
 
+    # Every client a run may start: the initial ones plus what churn adds (a few hundred).
+    # CHAOS_TRACE=0 turns it off (the extra logging shifts timings a little).
+    global TRACED
+    if os.environ.get("CHAOS_TRACE", "1") != "0":
+        TRACED = ",".join(client_addr(Client(k, args.nodes).key) for k in range(args.clients + 400))
     net = Net(args.nodes, args.seed, workdir)
 
     def on_signal(signum, _frame):

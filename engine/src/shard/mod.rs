@@ -1156,6 +1156,7 @@ impl Shard {
             if !self.pause_stale.is_empty() {
                 self.pause_stale.remove(client_id);
             }
+            self.note_owned_removal(client_id);
         }
     }
 

@@ -238,6 +238,10 @@ pub(crate) struct DistroState {
     handovers: HashMap<ClientId, NodeId, StableHasher>,
     /// The partition that last sent a sync batch to each peer (`pump`'s round robin).
     pump_cursor: HashMap<NodeId, u16>,
+    /// Heartbeat clients this node removed while it held them as their owner: the revision
+    /// of the removal and when (mono ms), kept for a lease. A peer that was DOWN meanwhile
+    /// still gets the `Drop` when it is back, even if the client is its own again by then.
+    owned_removals: HashMap<ClientId, (u64, u64), StableHasher>,
 }
 
 impl Shard {
@@ -286,6 +290,7 @@ impl Shard {
             next_id: (self.id as u64) << 48 | (now.unix_ms & 0xFFFF_FFFF),
             handovers: HashMap::default(),
             pump_cursor: HashMap::new(),
+            owned_removals: HashMap::default(),
         }));
         self.set_timer(now.mono_ms + TICK_MS, Timer::DistroTick);
         self.set_timer(verify_at, Timer::Verify);
@@ -398,7 +403,16 @@ impl Shard {
                         // The peer's copy disagrees with ours and ours is authoritative:
                         // re-issue it as the newest state, so that it replaces the copy even
                         // if the copy carries revisions from a clock that ran ahead.
-                        self.restamp_native(&client);
+                        // Not a client unheard of since this process stopped running: the
+                        // peer held it meanwhile and may have seen it die, and its `Drop`
+                        // (stamped then) must still beat our copy when it arrives after
+                        // this request. Our state goes out with its old revisions; the
+                        // client's next beat makes it ours again (found by the chaos
+                        // harness's pause scenario: the Resync overtook the Drop, and the
+                        // dead instance came back on every peer for 5 s).
+                        if !self.pause_stale.contains(&client) {
+                            self.restamp_native(&client);
+                        }
                         self.mark_for(
                             &from,
                             SyncKey {
@@ -811,9 +825,21 @@ impl Shard {
     fn sync_item(&self, key: &SyncKey) -> Option<SyncItem> {
         let Some(client) = self.clients.get(&key.client) else {
             // Gone. Only its owner announces that: a heartbeat client we handed over and then
-            // lost as a copy is not ours to delete everywhere.
+            // lost as a copy is not ours to delete everywhere. One we removed as its owner
+            // is, even if it belongs to another member by now: that member may have been
+            // away (paused, partitioned) while we held the client, and without our `Drop`
+            // its stale copy would bring the dead instance back (the chaos harness's pause
+            // scenario: the resumed node listed the client, and the peer that had expired
+            // it took it back).
             if key.client.is_heartbeat() && !self.members_is_mine(&key.client) {
-                return None;
+                let removed = self
+                    .distro
+                    .as_ref()
+                    .and_then(|d| d.owned_removals.get(&key.client));
+                return removed.map(|(rev, _)| SyncItem::Drop {
+                    client: key.client.clone(),
+                    rev: *rev,
+                });
             }
             return Some(SyncItem::Drop {
                 client: key.client.clone(),
@@ -1041,6 +1067,18 @@ impl Shard {
         }
         // Every peer's copy is now older than ours, not only the asker's.
         self.note_native_change(client, None);
+    }
+
+    /// A heartbeat client we held as its own is gone from this node (expired, deregistered,
+    /// or dropped by a peer after our pause): remembered for a lease, see `sync_item`.
+    pub(super) fn note_owned_removal(&mut self, client: &ClientId) {
+        if !client.is_heartbeat() {
+            return;
+        }
+        let (rev, now_ms) = (self.clock, self.now.mono_ms);
+        if let Some(d) = self.distro.as_mut() {
+            d.owned_removals.insert(client.clone(), (rev, now_ms));
+        }
     }
 
     /// A deregistration of a heartbeat client this node does not hold: it is still loading
@@ -1830,6 +1868,11 @@ impl Shard {
         // the leases instead of expiring everything (I4).
         let paused = now_ms.saturating_sub(d.last_tick_ms) > d.cfg.replica_lease_ms / 2;
         d.last_tick_ms = now_ms;
+        if !d.owned_removals.is_empty() {
+            let lease = d.cfg.replica_lease_ms;
+            d.owned_removals
+                .retain(|_, (_, at)| now_ms.saturating_sub(*at) < lease);
+        }
         if paused {
             d.last_expiry_ms = now_ms;
             for slices in d.renewed.values_mut() {
