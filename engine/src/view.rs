@@ -17,6 +17,50 @@ use crate::model::{stable_hash, Instance, ServiceKey, StableHasher};
 /// for a batch. Shared by the client's owner, the service's owner and the views.
 pub type Publish = Arc<[Instance]>;
 
+/// Publishers per run a view is cut into when it is built from scratch or a run is split.
+pub const RUN_TARGET: usize = 64;
+/// A run grown past this is split in two.
+pub const RUN_MAX: usize = 2 * RUN_TARGET;
+
+/// Consecutive publishes of one service (in the owner's client order), shared by successive
+/// views. Why runs: a change rebuilds only its run and the array of run pointers, so
+/// republishing a service of `n` publishers costs about `RUN_TARGET + n / RUN_TARGET` instead
+/// of `n` (at 500 instances per service the whole-array rebuild was a fifth of a registration).
+pub struct PublishRun {
+    publishes: Box<[Publish]>,
+    instance_count: usize,
+}
+
+impl PublishRun {
+    /// A run of `publishes` (not empty).
+    pub fn new(publishes: Box<[Publish]>) -> Arc<PublishRun> {
+        let instance_count = publishes.iter().map(|p| p.len()).sum();
+        Arc::new(PublishRun {
+            publishes,
+            instance_count,
+        })
+    }
+    /// The run's publishes.
+    pub fn publishes(&self) -> &[Publish] {
+        &self.publishes
+    }
+    /// Number of publishes.
+    pub fn len(&self) -> usize {
+        self.publishes.len()
+    }
+    /// Whether the run has no publish (never the case inside a view).
+    pub fn is_empty(&self) -> bool {
+        self.publishes.is_empty()
+    }
+}
+
+impl Drop for PublishRun {
+    fn drop(&mut self) {
+        // The publishes are released right after this; see `warm_refcounts` for why.
+        crate::shard::warm_refcounts(&self.publishes);
+    }
+}
+
 /// Number of encoded-answer slots a view keeps (the encoder picks what each slot means).
 pub const CACHE_SLOTS: usize = 6;
 
@@ -73,8 +117,8 @@ pub struct ServiceView {
     pub protect_threshold: f32,
     /// Service metadata (JSON object text, `{}` when empty).
     pub metadata: crate::model::Metadata,
-    /// Every publish (in no particular order).
-    pub publishes: Box<[Publish]>,
+    /// Every publish, in runs (in no particular order).
+    runs: Box<[Arc<PublishRun>]>,
     /// Total number of instances.
     pub instance_count: usize,
     cache: [OnceLock<Box<[u8]>>; CACHE_SLOTS],
@@ -93,8 +137,6 @@ impl std::fmt::Debug for ServiceView {
 
 impl Drop for ServiceView {
     fn drop(&mut self) {
-        // The publishes are released right after this; see `warm_refcounts` for why.
-        crate::shard::warm_refcounts(&self.publishes);
         if let Some(budget) = &self.budget {
             let held: usize = self
                 .cache
@@ -116,7 +158,7 @@ pub struct Selection<'a> {
 }
 
 impl ServiceView {
-    /// Builds a view from its publishes.
+    /// Builds a view from its publishes, cut into runs of [`RUN_TARGET`].
     pub fn new(
         key: ServiceKey,
         revision: u64,
@@ -126,16 +168,41 @@ impl ServiceView {
         publishes: Vec<Publish>,
         budget: Option<Arc<CacheBudget>>,
     ) -> ServiceView {
+        let runs = publishes
+            .chunks(RUN_TARGET)
+            .map(|chunk| PublishRun::new(chunk.into()))
+            .collect();
+        ServiceView::from_runs(
+            key,
+            revision,
+            last_ref_ms,
+            protect_threshold,
+            metadata,
+            runs,
+            budget,
+        )
+    }
+
+    /// Builds a view from runs of publishes (none of them empty).
+    pub fn from_runs(
+        key: ServiceKey,
+        revision: u64,
+        last_ref_ms: u64,
+        protect_threshold: f32,
+        metadata: crate::model::Metadata,
+        runs: Vec<Arc<PublishRun>>,
+        budget: Option<Arc<CacheBudget>>,
+    ) -> ServiceView {
         // No sorting: Nacos gives no order either, SDKs compare sorted copies, and sorting was
         // the largest cost of republishing a busy service.
-        let instance_count = publishes.iter().map(|p| p.len()).sum();
+        let instance_count = runs.iter().map(|r| r.instance_count).sum();
         ServiceView {
             key,
             revision,
             last_ref_ms,
             protect_threshold,
             metadata,
-            publishes: publishes.into_boxed_slice(),
+            runs: runs.into_boxed_slice(),
             instance_count,
             cache: Default::default(),
             budget,
@@ -157,7 +224,17 @@ impl ServiceView {
 
     /// Every instance.
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
-        self.publishes.iter().flat_map(|p| p.iter())
+        self.publishes().flat_map(|p| p.iter())
+    }
+
+    /// Every publish.
+    pub fn publishes(&self) -> impl Iterator<Item = &Publish> {
+        self.runs.iter().flat_map(|r| r.publishes.iter())
+    }
+
+    /// The runs the publishes are cut into.
+    pub fn runs(&self) -> &[Arc<PublishRun>] {
+        &self.runs
     }
 
     /// Instances of healthy state.

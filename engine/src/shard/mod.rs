@@ -21,7 +21,9 @@ use smallvec::SmallVec;
 
 use crate::distro::{DistroConfig, NodeId, PeerMsg};
 use crate::model::{ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str};
-use crate::view::{DirectoryChange, Publish, ReadIndex, ServiceCell, ServiceView};
+use crate::view::{
+    DirectoryChange, Publish, PublishRun, ReadIndex, ServiceCell, ServiceView, RUN_MAX, RUN_TARGET,
+};
 
 mod replication;
 pub use replication::DistroStats;
@@ -421,10 +423,10 @@ impl Client {
 
 struct ServiceState {
     cell: Arc<ServiceCell>,
-    /// Clients publishing here, sorted; `view.publishes[i]` is the publish of `clients[i]`.
-    /// Sorted arrays instead of a map: no per-entry hashing slack, and the view needs the
-    /// publishes as an array anyway.
-    clients: Box<[ClientId]>,
+    /// Clients publishing here, sorted and cut like the view's runs: `client_runs[r][i]`
+    /// publishes `view.runs()[r].publishes()[i]`. Sorted arrays instead of a map: no per-entry
+    /// hashing slack, and the view needs the publishes as arrays anyway.
+    client_runs: Vec<Box<[ClientId]>>,
     /// Publishes changed since the last flush (`None` = withdrawn), merged in at flush.
     pending: BTreeMap<ClientId, Option<Publish>>,
     subscribers: HashMap<u64, Str, StableHasher>,
@@ -446,47 +448,150 @@ impl ServiceState {
         if let Some(p) = self.pending.get(client) {
             return p.as_ref();
         }
-        let i = self.clients.binary_search(client).ok()?;
-        self.view.publishes.get(i)
+        let (r, i) = self.position(client)?;
+        self.view.runs().get(r)?.publishes().get(i)
+    }
+
+    /// Run and index of a published client (pending changes aside).
+    fn position(&self, client: &ClientId) -> Option<(usize, usize)> {
+        let after = self
+            .client_runs
+            .partition_point(|run| run.first().is_some_and(|first| first <= client));
+        let r = after.checked_sub(1)?;
+        let i = self.client_runs[r].binary_search(client).ok()?;
+        Some((r, i))
     }
 
     /// Whether anyone publishes here, including changes not yet flushed.
     fn has_publishers(&self) -> bool {
         self.pending.values().any(Option::is_some)
-            || self.clients.iter().any(|c| !self.pending.contains_key(c))
+            || self
+                .client_runs
+                .iter()
+                .flat_map(|run| run.iter())
+                .any(|c| !self.pending.contains_key(c))
     }
 
-    /// Merges the pending changes into the sorted clients; returns the publishes in the same
-    /// order (one pass over both, no sort).
-    fn merge_pending(&mut self) -> Vec<Publish> {
+    /// Merges the pending changes into the runs; returns the view's new runs. Only the runs
+    /// that changes fall into are rebuilt, the others are shared with the current view.
+    fn merge_pending(&mut self) -> Vec<Arc<PublishRun>> {
         let pending = std::mem::take(&mut self.pending);
-        let old_clients = std::mem::take(&mut self.clients);
-        let size = old_clients.len() + pending.len();
-        let mut clients = Vec::with_capacity(size);
-        let mut publishes = Vec::with_capacity(size);
-        warm_refcounts(&self.view.publishes);
+        let mut old_clients = std::mem::take(&mut self.client_runs);
+        let old_runs = self.view.runs();
+        let mut merged = RunMerger::with_capacity(old_runs.len() + 1);
         let mut changes = pending.into_iter().peekable();
-        let mut keep = |c: ClientId, p: Option<Publish>| {
-            if let Some(p) = p {
-                clients.push(c);
-                publishes.push(p);
+        for r in 0..old_clients.len() {
+            let clients = std::mem::take(&mut old_clients[r]);
+            let Some(run) = old_runs.get(r) else {
+                continue;
+            };
+            // A run takes the changes below the next run's first client; the last takes all.
+            let touched = match (changes.peek(), old_clients.get(r + 1)) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some((changed, _)), Some(next)) => next.first().is_none_or(|n| changed < n),
+            };
+            if !touched {
+                merged.keep(clients, run.clone());
+                continue;
             }
+            let upper = old_clients.get(r + 1).and_then(|next| next.first());
+            let mut new_clients = Vec::with_capacity(clients.len() + 1);
+            let mut new_publishes = Vec::with_capacity(clients.len() + 1);
+            warm_refcounts(run.publishes());
+            let mut put = |c: ClientId, p: Option<Publish>| {
+                if let Some(p) = p {
+                    new_clients.push(c);
+                    new_publishes.push(p);
+                }
+            };
+            for (c, p) in clients.into_vec().into_iter().zip(run.publishes()) {
+                while let Some((changed, publish)) = changes.next_if(|(changed, _)| *changed < c) {
+                    put(changed, publish);
+                }
+                match changes.next_if(|(changed, _)| *changed == c) {
+                    Some((changed, publish)) => put(changed, publish),
+                    None => put(c, Some(p.clone())),
+                }
+            }
+            while let Some((changed, publish)) =
+                changes.next_if(|(changed, _)| upper.is_none_or(|u| changed < u))
+            {
+                put(changed, publish);
+            }
+            merged.rebuilt(new_clients, new_publishes);
+        }
+        // No runs yet: everything pending starts the first ones.
+        let (new_clients, new_publishes): (Vec<ClientId>, Vec<Publish>) =
+            changes.filter_map(|(c, p)| Some((c, p?))).unzip();
+        merged.rebuilt(new_clients, new_publishes);
+        let (client_runs, runs) = merged.finish();
+        self.client_runs = client_runs;
+        runs
+    }
+}
+
+/// Collects the runs of a merge: keeps untouched runs as they are, splits rebuilt runs that
+/// grew past [`RUN_MAX`], and joins a rebuilt run that shrank below a quarter of
+/// [`RUN_TARGET`] to the run before it, so deregistrations cannot leave a trail of tiny runs.
+struct RunMerger {
+    clients: Vec<Box<[ClientId]>>,
+    runs: Vec<Arc<PublishRun>>,
+}
+
+impl RunMerger {
+    fn with_capacity(n: usize) -> RunMerger {
+        RunMerger {
+            clients: Vec::with_capacity(n),
+            runs: Vec::with_capacity(n),
+        }
+    }
+
+    fn keep(&mut self, clients: Box<[ClientId]>, run: Arc<PublishRun>) {
+        self.clients.push(clients);
+        self.runs.push(run);
+    }
+
+    fn rebuilt(&mut self, mut clients: Vec<ClientId>, mut publishes: Vec<Publish>) {
+        if clients.is_empty() {
+            return;
+        }
+        if clients.len() < RUN_TARGET / 4 {
+            let joins = self
+                .clients
+                .last()
+                .is_some_and(|prev| prev.len() + clients.len() <= RUN_MAX);
+            if joins {
+                if let (Some(prev_clients), Some(prev_run)) = (self.clients.pop(), self.runs.pop())
+                {
+                    let mut c = prev_clients.into_vec();
+                    c.append(&mut clients);
+                    let mut p = prev_run.publishes().to_vec();
+                    p.append(&mut publishes);
+                    clients = c;
+                    publishes = p;
+                }
+            }
+        }
+        let pieces = if clients.len() > RUN_MAX {
+            clients.len() / RUN_TARGET
+        } else {
+            1
         };
-        for (i, c) in old_clients.into_vec().into_iter().enumerate() {
-            while let Some((changed, publish)) = changes.next_if(|(changed, _)| *changed < c) {
-                keep(changed, publish);
-            }
-            match changes.next_if(|(changed, _)| *changed == c) {
-                Some((changed, publish)) => keep(changed, publish),
-                None => keep(c, self.view.publishes.get(i).cloned()),
-            }
+        let base = clients.len() / pieces;
+        let extra = clients.len() % pieces;
+        let mut clients = clients.into_iter();
+        let mut publishes = publishes.into_iter();
+        for piece in 0..pieces {
+            let size = base + usize::from(piece < extra);
+            self.clients.push(clients.by_ref().take(size).collect());
+            self.runs
+                .push(PublishRun::new(publishes.by_ref().take(size).collect()));
         }
-        for (changed, publish) in changes {
-            keep(changed, publish);
-        }
-        clients.shrink_to_fit();
-        self.clients = clients.into_boxed_slice();
-        publishes
+    }
+
+    fn finish(self) -> (Vec<Box<[ClientId]>>, Vec<Arc<PublishRun>>) {
+        (self.clients, self.runs)
     }
 }
 
@@ -715,8 +820,9 @@ impl Shard {
                 continue;
             };
             state.in_dirty_list = false;
-            let publishes = state.merge_pending();
-            let gone = state.clients.is_empty() && state.subscribers.is_empty() && !state.explicit;
+            let runs = state.merge_pending();
+            let gone =
+                state.client_runs.is_empty() && state.subscribers.is_empty() && !state.explicit;
             if gone {
                 if let Some(state) = self.services.remove(&key) {
                     self.stats
@@ -732,13 +838,13 @@ impl Shard {
             // (nacos-sdk-python), so two changes within one millisecond still get two times.
             let last_ref_ms = now.unix_ms.max(state.view.last_ref_ms + 1);
             self.index.raise_stamp(self.id, last_ref_ms);
-            let view = Arc::new(ServiceView::new(
+            let view = Arc::new(ServiceView::from_runs(
                 key.clone(),
                 state.revision,
                 last_ref_ms,
                 state.protect_threshold,
                 state.metadata.clone(),
-                publishes,
+                runs,
                 Some(self.index.budget().clone()),
             ));
             let delta = view.instance_count as i64 - state.instance_count as i64;
@@ -1290,7 +1396,7 @@ impl Shard {
                 service.clone(),
                 ServiceState {
                     cell,
-                    clients: Box::default(),
+                    client_runs: Vec::new(),
                     pending: BTreeMap::new(),
                     subscribers: HashMap::default(),
                     protect_threshold: 0.0,

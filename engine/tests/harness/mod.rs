@@ -146,6 +146,28 @@ impl Sim {
             .expect("a reply to every request")
     }
 
+    /// Hands every op to its client's owner at once and delivers them together, so the shards
+    /// flush them as one batch (as a busy core does); returns the replies in order.
+    pub fn clients_at_once(&mut self, ops: Vec<(ClientId, ClientOp)>) -> Vec<OpResult> {
+        let mut tokens = Vec::with_capacity(ops.len());
+        for (client, op) in ops {
+            let token = self.token();
+            tokens.push(token);
+            let reply = Some(ReplyTo {
+                shard: self.shard_count() - 1,
+                token,
+            });
+            let to = self.client_owner(&client);
+            self.queue
+                .push_back((usize::MAX, to, ShardMsg::Client { client, op, reply }));
+        }
+        self.run();
+        tokens
+            .into_iter()
+            .map(|t| self.replies.remove(&t).expect("a reply to every request"))
+            .collect()
+    }
+
     /// Runs a service op on the service's owner and returns the reply.
     pub fn service(&mut self, service: &ServiceKey, op: ServiceOp) -> OpResult {
         let owner = self.service_owner(service);
