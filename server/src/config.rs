@@ -45,6 +45,11 @@ pub struct Args {
     /// IPIs in glommio; a short spin avoids that between requests under load.
     #[arg(long, env = "NACELLE_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
+    /// Let the allocator's memory use transparent huge pages. Off by default: with them the
+    /// allocator's purged pages come back as whole 2 MiB pages zeroed on the next touch, and
+    /// 100,000 registrations held 40-50 MB more (RSS) at no gain in throughput.
+    #[arg(long, env = "NACELLE_HUGE_PAGES")]
+    pub huge_pages: bool,
     /// Overload shedding (ms): while requests queue longer than this on a core, reads that
     /// waited longer are answered with 503 "over threshold" (writes from 60x this; heartbeats
     /// and deregistrations never). 0 turns shedding off.
@@ -115,6 +120,8 @@ pub struct Config {
     pub conn_queue: usize,
     /// Spin before parking (µs).
     pub spin_before_park_us: u64,
+    /// Transparent huge pages allowed.
+    pub huge_pages: bool,
     /// Lag from which a busy core sheds reads (ms; 0 = never).
     pub overload_lag_ms: u64,
     /// Cluster settings; `None` = standalone.
@@ -238,6 +245,7 @@ impl Args {
             max_message_bytes: self.max_message_bytes.clamp(4096, 256 << 20),
             conn_queue: self.conn_queue.max(16),
             spin_before_park_us: self.spin_before_park_us.min(10_000),
+            huge_pages: self.huge_pages,
             overload_lag_ms: self.overload_lag_ms,
         })
     }

@@ -79,6 +79,19 @@ fn main() {
 const BIND_PATIENCE: Duration = Duration::from_secs(5);
 
 fn run(cfg: config::Config) -> Result<(), String> {
+    if !cfg.huge_pages {
+        // Checked by the kernel at each page fault, so memory mapped before this is covered
+        // as well. A kernel without the call only leaves huge pages as they were.
+        // SAFETY: prctl with PR_SET_THP_DISABLE reads no memory of ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            warn!(
+                "could not turn transparent huge pages off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     let http_addr = SocketAddr::new(cfg.bind, cfg.http_port);
     let grpc_addr = SocketAddr::new(cfg.bind, cfg.grpc_port);
     // Bind once up front so a taken port is a clear error, not a panic inside an executor.
