@@ -206,6 +206,12 @@ pub struct RegisterArgs {
     /// grpc or http.
     #[arg(long, value_enum, default_value_t = Mode::Grpc)]
     pub mode: Mode,
+    /// gRPC client: `raw` sends each request as one gRPC frame on an `h2` stream (the client
+    /// of `flood`), about half the generator CPU per registration of `tonic` (tonic's channel,
+    /// tower buffer and codecs), so one generator core keeps up with one server core. Both do
+    /// the SDK handshake and answer the server's stream requests.
+    #[arg(long, value_enum, default_value_t = GrpcClient::Raw)]
+    pub client: GrpcClient,
     /// HTTP mode: send a beat for every instance every 5 s (PUT /nacos/v1/ns/instance/beat)
     /// so the instances do not expire during --hold.
     #[arg(long)]
@@ -217,6 +223,16 @@ pub struct RegisterArgs {
     /// Skip the check that every service holds its planned instance count.
     #[arg(long)]
     pub no_verify: bool,
+}
+
+/// Which gRPC client `register` uses.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrpcClient {
+    /// Pre-encoded frames on `h2` streams.
+    Raw,
+    /// tonic's generated client.
+    Tonic,
 }
 
 /// `query` flags.

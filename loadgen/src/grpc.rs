@@ -382,14 +382,35 @@ pub async fn connect_many(
     opts: &ConnOpts,
     pb: &indicatif::ProgressBar,
 ) -> (Vec<Option<Conn>>, crate::stats::Recorder) {
+    connect_many_with(addrs, n, concurrency, pb, |addr, i, t| {
+        let opts = opts.clone();
+        async move { Conn::connect(&addr, i, t, &opts).await }
+    })
+    .await
+}
+
+/// Opens `n` connections with `connect(addr, index, target)` spread round-robin over `addrs`,
+/// `concurrency` at a time, each tried up to 3 times; a slot is `None` when all tries failed.
+/// Returns the connect latencies and errors.
+pub async fn connect_many_with<C, F, Fut>(
+    addrs: &[String],
+    n: usize,
+    concurrency: usize,
+    pb: &indicatif::ProgressBar,
+    connect: F,
+) -> (Vec<Option<C>>, crate::stats::Recorder)
+where
+    F: Fn(String, usize, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<C, OpError>>,
+{
     use futures_util::StreamExt;
     let mut rec = crate::stats::Recorder::new();
-    let mut out: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let mut out: Vec<Option<C>> = (0..n).map(|_| None).collect();
+    let connect = &connect;
     let mut results = futures_util::stream::iter(0..n)
         .map(|i| {
             let t = i % addrs.len().max(1);
             let addr = addrs.get(t).cloned().unwrap_or_default();
-            let opts = opts.clone();
             async move {
                 let mut last = OpError::NotConnected;
                 let mut lat = Vec::new();
@@ -398,7 +419,7 @@ pub async fn connect_many(
                         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                     }
                     let t0 = Instant::now();
-                    match Conn::connect(&addr, i, t, &opts).await {
+                    match connect(addr.clone(), i, t).await {
                         Ok(c) => return (i, Ok((c, t0.elapsed())), lat),
                         Err(e) => {
                             lat.push(e.clone());

@@ -306,6 +306,7 @@ async fn call(send: &SendRequest<Bytes>, uri: &Uri, frame: Bytes) -> Result<Byte
 pub struct RawConn {
     send: SendRequest<Bytes>,
     unary: Uri,
+    timeout: Duration,
     alive: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -414,6 +415,7 @@ impl RawConn {
         let c = RawConn {
             send,
             unary,
+            timeout,
             alive,
             tasks,
         };
@@ -430,6 +432,11 @@ impl RawConn {
             send: self.send.clone(),
             unary: self.unary.clone(),
         }
+    }
+
+    /// The connect timeout it was opened with (also a sane per-request timeout).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Whether the transport and the bi-stream are still open.
@@ -450,6 +457,15 @@ impl Caller {
     pub async fn request(self, frame: Bytes) -> Result<(), OpError> {
         let msg = call(&self.send, &self.unary, frame).await?;
         classify(&msg)
+    }
+
+    /// Like [`Caller::request`], and returns the answer's JSON body (decoded with prost: for
+    /// the few requests whose answer is read).
+    pub async fn request_body(self, frame: Bytes) -> Result<Vec<u8>, OpError> {
+        let msg = call(&self.send, &self.unary, frame).await?;
+        classify(&msg)?;
+        let payload = Payload::decode(msg.as_ref()).map_err(|_| OpError::Decode)?;
+        Ok(payload.body.map(|b| b.value).unwrap_or_default())
     }
 }
 

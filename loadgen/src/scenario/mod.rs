@@ -168,13 +168,11 @@ pub async fn hold(secs: i64, status: impl Fn() -> String) -> Duration {
     start.elapsed()
 }
 
-/// A one-line summary of live connections and stream traffic.
-pub fn conn_status(conns: &[Option<Conn>]) -> String {
-    let alive = conns.iter().flatten().filter(|c| c.alive()).count();
+/// A one-line summary of `alive` of `total` connections and stream traffic.
+pub fn stream_status(alive: usize, total: usize) -> String {
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "{alive}/{} connections alive, health checks {} (failed {}), detections {}, pushes {}",
-        conns.len(),
+        "{alive}/{total} connections alive, health checks {} (failed {}), detections {}, pushes {}",
         g(&counters::HEALTH_CHECKS),
         g(&counters::HEALTH_FAILURES),
         g(&counters::DETECTIONS),

@@ -9,11 +9,12 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{conn_status, hold, Ctx};
-use crate::cli::{Mode, RegisterArgs};
-use crate::grpc::Conn;
+use super::{hold, stream_status, Ctx};
+use crate::cli::{GrpcClient, Mode, RegisterArgs};
+use crate::grpc::{connect_many_with, Conn};
 use crate::http::{path_with_query, HttpConn};
 use crate::layout::{self, instance_addr, instance_json, metadata_json, service_share};
+use crate::raw::{encode_request, RawConn};
 use crate::stats::{bar, OpError, Pacer, Recorder, Report, Shared};
 
 /// Runs `register`.
@@ -47,11 +48,52 @@ pub fn count_hosts(body: &[u8], grpc: bool) -> Option<usize> {
     }
 }
 
+/// A registering connection through either gRPC client.
+enum RegConn {
+    Tonic(Conn),
+    Raw(RawConn),
+}
+
+impl RegConn {
+    /// Sends one request and returns the answer's JSON body (empty for the raw client unless
+    /// `want_body`: its answers are classified without decoding them).
+    async fn request(
+        &self,
+        kind: &str,
+        json: Vec<u8>,
+        want_body: bool,
+    ) -> Result<Vec<u8>, OpError> {
+        match self {
+            RegConn::Tonic(c) => c.request(kind, json).await.map(|r| r.body),
+            RegConn::Raw(c) => {
+                let frame = encode_request(kind, json);
+                let call = async {
+                    if want_body {
+                        c.caller().request_body(frame).await
+                    } else {
+                        c.caller().request(frame).await.map(|()| Vec::new())
+                    }
+                };
+                tokio::time::timeout(c.timeout(), call)
+                    .await
+                    .unwrap_or(Err(OpError::Timeout))
+            }
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self {
+            RegConn::Tonic(c) => c.alive(),
+            RegConn::Raw(c) => c.alive(),
+        }
+    }
+}
+
 /// Registers the planned publishes of one connection, `inflight` at a time.
 #[allow(clippy::too_many_arguments)]
 async fn register_conn(
     ctx: &Ctx,
-    conn: Option<&Conn>,
+    conn: Option<&RegConn>,
     pubs: Vec<layout::Publish>,
     batched: bool,
     inflight: usize,
@@ -88,7 +130,7 @@ async fn register_conn(
             };
             pacer.wait().await;
             let t0 = Instant::now();
-            let r = conn.request(kind, body).await;
+            let r = conn.request(kind, body, false).await;
             rec.lock().record(&r, t0.elapsed());
             if r.is_ok() {
                 registered.fetch_add(u64::from(p.count), Ordering::Relaxed);
@@ -111,10 +153,19 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
         requests,
         if a.batch > 1 { "batch " } else { "" }
     );
-    let (conns, connect_rec) = ctx
-        .connect(&ctx.grpc_addrs, a.connections as usize, None, "connect")
-        .await?;
-    let conns = Arc::new(conns);
+    let (conns, connect_rec) = match a.client {
+        GrpcClient::Tonic => {
+            let (conns, rec) = ctx
+                .connect(&ctx.grpc_addrs, a.connections as usize, None, "connect")
+                .await?;
+            (
+                conns.into_iter().map(|c| c.map(RegConn::Tonic)).collect(),
+                rec,
+            )
+        }
+        GrpcClient::Raw => connect_raw(ctx, a.connections as usize).await?,
+    };
+    let conns: Arc<Vec<Option<RegConn>>> = Arc::new(conns);
     let rec = Shared::new();
     let registered = Arc::new(AtomicU64::new(0));
     let pacer = Arc::new(Pacer::new(a.rate));
@@ -165,8 +216,8 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
             let names = &ctx.names;
             let v = verify(&ctx, &expected, |service| async move {
                 let body = names.query_request(&service, false);
-                let r = conn.request("ServiceQueryRequest", body).await?;
-                count_hosts(&r.body, true).ok_or(OpError::Decode)
+                let r = conn.request("ServiceQueryRequest", body, true).await?;
+                count_hosts(&r, true).ok_or(OpError::Decode)
             })
             .await;
             v.apply(&mut report);
@@ -174,10 +225,11 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
     }
 
     let held = hold(a.hold, || {
+        let alive = conns.iter().flatten().filter(|c| c.alive()).count();
         format!(
             "{} instances registered; {}",
             registered.load(Ordering::Relaxed),
-            conn_status(&conns)
+            stream_status(alive, conns.len())
         )
     })
     .await;
@@ -189,6 +241,37 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
         );
     }
     Ok(report)
+}
+
+/// Opens `n` raw gRPC connections over the targets, like [`Ctx::connect`] does with tonic.
+async fn connect_raw(ctx: &Ctx, n: usize) -> Result<(Vec<Option<RegConn>>, Recorder), String> {
+    let pb = bar(n as u64, "connect", ctx.hidden);
+    let timeout = ctx.timeout;
+    let (conns, rec) = connect_many_with(
+        &ctx.grpc_addrs,
+        n,
+        ctx.connect_concurrency,
+        &pb,
+        |addr, _, _| async move { RawConn::connect(&addr, timeout).await.map(RegConn::Raw) },
+    )
+    .await;
+    pb.finish_and_clear();
+    let up = conns.iter().filter(|c| c.is_some()).count();
+    if up == 0 && n > 0 {
+        return Err(format!(
+            "no gRPC connection could be opened to {} ({})",
+            ctx.grpc_addrs.join(","),
+            rec.errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    if up < n {
+        eprintln!("loadgen: {} of {n} connect connections failed", n - up);
+    }
+    Ok((conns, rec))
 }
 
 /// Prints the registration line and starts the report both modes share: `done` of
