@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Nacelle vs r-nacos over the Nacos 2.x gRPC protocol with the same loadgen scenarios:
 #   1. register: INSTANCES instances over SERVICES services from CONNECTIONS connections, as fast
-#      as possible (InstanceRequest, one per instance); registrations/s, the server's CPU per
+#      as possible (InstanceRequest, one per instance, loadgen's raw gRPC client with 4 in flight
+#      per connection); registrations/s, the server's CPU per
 #      registration, and the RSS growth per instance (VmRSS before/after, connections included);
 #   2. query (while the instances are held): ServiceQueryRequest on the SERVICES services of
-#      INSTANCES/SERVICES instances each, open loop at QUERY_RATE/s for p50/p99, then at
-#      QUERY_MAX_RATE/s (excess dropped beyond 2,000 in flight) for the QPS achieved;
+#      INSTANCES/SERVICES instances each, open loop at QUERY_RATE/s for p50/p99 (`loadgen query`,
+#      tonic client), again at QUERY_LOAD_RATE/s (default 4,000/s: about three quarters of what
+#      one r-nacos core answers, an eighth of one nacelle core), then at QUERY_MAX_RATE/s (excess dropped beyond 2,000 in flight) for the
+#      QPS achieved (`loadgen flood`, whose raw client costs loadgen less than a query costs
+#      either server, so the server's core is the limit);
 #   3. subscribe (still holding): SUB_SERVICES services x SUBSCRIBERS subscribers, a writer
 #      changing one instance at SUB_RATE/s; push latency p50/p99 (change sent -> push received).
 # One server at a time on the same ports, a fresh process per round, ROUNDS rounds alternating
@@ -23,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}; INSTANCES=${INSTANCES:-100000}; SERVICES=${SERVICES:-1000}
 CONNECTIONS=${CONNECTIONS:-1000}; DURATION=${DURATION:-10}
-QUERY_RATE=${QUERY_RATE:-1000}; QUERY_MAX_RATE=${QUERY_MAX_RATE:-10000}; QUERY_CONNS=${QUERY_CONNS:-16}
+QUERY_RATE=${QUERY_RATE:-1000}; QUERY_LOAD_RATE=${QUERY_LOAD_RATE:-4000}; QUERY_MAX_RATE=${QUERY_MAX_RATE:-60000}; QUERY_CONNS=${QUERY_CONNS:-16}
 SUB_SERVICES=${SUB_SERVICES:-100}; SUBSCRIBERS=${SUBSCRIBERS:-5}; SUB_RATE=${SUB_RATE:-200}
 PORT=${PORT:-28848}; PLACEMENT=${PLACEMENT:-shared}
 case $PLACEMENT in
@@ -34,7 +38,7 @@ case $PLACEMENT in
   *) echo "PLACEMENT is shared or pinned" >&2; exit 1 ;;
 esac
 export PLACEMENT
-export INSTANCES SERVICES CONNECTIONS DURATION QUERY_RATE QUERY_MAX_RATE QUERY_CONNS SUB_SERVICES SUBSCRIBERS SUB_RATE
+export INSTANCES SERVICES CONNECTIONS DURATION QUERY_RATE QUERY_LOAD_RATE QUERY_MAX_RATE QUERY_CONNS SUB_SERVICES SUBSCRIBERS SUB_RATE
 NACELLE=target/release/nacelle; LOADGEN=target/release/loadgen
 if [ ! -x "$NACELLE" ] || [ ! -x "$LOADGEN" ] || [ -n "${BUILD:-}" ]; then
   cargo build --release -p nacelle-server -p loadgen
@@ -98,8 +102,10 @@ run_one() {  # run_one <server> <round>: one fresh server through the three scen
   count=$(metrics | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin).get("instanceCount")))')
   "${PIN_LOAD[@]}" "$LOADGEN" query --targets "127.0.0.1:$PORT" --services "$SERVICES" --connections "$QUERY_CONNS" \
     --rate "$QUERY_RATE" --duration "$DURATION" --no-progress --report "$d/query.json" >"$d/query.log" 2>&1
-  local q0; q0=$(cpu_ticks)
   "${PIN_LOAD[@]}" "$LOADGEN" query --targets "127.0.0.1:$PORT" --services "$SERVICES" --connections "$QUERY_CONNS" \
+    --rate "$QUERY_LOAD_RATE" --duration "$DURATION" --no-progress --report "$d/query-load.json" >"$d/query-load.log" 2>&1
+  local q0; q0=$(cpu_ticks)
+  "${PIN_LOAD[@]}" "$LOADGEN" flood --targets "127.0.0.1:$PORT" --services "$SERVICES" --connections "$QUERY_CONNS" \
     --rate "$QUERY_MAX_RATE" --duration "$DURATION" --max-inflight 2000 --no-progress \
     --report "$d/query-max.json" >"$d/query-max.log" 2>&1
   local q1; q1=$(cpu_ticks)
@@ -116,8 +122,10 @@ import json, sys
 d, s, r = sys.argv[1:4]
 j = lambda n: json.load(open(f"{d}/{n}.json"))
 reg, q, qm, sub, srv = j("register"), j("query"), j("query-max"), j("subscribe"), j("server")
+ql = j("query-load")
 print(f"round {r} {s:<8} register {reg['instances_per_s']:>8.0f}/s  "
       f"query p50 {q['latency_us']['p50']/1000:6.2f} ms p99 {q['latency_us']['p99']/1000:7.2f} ms  "
+      f"loaded p99 {ql['latency_us']['p99']/1000:7.2f} ms  "
       f"max {qm['ops_per_s']:>8.0f}/s  push p50 {sub['latency_us']['p50']/1000:6.1f} ms "
       f"p99 {sub['latency_us']['p99']/1000:6.1f} ms  "
       f"rss {srv['rss_before_kb']//1024}->{srv['rss_after_kb']//1024} MiB "
@@ -142,6 +150,7 @@ def load(s, r):
     d = f"{keep}/{s}-{r}"
     j = lambda n: json.load(open(f"{d}/{n}.json"))
     reg, q, qm, sub, srv = j("register"), j("query"), j("query-max"), j("subscribe"), j("server")
+    ql = j("query-load")
     n = reg["instances_registered"]
     return {
         "register_per_s": reg["instances_per_s"],
@@ -160,6 +169,9 @@ def load(s, r):
         "query_errors": q["errors"],
         "query_p50_ms": q["latency_us"]["p50"] / 1000,
         "query_p99_ms": q["latency_us"]["p99"] / 1000,
+        "query_load_p50_ms": ql["latency_us"]["p50"] / 1000,
+        "query_load_p99_ms": ql["latency_us"]["p99"] / 1000,
+        "query_load_errors": ql["errors"],
         "query_max_qps": qm["ops_per_s"],
         "query_max_errors": qm["errors"],
         "query_max_errors_by_kind": qm["errors_by_kind"],
@@ -176,7 +188,7 @@ keys = list(runs["nacelle"][0].keys())
 med = {s: {k: statistics.median(x[k] for x in runs[s])
            for k in keys if all(isinstance(x[k], (int, float)) for x in runs[s])} for s in servers}
 ratio = {k: med["nacelle"][k] / med["rnacos"][k] for k in med["nacelle"] if med["rnacos"].get(k)}
-env = {k: os.environ.get(k) for k in ("INSTANCES", "SERVICES", "CONNECTIONS", "DURATION", "QUERY_RATE",
+env = {k: os.environ.get(k) for k in ("INSTANCES", "SERVICES", "CONNECTIONS", "DURATION", "QUERY_RATE", "QUERY_LOAD_RATE",
                                       "QUERY_MAX_RATE", "QUERY_CONNS", "SUB_SERVICES", "SUBSCRIBERS", "SUB_RATE")}
 res = {
     "machine": f"{platform.node()} {os.cpu_count()} cpus {platform.platform()}",
@@ -192,6 +204,8 @@ rows = [  # (label, key, unit, higher is better)
     ("RSS growth per instance", "rss_bytes_per_instance", "B", False),
     (f"query p50 at {env['QUERY_RATE']}/s", "query_p50_ms", "ms", False),
     (f"query p99 at {env['QUERY_RATE']}/s", "query_p99_ms", "ms", False),
+    (f"query p50 at {env['QUERY_LOAD_RATE']}/s", "query_load_p50_ms", "ms", False),
+    (f"query p99 at {env['QUERY_LOAD_RATE']}/s", "query_load_p99_ms", "ms", False),
     (f"queries/s achieved (offered {env['QUERY_MAX_RATE']}/s)", "query_max_qps", None, True),
     ("server CPU per query (saturation run)", "server_cpu_us_per_query", "µs", False),
     ("push p50", "push_p50_ms", "ms", False),
@@ -223,13 +237,14 @@ for label, k, unit, better in rows:
           f"r-nacos {1 / adv:.2f}× {'higher' if better else 'lower'}"
     print(f"  {label:<50} {f(a):>10} {f(b):>10} {rt:>15.3g}x   {adv}")
     md.append(f"| {label} | {f(a)} | {f(b)} | {rt:.3g} | {adv} |")
-errs = {s: {k: sum(x[k] for x in runs[s]) for k in ("register_errors", "query_errors", "query_max_errors", "push_errors")} for s in servers}
+errs = {s: {k: sum(x[k] for x in runs[s]) for k in ("register_errors", "query_errors", "query_load_errors", "query_max_errors", "push_errors")} for s in servers}
 md += ["", "Notes: the RSS growth includes the server side of the connections (1,000 HTTP/2 connections "
        "by default), not only the registry. Push latency includes each server's push merge delay "
-       "(nacelle: 50 ms, `--push-delay-ms`). Registrations/s is closed-loop (4 requests in flight per "
-       "connection) and bounded by the CPUs loadgen shares with the server; the server CPU per "
-       "operation (utime+stime of the server process over the phase / operations) is the figure the "
-       "machine bounds least. Load average at start / end: "
+       "(nacelle: 50 ms, `--push-delay-ms`). Registrations/s is closed-loop (loadgen's raw gRPC client, "
+       "4 requests in flight per connection); queries/s achieved is `loadgen flood` (raw client, open "
+       "loop). Both are bounded by the CPUs loadgen shares with the server unless PLACEMENT=pinned; the "
+       "server CPU per operation (utime+stime of the server process over the phase / operations) is "
+       "the figure the machine bounds least. Load average at start / end: "
        f"{os.environ.get('LOADAVG_START', '?')} / {open('/proc/loadavg').read().split()[0]}."]
 md += ["", f"Errors summed over the rounds: {json.dumps(errs)} (query_max errors are mostly "
        "queries dropped by loadgen beyond 2,000 in flight, which is how the saturation run caps its backlog).",
@@ -244,9 +259,11 @@ res["chart"] = {
         {"title": "Throughput (higher is better)", "unit": "operations/s", "xlabel": "operation", "groups": [
             {"label": "registrations/s", "values": [med[s]["register_per_s"] for s in servers]},
             {"label": "queries/s achieved", "values": [med[s]["query_max_qps"] for s in servers]}]},
-        {"title": f"Query latency at {qr}/s (lower is better)", "unit": "ms", "xlabel": "percentile", "groups": [
-            {"label": "p50", "values": [med[s]["query_p50_ms"] for s in servers]},
-            {"label": "p99", "values": [med[s]["query_p99_ms"] for s in servers]}]},
+        {"title": "Query latency (lower is better)", "unit": "ms", "xlabel": "percentile at a fixed rate", "groups": [
+            {"label": f"p50 at {qr}/s", "values": [med[s]["query_p50_ms"] for s in servers]},
+            {"label": f"p99 at {qr}/s", "values": [med[s]["query_p99_ms"] for s in servers]},
+            {"label": f"p50 at {env['QUERY_LOAD_RATE']}/s", "values": [med[s]["query_load_p50_ms"] for s in servers]},
+            {"label": f"p99 at {env['QUERY_LOAD_RATE']}/s", "values": [med[s]["query_load_p99_ms"] for s in servers]}]},
         {"title": "Push latency (lower is better)", "unit": "ms", "xlabel": "percentile", "groups": [
             {"label": "p50", "values": [med[s]["push_p50_ms"] for s in servers]},
             {"label": "p99", "values": [med[s]["push_p99_ms"] for s in servers]}]},
