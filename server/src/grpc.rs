@@ -23,6 +23,7 @@ use wire::service_info::{self, NameStyle, Query};
 
 use crate::admission::Class;
 use crate::core::{unix_ms, with_core, Overloaded};
+use crate::grpc_unary;
 use crate::metrics::Kind;
 use crate::rt::{GlommioIo, LocalExec, LocalTimer};
 
@@ -41,11 +42,21 @@ pub struct Arrived(pub Instant);
 #[derive(Clone, Copy, Default)]
 pub struct NacosGrpc;
 
+/// What the connection's service answers each stream with.
+type GrpcFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;
+
 /// Accepts gRPC connections on this core until the listener fails.
 pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
-    // Two services, dispatched by path here rather than through tonic's `Routes` (an axum
-    // router): its route matching, boxing and response mapping cost more per unary call than
-    // this match, and each generated server answers UNIMPLEMENTED for paths it does not know.
+    // Dispatched by path here rather than through tonic's `Routes` (an axum router): its route
+    // matching, boxing and response mapping cost more per unary call than this match. The
+    // unary call itself skips tonic (`grpc_unary`); each generated server answers
+    // UNIMPLEMENTED for the paths it does not know.
     let unary = RequestServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes);
     let bi_stream =
         BiRequestStreamServer::new(NacosGrpc).max_decoding_message_size(max_message_bytes);
@@ -69,14 +80,26 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
             let ctx = ConnCtx { id };
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ctx);
-                    // Accepted now; the handler sees how long the request queued.
-                    req.extensions_mut().insert(Arrived(Instant::now()));
-                    if req.uri().path().starts_with("/Request/") {
-                        tower_service::Service::call(&mut unary.clone(), req)
+                    let arrived = Instant::now();
+                    let path = req.uri().path();
+                    let is_unary = path == grpc_unary::PATH;
+                    let other_request = path.starts_with("/Request/");
+                    let fut: GrpcFuture = if is_unary {
+                        Box::pin(async move {
+                            let resp = grpc_unary::call(ctx, arrived, req, max_message_bytes).await;
+                            Ok(resp.map(tonic::body::Body::new))
+                        })
                     } else {
-                        tower_service::Service::call(&mut bi_stream.clone(), req)
-                    }
+                        req.extensions_mut().insert(ctx);
+                        // Accepted now; the handler sees how long the request queued.
+                        req.extensions_mut().insert(Arrived(arrived));
+                        if other_request {
+                            tower_service::Service::call(&mut unary.clone(), req)
+                        } else {
+                            tower_service::Service::call(&mut bi_stream.clone(), req)
+                        }
+                    };
+                    fut
                 });
             let conn = hyper::server::conn::http2::Builder::new(LocalExec)
                 .timer(LocalTimer)
@@ -263,7 +286,7 @@ async fn await_op(
     }
 }
 
-async fn unary(ctx: ConnCtx, arrived: Instant, p: Payload) -> Payload {
+pub(crate) async fn unary(ctx: ConnCtx, arrived: Instant, p: Payload) -> Payload {
     let started = Instant::now();
     let env = match payload::open(&p) {
         Ok(e) => e,

@@ -22,6 +22,7 @@ mod cluster;
 mod config;
 mod core;
 mod grpc;
+mod grpc_unary;
 mod http;
 mod metrics;
 mod peer;

@@ -215,3 +215,81 @@ async fn unknown_grpc_methods_get_unimplemented_and_the_connection_keeps_working
     let (kind, v) = c.call("ServerCheckRequest", &json!({"headers": {}})).await;
     assert_eq!(kind, "ServerCheckResponse", "{v}");
 }
+
+/// Sends `body` as the whole HTTP/2 body of a `/Request/request` call on `channel`; returns
+/// the gRPC status (from the headers of a trailers-only answer, else the trailers) and the
+/// response body.
+async fn raw_unary(channel: &mut tonic::transport::Channel, body: Vec<u8>) -> (String, Vec<u8>) {
+    use http_body_util::BodyExt;
+    futures_util::future::poll_fn(|cx| tower_service::Service::poll_ready(channel, cx))
+        .await
+        .unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://127.0.0.1/Request/request")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+        .unwrap();
+    let resp = tower_service::Service::call(channel, req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    if let Some(s) = resp.headers().get("grpc-status") {
+        return (s.to_str().unwrap().to_owned(), Vec::new());
+    }
+    let collected = resp.into_body().collect().await.unwrap();
+    let status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .map(|s| s.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, collected.to_bytes().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_unary_calls_get_grpc_errors_and_the_connection_keeps_working() {
+    use prost::Message;
+    let server = Server::start(&["--max-message-bytes", "4096"]);
+    let c = Conn::bare(server.grpc).await;
+    let mut channel = c.channel.clone();
+    let check = payload("ServerCheckRequest", &json!({"headers": {}})).encode_to_vec();
+    let frame = |flag: u8, len: usize, msg: &[u8]| {
+        let mut b = vec![flag];
+        b.extend_from_slice(&(len as u32).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    };
+    let cases = [
+        ("compressed", frame(1, check.len(), &check), "12"),
+        ("truncated prefix", vec![0, 0, 0], "13"),
+        ("truncated message", frame(0, check.len() + 1, &check), "13"),
+        (
+            "two messages",
+            [frame(0, check.len(), &check), frame(0, 0, &[])].concat(),
+            "12",
+        ),
+        ("not a Payload", frame(0, 3, &[0xff, 0xff, 0xff]), "13"),
+        (
+            "over --max-message-bytes",
+            frame(0, 5000, &[b'x'; 5000]),
+            "8",
+        ),
+    ];
+    for (what, body, expected) in cases {
+        let (status, _) = raw_unary(&mut channel, body).await;
+        assert_eq!(status, expected, "{what}");
+    }
+    // A well-formed call on the same connection: one message back, status 0.
+    let (status, body) = raw_unary(&mut channel, frame(0, check.len(), &check)).await;
+    assert_eq!(status, "0");
+    assert_eq!(body[0], 0, "uncompressed");
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    assert_eq!(body.len(), 5 + len);
+    let answer = wire::proto::Payload::decode(&body[5..]).unwrap();
+    assert_eq!(
+        answer.metadata.unwrap().r#type,
+        "ServerCheckResponse",
+        "a ServerCheckResponse payload"
+    );
+}

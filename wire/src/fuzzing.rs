@@ -63,6 +63,33 @@ pub fn grpc_payload(data: &[u8]) {
     }
 }
 
+/// A unary call's whole HTTP/2 body, as the gRPC port reads it: the framing must either give
+/// back exactly the bytes after the prefix or refuse, and the message then goes through
+/// [`grpc_payload`]. Inputs that are themselves a bare `Payload` are framed first, so the
+/// corpus of SDK payloads reaches the message path too.
+pub fn grpc_unary_body(data: &[u8]) {
+    match payload::unary_message(data) {
+        Ok(message) => {
+            assert_eq!(
+                message.len() + 5,
+                data.len(),
+                "the message is the body past its prefix"
+            );
+            grpc_payload(message);
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+    let mut framed = Vec::with_capacity(data.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    framed.extend_from_slice(data);
+    assert_eq!(
+        payload::unary_message(&framed),
+        Ok(data),
+        "a framed message comes back whole"
+    );
+}
+
 /// Decodes `body` as the server does for a payload of type `kind`; false when the server does
 /// not serve `kind`.
 fn grpc_body(kind: &str, body: &[u8]) -> bool {

@@ -33,6 +33,44 @@ impl std::fmt::Display for EnvelopeError {
     }
 }
 
+/// Why the body of a unary gRPC call holds no single message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Shorter than its 5-byte prefix says.
+    Truncated,
+    /// The compression flag is set (Nacos SDKs never compress; no codec is negotiated).
+    Compressed,
+    /// Bytes after the first message: a unary call carries exactly one.
+    TrailingData,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrameError::Truncated => "truncated gRPC message",
+            FrameError::Compressed => "compressed messages are not supported",
+            FrameError::TrailingData => "a unary call takes exactly one message",
+        })
+    }
+}
+
+/// The one message of a unary gRPC request body: after a 5-byte prefix (compression flag,
+/// big-endian length), exactly that many bytes.
+pub fn unary_message(body: &[u8]) -> Result<&[u8], FrameError> {
+    let Some((prefix, message)) = body.split_first_chunk::<5>() else {
+        return Err(FrameError::Truncated);
+    };
+    if prefix[0] != 0 {
+        return Err(FrameError::Compressed);
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    match message.len().cmp(&len) {
+        std::cmp::Ordering::Equal => Ok(message),
+        std::cmp::Ordering::Less => Err(FrameError::Truncated),
+        std::cmp::Ordering::Greater => Err(FrameError::TrailingData),
+    }
+}
+
 /// Reads the envelope of `payload`.
 pub fn open(payload: &Payload) -> Result<Envelope<'_>, EnvelopeError> {
     static NO_HEADERS: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
@@ -160,6 +198,23 @@ pub fn json_str(s: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unary_message_is_the_body_past_its_prefix_and_malformed_bodies_are_errors() {
+        assert_eq!(unary_message(&[0, 0, 0, 0, 2, 7, 8]), Ok(&[7u8, 8][..]));
+        assert_eq!(unary_message(&[0, 0, 0, 0, 0]), Ok(&[][..]));
+        assert_eq!(unary_message(&[0, 0, 0]), Err(FrameError::Truncated));
+        assert_eq!(
+            unary_message(&[0, 0, 0, 0, 3, 1]),
+            Err(FrameError::Truncated)
+        );
+        assert_eq!(
+            unary_message(&[1, 0, 0, 0, 1, 1]),
+            Err(FrameError::Compressed)
+        );
+        let two = [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0];
+        assert_eq!(unary_message(&two), Err(FrameError::TrailingData));
+    }
 
     #[test]
     fn error_bodies_are_valid_json_with_nacos_fields() {

@@ -44,11 +44,10 @@ fn corpus_holds(target: &str, seeds: &[(&str, Vec<u8>)], property: fn(&[u8])) {
 
 #[test]
 fn grpc_payload_corpus_holds() {
-    corpus_holds(
-        "grpc_payload",
-        &seeds::grpc_payload(),
-        fuzzing::grpc_payload,
-    );
+    corpus_holds("grpc_payload", &seeds::grpc_payload(), |data| {
+        fuzzing::grpc_payload(data);
+        fuzzing::grpc_unary_body(data);
+    });
 }
 
 #[test]
@@ -96,6 +95,7 @@ fn mutated_payloads_keep_the_properties() {
             p.encode_to_vec()
         };
         fuzzing::grpc_payload(&input);
+        fuzzing::grpc_unary_body(&input);
     }
     assert!(
         reached > ROUNDS / 20,
