@@ -372,23 +372,6 @@ async fn read_stream(
     counters::STREAMS_CLOSED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Opens connections `0..n` (connection `i` to target `i % targets.len()`), `concurrency` at
-/// a time, with up to 3 tries each. Returns the connections (None where all tries failed) and
-/// the handshake latencies.
-pub async fn connect_many(
-    addrs: &[String],
-    n: usize,
-    concurrency: usize,
-    opts: &ConnOpts,
-    pb: &indicatif::ProgressBar,
-) -> (Vec<Option<Conn>>, crate::stats::Recorder) {
-    connect_many_with(addrs, n, concurrency, pb, |addr, i, t| {
-        let opts = opts.clone();
-        async move { Conn::connect(&addr, i, t, &opts).await }
-    })
-    .await
-}
-
 /// Opens `n` connections with `connect(addr, index, target)` spread round-robin over `addrs`,
 /// `concurrency` at a time, each tried up to 3 times; a slot is `None` when all tries failed.
 /// Returns the connect latencies and errors.

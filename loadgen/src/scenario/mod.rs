@@ -97,9 +97,30 @@ impl Ctx {
         push: Option<PushHandler>,
         what: &str,
     ) -> Result<(Vec<Option<Conn>>, Recorder), String> {
+        let opts = self.opts(push);
+        self.connect_with(addrs, n, what, |addr, i, t| {
+            let opts = opts.clone();
+            async move { Conn::connect(&addr, i, t, &opts).await }
+        })
+        .await
+    }
+
+    /// Opens `n` connections with `connect(addr, index, target)` over `addrs` with a progress
+    /// bar (see [`grpc::connect_many_with`]); fails if none opened.
+    pub async fn connect_with<C, F, Fut>(
+        &self,
+        addrs: &[String],
+        n: usize,
+        what: &str,
+        connect: F,
+    ) -> Result<(Vec<Option<C>>, Recorder), String>
+    where
+        F: Fn(String, usize, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<C, crate::stats::OpError>>,
+    {
         let pb = bar(n as u64, what, self.hidden);
         let (conns, rec) =
-            grpc::connect_many(addrs, n, self.connect_concurrency, &self.opts(push), &pb).await;
+            grpc::connect_many_with(addrs, n, self.connect_concurrency, &pb, connect).await;
         pb.finish_and_clear();
         let up = conns.iter().filter(|c| c.is_some()).count();
         if up == 0 && n > 0 {

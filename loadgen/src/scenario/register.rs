@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{hold, stream_status, Ctx};
 use crate::cli::{GrpcClient, Mode, RegisterArgs};
-use crate::grpc::{connect_many_with, Conn};
+use crate::grpc::Conn;
 use crate::http::{path_with_query, HttpConn};
 use crate::layout::{self, instance_addr, instance_json, metadata_json, service_share};
 use crate::raw::{encode_request, RawConn};
@@ -163,7 +163,16 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
                 rec,
             )
         }
-        GrpcClient::Raw => connect_raw(ctx, a.connections as usize).await?,
+        GrpcClient::Raw => {
+            let timeout = ctx.timeout;
+            ctx.connect_with(
+                &ctx.grpc_addrs,
+                a.connections as usize,
+                "connect",
+                |addr, _, _| async move { RawConn::connect(&addr, timeout).await.map(RegConn::Raw) },
+            )
+            .await?
+        }
     };
     let conns: Arc<Vec<Option<RegConn>>> = Arc::new(conns);
     let rec = Shared::new();
@@ -241,37 +250,6 @@ async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
         );
     }
     Ok(report)
-}
-
-/// Opens `n` raw gRPC connections over the targets, like [`Ctx::connect`] does with tonic.
-async fn connect_raw(ctx: &Ctx, n: usize) -> Result<(Vec<Option<RegConn>>, Recorder), String> {
-    let pb = bar(n as u64, "connect", ctx.hidden);
-    let timeout = ctx.timeout;
-    let (conns, rec) = connect_many_with(
-        &ctx.grpc_addrs,
-        n,
-        ctx.connect_concurrency,
-        &pb,
-        |addr, _, _| async move { RawConn::connect(&addr, timeout).await.map(RegConn::Raw) },
-    )
-    .await;
-    pb.finish_and_clear();
-    let up = conns.iter().filter(|c| c.is_some()).count();
-    if up == 0 && n > 0 {
-        return Err(format!(
-            "no gRPC connection could be opened to {} ({})",
-            ctx.grpc_addrs.join(","),
-            rec.errors
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-    }
-    if up < n {
-        eprintln!("loadgen: {} of {n} connect connections failed", n - up);
-    }
-    Ok((conns, rec))
 }
 
 /// Prints the registration line and starts the report both modes share: `done` of
