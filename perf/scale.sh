@@ -175,8 +175,8 @@ md = [
     f"`bash perf/scale.sh` on {res['machine']}: 3 nodes (127.0.0.1-3, {env['CORES']} core(s) each, "
     f"Distro over QUIC, `--insecure`), {int(env['INSTANCES']):,} instances in {int(env['SERVICES']):,} services registered "
     f"over gRPC through all three nodes from {int(env['CONNECTIONS']):,} connections (one InstanceRequest "
-    "each) and held while the load runs. loadgen shares the CPUs with the three nodes; one run, on a "
-    "machine also running other work, so treat the numbers as orders of magnitude.", "",
+    "each) and held while the load runs. loadgen shares the CPUs with the three nodes; one run, so "
+    "treat the numbers as orders of magnitude (the load average at the end says what else ran).", "",
     "| | |", "|---|---|",
     f"| registrations/s (whole cluster) | {reg['instances_per_s']:,.0f} ({reg['instances_registered']:,} in {reg['duration_s']:.0f} s, {reg['errors']} errors) |",
     f"| every node holds every acknowledged instance | {res['replication_catchup_s_max']:.2f} s after the last acknowledgement (-1: not within the timeout) |",
