@@ -11,7 +11,8 @@ PORT=${PORT:-48848}; SERVERS=${SERVERS:-"nacelle rnacos"}
 RNACOS=${RNACOS_BIN:-$(command -v rnacos || echo "$HOME/.cargo/bin/rnacos")}
 cargo build --release -q -p nacelle-server -p loadgen
 WORK=$(mktemp -d); PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; pkill -f "loadgen register --targets 127.0.0.1:$PORT" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+# set +e: pkill finds nothing after a normal run, and under -e that made the script exit 1.
+cleanup() { set +e; [ -n "$PID" ] && kill "$PID" 2>/dev/null; pkill -f "loadgen register --targets 127.0.0.1:$PORT" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 mkdir -p perf/results
 rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }

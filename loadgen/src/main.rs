@@ -20,7 +20,11 @@
 //! server announced ability negotiation (100 ms otherwise). It answers server requests on the
 //! stream (`NotifySubscriberRequest`, `ClientDetectionRequest`, `ConnectResetRequest`) and
 //! sends `HealthCheckRequest` when idle for 5 s, so connections (and their instances) live as
-//! long as the run wants them to.
+//! long as the run wants them to. Two clients do this: tonic's ([`grpc`], for every scenario)
+//! and a raw `h2` one ([`raw`], for `flood` and, by default, `register`: `--client tonic` picks
+//! the other). The raw one costs the generator about half the CPU per call, which is what lets
+//! one generator core saturate one server core; it sends no idle health checks (its
+//! connections answer the server's detection requests instead).
 //!
 //! Latencies are kept in HDR histograms (µs). Open-loop scenarios (`query`, the writers of
 //! `subscribe`/`converge`, `churn`) measure from the *intended* send time, so a slow server
@@ -31,8 +35,8 @@
 //! - [`cli`]: the clap command line (every scenario and flag is documented in `--help`).
 //! - [`grpc`]: one Nacos gRPC connection: handshake, unary requests with timeouts, the
 //!   bi-stream reader answering server requests, push delivery, idle health checks.
-//! - [`raw`]: a cheap gRPC client for `flood` (h2, pre-encoded requests, answers classified
-//!   without decoding them).
+//! - [`raw`]: a cheap gRPC client for `flood` and `register` (h2, pre-encoded requests, answers
+//!   classified without decoding them).
 //! - [`raw_http`]: the same for `flood --protocol http`: pipelined keep-alive HTTP/1.1 with
 //!   pre-encoded `GET`s, answers parsed incrementally and classified by their status.
 //! - [`http`]: a minimal keep-alive HTTP/1.1 client for the v1 OpenAPI.
