@@ -229,7 +229,7 @@ pub struct RegisterArgs {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GrpcClient {
-    /// Pre-encoded frames on `h2` streams.
+    /// Each request written as one gRPC frame on an `h2` stream.
     Raw,
     /// tonic's generated client.
     Tonic,
