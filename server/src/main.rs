@@ -76,6 +76,46 @@ fn main() {
     }
 }
 
+/// Where the `n` executors run: one pinned per CPU when they fill the CPUs this process may use
+/// (its affinity mask, as set by `taskset` or a cgroup cpuset), otherwise unpinned threads that
+/// the kernel places within that mask.
+///
+/// Why: pinning `n` executors over *all* online CPUs always picks the same first CPUs, so
+/// several `--cores 1` nodes on one machine (`perf/scale.sh`, the fault scenarios) all ran on
+/// CPU 0 while CPU 1 idled, and a node started under `taskset -c 1` left its mask for CPU 0.
+fn placement(n: usize) -> PoolPlacement {
+    let allowed = allowed_cpus();
+    let cpus = match CpuSet::online() {
+        Ok(cpus) => cpus.filter(|l| allowed.as_ref().is_none_or(|a| a.contains(&l.cpu))),
+        Err(_) => return PoolPlacement::Unbound(n),
+    };
+    if cpus.len() == n {
+        info!(cores = n, "executors pinned one per CPU");
+        PoolPlacement::MaxSpread(n, Some(cpus))
+    } else {
+        info!(
+            cores = n,
+            cpus = cpus.len(),
+            "executors not pinned: they do not fill the CPUs this process may use"
+        );
+        PoolPlacement::Unbound(n)
+    }
+}
+
+/// The CPUs in this process's affinity mask (`None` if it cannot be read).
+fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size into it.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
+        Some((0..max).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
+    }
+}
+
 /// How long a starting node waits for its ports to become free.
 const BIND_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -145,10 +185,7 @@ fn run(cfg: config::Config) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
-    let placement = match CpuSet::online() {
-        Ok(cpus) if cpus.len() >= n => PoolPlacement::MaxSpread(n, Some(cpus)),
-        _ => PoolPlacement::Unbound(n),
-    };
+    let placement = placement(n);
     let spin = Duration::from_micros(shared.cfg.spin_before_park_us);
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("nacelle")
