@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Overload: does a saturated node keep the latency of the requests it admits bounded, and shed
 # the rest with 503 "over threshold" instead of queueing them?
-#   1. a standalone nacelle on CORES core(s) (glommio pins core 0 to CPU 0) holds SERVICES
-#      services x PER_SERVICE instances (registered by loadgen --prepare, held during the run),
+#   1. a standalone nacelle on CORES core(s) (taskset to CPUs 0..CORES-1, one executor pinned
+#      to each) holds SERVICES services x PER_SERVICE instances (registered by loadgen --prepare, held during the run),
 #      with SERVER_FLAGS (default `--cache-bytes 0`: every query encodes its answer, as for
 #      services beyond the answer cache; with hot cached answers one server core answers about
 #      as many queries as one generator core can send, so it cannot be offered 2x);
@@ -53,8 +53,8 @@ for p in $PORT $((PORT + 1000)); do
 done
 
 start() {  # start <overload-lag-ms>
-  "$WORK/nacelle" --bind 127.0.0.1 --http-port "$PORT" --cores "$CORES" --overload-lag-ms "$1" \
-    $SERVER_FLAGS >"$WORK/server.log" 2>&1 &
+  taskset -c "0-$((CORES - 1))" "$WORK/nacelle" --bind 127.0.0.1 --http-port "$PORT" --cores "$CORES" \
+    --overload-lag-ms "$1" $SERVER_FLAGS >"$WORK/server.log" 2>&1 &
   PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/nacos/v1/ns/operator/metrics" >/dev/null && return; sleep 0.1; done
   echo "nacelle did not start" >&2; cat "$WORK/server.log" >&2; exit 1
