@@ -17,7 +17,8 @@ pub struct Args {
     /// gRPC port for SDK clients [default: HTTP port + 1000].
     #[arg(long, env = "NACELLE_GRPC_PORT")]
     pub grpc_port: Option<u16>,
-    /// Number of cores (executors) to run [default: all online CPUs].
+    /// Number of cores (executors) to run [default: the CPUs this process may use]. They are
+    /// pinned one per CPU when they fill its affinity mask (taskset, cpuset), unpinned otherwise.
     #[arg(long, env = "NACELLE_CORES")]
     pub cores: Option<usize>,
     /// How long a change waits for more changes before subscribers are pushed (ms).
