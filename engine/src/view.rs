@@ -19,13 +19,14 @@ pub type Publish = Arc<[Instance]>;
 
 /// Publishers per run a view is cut into when it is built from scratch or a run is split.
 pub const RUN_TARGET: usize = 64;
-/// A run grown past this is split in two.
+/// A run grown past this is split into runs of about [`RUN_TARGET`].
 pub const RUN_MAX: usize = 2 * RUN_TARGET;
 
 /// Consecutive publishes of one service (in the owner's client order), shared by successive
 /// views. Why runs: a change rebuilds only its run and the array of run pointers, so
 /// republishing a service of `n` publishers costs about `RUN_TARGET + n / RUN_TARGET` instead
-/// of `n` (at 500 instances per service the whole-array rebuild was a fifth of a registration).
+/// of `n` (at 500 instances per service the whole-array rebuild was a fifth of a pinned
+/// registration profile).
 pub struct PublishRun {
     publishes: Box<[Publish]>,
     instance_count: usize,

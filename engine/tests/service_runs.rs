@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::view::RUN_MAX;
-use engine::{ClientId, ClientOp, Host, OpResult, ServiceView};
+use engine::{ClientId, ClientOp, Host, OpResult, ServiceKey, ServiceView};
 use harness::{inst, svc, Sim};
 use proptest::prelude::*;
 
@@ -49,6 +49,14 @@ fn instances(view: &ServiceView) -> Vec<(String, u16)> {
         .collect();
     v.sort();
     v
+}
+
+/// Connections 1..=n each register one instance (port 9) in `service`, one flush each.
+fn register_one_each(sim: &mut Sim, service: &ServiceKey, n: u64) {
+    for c in 1..=n {
+        sim.register(&ClientId::Conn(c), service, inst(&host(c), 9))
+            .unwrap();
+    }
 }
 
 fn check_runs(view: &ServiceView) {
@@ -148,10 +156,7 @@ proptest! {
 fn one_registration_in_a_large_service_rebuilds_one_run() {
     let mut sim = Sim::new(1);
     let service = svc("large");
-    for c in 1..=2_000u64 {
-        sim.register(&ClientId::Conn(c), &service, inst(&host(c), 9))
-            .unwrap();
-    }
+    register_one_each(&mut sim, &service, 2_000);
     let before = sim.view(&service).unwrap();
     check_runs(&before);
     assert!(
@@ -184,10 +189,7 @@ fn one_registration_in_a_large_service_rebuilds_one_run() {
 fn deregistering_most_publishers_leaves_no_trail_of_tiny_runs() {
     let mut sim = Sim::new(1);
     let service = svc("shrinking");
-    for c in 1..=1_000u64 {
-        sim.register(&ClientId::Conn(c), &service, inst(&host(c), 9))
-            .unwrap();
-    }
+    register_one_each(&mut sim, &service, 1_000);
     // One by one, as clients leave in practice: every run shrinks through the join rule.
     for c in (1..=1_000u64).filter(|c| c % 50 != 0) {
         sim.disconnect(&ClientId::Conn(c)).unwrap();

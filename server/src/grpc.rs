@@ -81,25 +81,21 @@ pub async fn serve(listener: TcpListener, max_message_bytes: usize) {
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let arrived = Instant::now();
-                    let path = req.uri().path();
-                    let is_unary = path == grpc_unary::PATH;
-                    let other_request = path.starts_with("/Request/");
-                    let fut: GrpcFuture = if is_unary {
-                        Box::pin(async move {
+                    if req.uri().path() == grpc_unary::PATH {
+                        return Box::pin(async move {
                             let resp = grpc_unary::call(ctx, arrived, req, max_message_bytes).await;
                             Ok(resp.map(tonic::body::Body::new))
-                        })
+                        }) as GrpcFuture;
+                    }
+                    let other_request = req.uri().path().starts_with("/Request/");
+                    req.extensions_mut().insert(ctx);
+                    // Accepted now; the handler sees how long the request queued.
+                    req.extensions_mut().insert(Arrived(arrived));
+                    if other_request {
+                        tower_service::Service::call(&mut unary.clone(), req)
                     } else {
-                        req.extensions_mut().insert(ctx);
-                        // Accepted now; the handler sees how long the request queued.
-                        req.extensions_mut().insert(Arrived(arrived));
-                        if other_request {
-                            tower_service::Service::call(&mut unary.clone(), req)
-                        } else {
-                            tower_service::Service::call(&mut bi_stream.clone(), req)
-                        }
-                    };
-                    fut
+                        tower_service::Service::call(&mut bi_stream.clone(), req)
+                    }
                 });
             let conn = hyper::server::conn::http2::Builder::new(LocalExec)
                 .timer(LocalTimer)

@@ -102,7 +102,7 @@ fn error(code: &'static str, message: &str) -> http::Response<UnaryBody> {
     });
     let h = resp.headers_mut();
     h.insert("grpc-status", HeaderValue::from_static(code));
-    // grpc-message is percent-encoded text; ours are ASCII, spaces allowed as %20.
+    // grpc-message is percent-encoded: '%' and every byte outside printable ASCII.
     let encoded: String = message
         .bytes()
         .flat_map(|b| match b {
