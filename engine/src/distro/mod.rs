@@ -6,6 +6,10 @@
 //!
 //! # Layout
 //! - [`msg`]: [`PeerMsg`], what two nodes say about one partition.
+//! - [`membership`]: [`membership::Membership`], a node's view of its peers from its own
+//!   links and their `Reachable` reports (who counts as UP, SUSPICIOUS, DOWN, vouched for).
+//! - [`route`]: where a client write goes ([`route::Route`]) and the [`route::Router`]
+//!   that keeps forwards and deferred deregistrations with their timers.
 //! - here: partitions and slices of the client space, digests, the responsibility mapper,
 //!   the membership view and the settings.
 //!
@@ -15,7 +19,9 @@
 //! [`SLICES`] slices for verify: digests are compared per partition, then per slice, then per
 //! client, so agreeing nodes exchange one small message per partition and round.
 
+pub mod membership;
 pub mod msg;
+pub mod route;
 
 pub use msg::{ClientHash, ClientState, EntryState, NodeId, PeerMsg, SyncItem};
 

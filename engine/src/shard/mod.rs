@@ -90,7 +90,7 @@ pub struct InstancePatch {
 }
 
 /// Something a client asks of the shard that owns it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ClientOp {
     /// Publish one instance in a service, replacing the client's previous publish there.
     Register {
