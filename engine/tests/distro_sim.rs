@@ -93,3 +93,67 @@ fn a_calm_cluster_converges_and_verifies_with_digests_only() {
         )
     );
 }
+
+/// The first seed below `budget` at which `scenario` breaks an invariant, with its
+/// violations.
+fn first_failing_seed(scenario: fn() -> Scenario, budget: u64) -> Option<(u64, Vec<String>)> {
+    (0..budget).find_map(|seed| {
+        let (violations, _) = run_seed(seed, scenario(), false);
+        (!violations.is_empty()).then_some((seed, violations))
+    })
+}
+
+/// Mutation tests: with one of the rules that fixed a fault-harness finding turned off, the
+/// sweep should find a violating seed within its budget (`DISTRO.md`: "Unreachable is not
+/// dead", "Writes while the owner is SUSPICIOUS"). It does not yet: none of the three is
+/// caught in 150 seeds, because what those findings broke — a silently dead HTTP client's
+/// instance coming back, a deregistration undone by a restarted owner — is not something
+/// the simulated clients do (they never die silently; deregistrations are off, see
+/// `Scenario::http_deregistrations`) nor something an invariant states. Ignored until then,
+/// so the suite stays honest about it: `cargo test --release -p nacelle-engine --test
+/// distro_sim -- --ignored --nocapture` runs it.
+#[test]
+#[ignore = "the reverted findings are not caught yet (see the doc comment)"]
+fn each_reverted_finding_is_caught_by_a_seed() {
+    use engine::distro::membership::Reverted;
+    let budget = seeds();
+    type Case = (&'static str, fn() -> Scenario);
+    let cases: [Case; 3] = [
+        ("vouching", || Scenario {
+            reverted: Reverted {
+                vouching: true,
+                ..Reverted::default()
+            },
+            ..Scenario::standard()
+        }),
+        ("detour", || Scenario {
+            reverted: Reverted {
+                detour: true,
+                ..Reverted::default()
+            },
+            ..Scenario::standard()
+        }),
+        ("deregister patience", || Scenario {
+            reverted: Reverted {
+                deregister_patience: true,
+                ..Reverted::default()
+            },
+            ..Scenario::standard()
+        }),
+    ];
+    let mut missed = Vec::new();
+    for (name, scenario) in cases {
+        match first_failing_seed(scenario, budget) {
+            Some((seed, violations)) => eprintln!(
+                "reverted {name}: caught at seed {seed} ({} seeds run): {}",
+                seed + 1,
+                violations[0]
+            ),
+            None => missed.push(name),
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "not caught within {budget} seeds: {missed:?}"
+    );
+}
