@@ -34,17 +34,35 @@ fn sweep(test: &str, scenario: fn() -> Scenario, seeds: u64) {
         );
         return;
     }
-    let mut failures = Vec::new();
-    for seed in 0..seeds {
-        let (violations, world) = run_seed(seed, scenario(), false);
-        if !violations.is_empty() {
-            failures.push(report(test, seed, &violations, &world.log));
-            if failures.len() >= 3 {
-                break;
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // Seeds are independent: one thread per CPU, each taking every n-th seed. The lowest
+    // failing seeds are reported whatever the threads' order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mut failures: Vec<(u64, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    let mut failed = Vec::new();
+                    let mut seed = first;
+                    while seed < seeds && failed.len() < 3 {
+                        let (violations, world) = run_seed(seed, scenario(), false);
+                        if !violations.is_empty() {
+                            failed.push((seed, report(test, seed, &violations, &world.log)));
+                        }
+                        seed += threads;
+                    }
+                    failed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a sweep thread panicked"))
+            .collect()
+    });
+    failures.sort_by_key(|(seed, _)| *seed);
+    failures.truncate(3);
+    let texts: Vec<String> = failures.into_iter().map(|(_, text)| text).collect();
+    assert!(texts.is_empty(), "{}", texts.join("\n\n"));
 }
 
 fn seeds() -> u64 {

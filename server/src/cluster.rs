@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use engine::distro::{Health, Members, NodeId};
+use engine::distro::membership::{MemberView, Membership, DEAF_RESET_MS, REACHABLE_EVERY_MS};
+use engine::distro::{Health, NodeId};
 use tracing::{info, warn};
 use wire::peer::{encode_frame, Frame};
 
@@ -30,126 +31,8 @@ use crate::peer::transport::{self, Event, Transport, TransportConfig};
 use crate::peer::{ClusterConfWatcher, TlsMode};
 
 /// How often a node tells each member it reaches which members it reaches
-/// ([`Frame::Reachable`]).
-const REACHABLE_EVERY: Duration = Duration::from_millis(500);
-/// How long such a report vouches for the members it lists: several reports, so that a lost
-/// frame or two change nothing, and no longer than the idle timeout that would end the
-/// reporter's own connection to a dead member.
-const REACHABLE_FRESH: Duration = Duration::from_secs(3);
-/// A member counts as reached (and is listed in our reports) only if a frame of its own
-/// arrived within this: every member sends at least a report every [`REACHABLE_EVERY`].
-const HEARD_FRESH: Duration = Duration::from_secs(2);
-/// A member whose reports leave us out for this long, while our own link to it is UP, does
-/// not get what we send: our connection is a zombie and is replaced.
-const DEAF_RESET: Duration = Duration::from_secs(2);
-
-/// The members to list in our report: UP on our own link *and* heard from lately. A link can
-/// look UP and carry nothing — found by the chaos harness: after a 15 s SIGSTOP, the paused
-/// node's old connection to a peer that had dropped it stayed open (no idle timeout, no
-/// stateless reset arrived), its sync batches vanished into it and the peer lost instances.
-/// Listing only members we hear lets such a member see that we do not hear it.
-fn members_to_report(
-    health: &HashMap<NodeId, Health>,
-    heard: &HashMap<NodeId, std::time::Instant>,
-    now: std::time::Instant,
-) -> Vec<NodeId> {
-    let mut up: Vec<NodeId> = health
-        .iter()
-        .filter(|(n, h)| {
-            **h == Health::Up
-                && heard
-                    .get(*n)
-                    .is_some_and(|at| now.saturating_duration_since(*at) <= HEARD_FRESH)
-        })
-        .map(|(n, _)| n.clone())
-        .collect();
-    up.sort();
-    up
-}
-
-/// A report from a member arrived: whether it has left us out for [`DEAF_RESET`] while our
-/// link to it was UP (then the link is to be replaced; the tracking restarts).
-fn peer_is_deaf_to_us(
-    deaf_since: &mut HashMap<NodeId, std::time::Instant>,
-    from: &NodeId,
-    lists_us: bool,
-    our_link_up: bool,
-    now: std::time::Instant,
-) -> bool {
-    if lists_us || !our_link_up {
-        deaf_since.remove(from);
-        return false;
-    }
-    let since = *deaf_since.entry(from.clone()).or_insert(now);
-    if now.saturating_duration_since(since) >= DEAF_RESET {
-        deaf_since.remove(from);
-        return true;
-    }
-    false
-}
-
-/// The membership as the shards see it, and which members only another member vouches for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MemberView {
-    /// This node and each peer's health.
-    pub members: Members,
-    /// Members this node cannot reach but another member it reaches does, each with one
-    /// such member (reported SUSPICIOUS in `members`, and writes for them go through it).
-    pub vouched: Vec<(NodeId, NodeId)>,
-}
-
-/// The membership view from our own links' `health` and the peers' `reports` of whom they
-/// reach.
-///
-/// Indirect reachability: a peer that is DOWN on our own link but that a member we reach
-/// (UP) has reported reaching within [`REACHABLE_FRESH`] is alive, only not reachable from
-/// here (a one-way or partial partition). It stays SUSPICIOUS, so it keeps its clients on
-/// every node: without this, this node would take over the clients of a member the others
-/// still see UP, hold a dead client it took over from a stale copy for a whole beat period,
-/// and hand it back when the partition heals (the chaos harness's asymmetric scenario).
-/// Reports are not passed on: a member is vouched for only by one that reaches it itself, so
-/// a dead member cannot be kept alive by hearsay.
-fn member_view(
-    me: &NodeId,
-    health: &HashMap<NodeId, Health>,
-    reports: &HashMap<NodeId, (Vec<NodeId>, std::time::Instant)>,
-    now: std::time::Instant,
-) -> MemberView {
-    let mut vouched = Vec::new();
-    let mut peers: Vec<(NodeId, Health)> = health
-        .iter()
-        .map(|(n, h)| {
-            if *h != Health::Down {
-                return (n.clone(), *h);
-            }
-            let voucher = reports
-                .iter()
-                .filter(|(v, (up, at))| {
-                    health.get(*v) == Some(&Health::Up)
-                        && now.saturating_duration_since(*at) <= REACHABLE_FRESH
-                        && up.contains(n)
-                })
-                .map(|(v, _)| v)
-                .min();
-            match voucher {
-                Some(v) => {
-                    vouched.push((n.clone(), v.clone()));
-                    (n.clone(), Health::Suspicious)
-                }
-                None => (n.clone(), Health::Down),
-            }
-        })
-        .collect();
-    peers.sort();
-    vouched.sort();
-    MemberView {
-        members: Members {
-            me: Some(me.clone()),
-            peers,
-        },
-        vouched,
-    }
-}
+/// ([`Frame::Reachable`]; the rule itself is the engine's, `distro::membership`).
+const REACHABLE_EVERY: Duration = Duration::from_millis(REACHABLE_EVERY_MS);
 
 /// The resolved cluster setup, shared by every core.
 pub struct ClusterInfo {
@@ -264,16 +147,10 @@ pub struct PeerIo {
     by_node: HashMap<NodeId, SocketAddr>,
     members: Vec<Member>,
     me: NodeId,
-    /// Each peer's health on our own link to it.
-    health: HashMap<NodeId, Health>,
-    /// What each peer last said it reaches, and when.
-    reports: HashMap<NodeId, (Vec<NodeId>, std::time::Instant)>,
-    /// When a frame of each peer last arrived.
-    heard: HashMap<NodeId, std::time::Instant>,
-    /// Since when each peer's reports leave us out although our link to it is UP.
-    deaf_since: HashMap<NodeId, std::time::Instant>,
-    /// The view the cores have.
-    published: Option<MemberView>,
+    /// Link health, reports, what was heard when: the engine's membership rule.
+    membership: Membership,
+    /// Origin of the milliseconds the membership is given.
+    origin: std::time::Instant,
     info: Arc<ClusterInfo>,
 }
 
@@ -321,51 +198,42 @@ impl PeerIo {
                 Err(e) => warn!("{e}"),
             }
         }
-        self.health.retain(|n, _| self.by_node.contains_key(n));
-        self.reports.retain(|n, _| self.by_node.contains_key(n));
-        for n in self.by_node.keys() {
-            self.health.entry(n.clone()).or_insert(Health::Suspicious);
-        }
+        self.membership.set_peers(self.by_node.keys().cloned());
         self.members = members;
         self.transport.set_peers(addrs);
     }
 
-    /// The membership view: this node and each peer's health (see [`member_view`]).
+    /// Milliseconds of `at` since this layer started.
+    fn ms(&self, at: std::time::Instant) -> u64 {
+        at.checked_duration_since(self.origin)
+            .unwrap_or_default()
+            .as_millis() as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.ms(std::time::Instant::now())
+    }
+
+    /// The membership view: this node and each peer's health (see
+    /// `engine::distro::membership::Membership::view`).
     pub fn view(&self) -> MemberView {
-        member_view(
-            &self.me,
-            &self.health,
-            &self.reports,
-            std::time::Instant::now(),
-        )
+        self.membership.view(self.now_ms())
     }
 
     /// The view, if it differs from the one the cores have (then they get it).
     fn changed_view(&mut self) -> Option<MemberView> {
-        let view = self.view();
-        if self.published.as_ref() == Some(&view) {
-            return None;
+        let change = self.membership.changed_view(self.now_ms())?;
+        for (n, v) in &change.newly_vouched {
+            info!(member = %n, via = %v, "member unreachable from here but reachable through another member: kept SUSPICIOUS");
         }
-        let was = self
-            .published
-            .as_ref()
-            .map(|v| v.vouched.clone())
-            .unwrap_or_default();
-        for (n, v) in &view.vouched {
-            if !was.iter().any(|(m, _)| m == n) {
-                info!(member = %n, via = %v, "member unreachable from here but reachable through another member: kept SUSPICIOUS");
-            }
+        for n in &change.no_longer_vouched {
+            info!(member = %n, "member no longer vouched for");
         }
-        for (n, _) in &was {
-            if !view.vouched.iter().any(|(m, _)| m == n) {
-                info!(member = %n, "member no longer vouched for");
-            }
-        }
+        let view = change.view;
         self.info
             .stats
             .vouched
             .store(view.vouched.len() as u64, Ordering::Relaxed);
-        self.published = Some(view.clone());
         self.publish_health(&view);
         Some(view)
     }
@@ -377,63 +245,47 @@ impl PeerIo {
 
     /// Peer `from` reports the members it reaches; the new view if that changes it.
     pub fn record_reachable(&mut self, from: NodeId, up: Vec<NodeId>) -> Option<MemberView> {
-        let now = std::time::Instant::now();
-        let link_up = self.health.get(&from) == Some(&Health::Up);
-        if peer_is_deaf_to_us(
-            &mut self.deaf_since,
-            &from,
-            up.contains(&self.me),
-            link_up,
-            now,
-        ) {
+        let now_ms = self.now_ms();
+        if self.membership.handle_report(&from, up, now_ms) {
             if let Some(addr) = self.by_node.get(&from) {
-                warn!(member = %from, "the member has not heard from us for {DEAF_RESET:?} although our link to it is up: reconnecting");
+                warn!(member = %from, "the member has not heard from us for {DEAF_RESET_MS} ms although our link to it is up: reconnecting");
                 self.info.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 self.transport.reconnect(*addr);
             }
         }
-        self.reports.insert(from, (up, now));
         self.changed_view()
     }
 
     /// A frame from `from` arrived.
     fn heard_from(&mut self, from: &NodeId) {
-        let now = std::time::Instant::now();
-        match self.heard.get_mut(from) {
-            Some(at) => *at = now,
-            None => {
-                self.heard.insert(from.clone(), now);
-            }
-        }
+        let now_ms = self.now_ms();
+        self.membership.handle_heard(from, now_ms);
     }
 
     /// The members our own links reach and that we hear (what we report to them).
-    fn reachable(&self) -> Vec<NodeId> {
+    fn reachable(&mut self) -> Vec<NodeId> {
         // Heard: a frame taken lately, or a datagram of our connection that arrived lately.
         // Frames can wait in the transport for seconds when this node is busy (a snapshot
         // load on a loaded machine); counting only them made busy members drop each other's
         // links every few seconds, which killed the snapshot streams and a join never ended.
         // A zombie connection (session 7) brings no datagram at all.
-        let mut heard = self.heard.clone();
-        for (node, addr) in &self.by_node {
-            if let Some(at) = self.transport.last_datagram(*addr) {
-                let entry = heard.entry(node.clone()).or_insert(at);
-                *entry = (*entry).max(at);
-            }
+        let datagrams: Vec<(NodeId, u64)> = self
+            .by_node
+            .iter()
+            .filter_map(|(node, addr)| {
+                let at = self.transport.last_datagram(*addr)?;
+                Some((node.clone(), self.ms(at)))
+            })
+            .collect();
+        for (node, at) in datagrams {
+            self.membership.handle_heard(&node, at);
         }
-        members_to_report(&self.health, &heard, std::time::Instant::now())
+        self.membership.report(self.now_ms())
     }
 
     /// The members our own links reach (whom our reports go to).
     fn linked(&self) -> Vec<NodeId> {
-        let mut up: Vec<NodeId> = self
-            .health
-            .iter()
-            .filter(|(_, h)| **h == Health::Up)
-            .map(|(n, _)| n.clone())
-            .collect();
-        up.sort();
-        up
+        self.membership.linked()
     }
 
     fn publish_health(&self, view: &MemberView) {
@@ -468,11 +320,8 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
         by_node: HashMap::new(),
         members: Vec::new(),
         me: info.me.clone(),
-        health: HashMap::new(),
-        reports: HashMap::new(),
-        heard: HashMap::new(),
-        deaf_since: HashMap::new(),
-        published: None,
+        membership: Membership::new(info.me.clone()),
+        origin: std::time::Instant::now(),
         info: info.clone(),
     };
     io.set_members(info.members.clone());
@@ -543,11 +392,10 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                             continue;
                         };
                         let h = engine_health(health);
-                        if io.health.get(&node) == Some(&h) {
+                        if !io.membership.handle_link_health(&node, h) {
                             continue;
                         }
                         info!(member = %node, health = ?h, "member health changed");
-                        io.health.insert(node, h);
                         io.changed_view()
                     };
                     if let Some(view) = view {
@@ -595,135 +443,4 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
         .detach();
     }
     Ok(io)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    fn n(i: u8) -> NodeId {
-        NodeId::new(&format!("10.0.0.{i}:8848"))
-    }
-
-    fn health_of(view: &MemberView, node: &NodeId) -> Health {
-        view.members
-            .peers
-            .iter()
-            .find(|(m, _)| m == node)
-            .map(|(_, h)| *h)
-            .expect("member in view")
-    }
-
-    #[test]
-    fn a_member_only_unreachable_from_here_stays_suspicious() {
-        let t0 = Instant::now();
-        let health = HashMap::from([(n(2), Health::Down), (n(3), Health::Up)]);
-        // Nobody vouches: DOWN.
-        let view = member_view(&n(1), &health, &HashMap::new(), t0);
-        assert_eq!(health_of(&view, &n(2)), Health::Down);
-        assert!(view.vouched.is_empty());
-        // Node 3, which we reach, reaches node 2: SUSPICIOUS, through node 3.
-        let reports = HashMap::from([(n(3), (vec![n(1), n(2)], t0))]);
-        let view = member_view(&n(1), &health, &reports, t0 + Duration::from_secs(1));
-        assert_eq!(health_of(&view, &n(2)), Health::Suspicious);
-        assert_eq!(health_of(&view, &n(3)), Health::Up);
-        assert_eq!(view.vouched, vec![(n(2), n(3))]);
-        // The report goes stale: DOWN again.
-        let view = member_view(
-            &n(1),
-            &health,
-            &reports,
-            t0 + REACHABLE_FRESH + Duration::from_millis(1),
-        );
-        assert_eq!(health_of(&view, &n(2)), Health::Down);
-        assert!(view.vouched.is_empty());
-    }
-
-    #[test]
-    fn only_a_member_we_reach_can_vouch_and_never_by_hearsay() {
-        let t0 = Instant::now();
-        // Node 3 reports node 2, but node 3 is not UP for us: its report proves nothing.
-        let health = HashMap::from([
-            (n(2), Health::Down),
-            (n(3), Health::Suspicious),
-            (n(4), Health::Up),
-        ]);
-        let reports = HashMap::from([
-            (n(3), (vec![n(2)], t0)),
-            // Node 4 reaches node 3 only; node 2 is not in its own report.
-            (n(4), (vec![n(3)], t0)),
-        ]);
-        let view = member_view(&n(1), &health, &reports, t0);
-        assert_eq!(health_of(&view, &n(2)), Health::Down);
-        // A SUSPICIOUS member is left as it is (vouching only lifts DOWN).
-        assert_eq!(health_of(&view, &n(3)), Health::Suspicious);
-        assert!(view.vouched.is_empty());
-    }
-
-    #[test]
-    fn we_report_only_members_we_reach_and_hear() {
-        let t0 = Instant::now();
-        let health = HashMap::from([
-            (n(2), Health::Up),
-            (n(3), Health::Up),
-            (n(4), Health::Suspicious),
-        ]);
-        let heard = HashMap::from([(n(2), t0), (n(4), t0)]);
-        // Node 3 is UP on our link but silent; node 4 is heard but not reached.
-        assert_eq!(members_to_report(&health, &heard, t0), vec![n(2)]);
-        let later = t0 + HEARD_FRESH + Duration::from_millis(1);
-        assert!(members_to_report(&health, &heard, later).is_empty());
-    }
-
-    #[test]
-    fn a_member_that_leaves_us_out_long_enough_gets_a_new_connection() {
-        let t0 = Instant::now();
-        let mut deaf = HashMap::new();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        // Left out, link up: tracked, no reset yet.
-        assert!(!peer_is_deaf_to_us(&mut deaf, &n(2), false, true, at(0)));
-        assert!(!peer_is_deaf_to_us(
-            &mut deaf,
-            &n(2),
-            false,
-            true,
-            at(1_500)
-        ));
-        // One report that lists us starts the count again.
-        assert!(!peer_is_deaf_to_us(&mut deaf, &n(2), true, true, at(1_900)));
-        assert!(!peer_is_deaf_to_us(
-            &mut deaf,
-            &n(2),
-            false,
-            true,
-            at(2_000)
-        ));
-        assert!(!peer_is_deaf_to_us(
-            &mut deaf,
-            &n(2),
-            false,
-            true,
-            at(3_900)
-        ));
-        assert!(peer_is_deaf_to_us(&mut deaf, &n(2), false, true, at(4_000)));
-        // After a reset the count restarts.
-        assert!(!peer_is_deaf_to_us(
-            &mut deaf,
-            &n(2),
-            false,
-            true,
-            at(4_100)
-        ));
-        // Our own link is not up: nothing to replace, nothing tracked.
-        assert!(!peer_is_deaf_to_us(&mut deaf, &n(3), false, false, at(0)));
-        assert!(!peer_is_deaf_to_us(
-            &mut deaf,
-            &n(3),
-            false,
-            false,
-            at(10_000)
-        ));
-        assert!(!deaf.contains_key(&n(3)));
-    }
 }

@@ -15,7 +15,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use engine::distro::{Members, NodeId};
+use engine::distro::membership::MemberView;
+use engine::distro::route::{Route, RouteCommand, Router};
+use engine::distro::NodeId;
 use engine::model::{ClientId, Interner, ServiceKey, Str};
 use engine::shard::{
     client_shard, ClientOp, Command, Now, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
@@ -30,7 +32,7 @@ use wire::proto::Payload;
 use wire::service_info::{self, NameStyle, Query};
 
 use crate::admission::{thread_cpu_time, Admission, Class, Via};
-use crate::cluster::{encode_body, ClusterInfo, MemberView, PeerIo};
+use crate::cluster::{encode_body, ClusterInfo, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
 use crate::trace::Traces;
@@ -207,11 +209,9 @@ pub struct Core {
     outq: Vec<Vec<CoreMsg>>,
     doorbells: Vec<Option<LocalSender<()>>>,
     flush_scheduled: bool,
-    /// The membership as last seen (standalone: no peers).
-    members: Members,
-    /// Members we cannot reach but another member does, with that member (see
-    /// `cluster::MemberView`).
-    vouched: Vec<(NodeId, NodeId)>,
+    /// Where client writes go (the engine's policy: forwards, detours, deferred
+    /// deregistrations, fallbacks), with the membership view as last seen.
+    router: Router,
     /// Core 0 of a cluster node: the peer transport.
     peer_io: Option<Rc<RefCell<PeerIo>>>,
     /// Requests forwarded to us, by our waiter token: who waits, and their id.
@@ -227,12 +227,6 @@ pub struct Core {
     /// `NACELLE_TRACE_CLIENT`: the one client whose story this core logs (if it owns it).
     trace: Option<Traces>,
 }
-
-/// How long a forwarded HTTP write may wait for the responsible node.
-const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
-/// How long a deregistration waits for a SUSPICIOUS owner (a restarting node is back within
-/// a few hundred ms; a dead one is declared DOWN later, and then the write is applied here).
-const DEREGISTER_PATIENCE: Duration = Duration::from_millis(1500);
 
 thread_local! {
     static CORE: RefCell<Option<Core>> = const { RefCell::new(None) };
@@ -309,8 +303,7 @@ impl Core {
             outq: (0..n).map(|_| Vec::new()).collect(),
             doorbells,
             flush_scheduled: false,
-            members: Members::standalone(),
-            vouched: Vec::new(),
+            router: Router::new(),
             peer_io: None,
             remote_waiters: HashMap::new(),
             load_logged: false,
@@ -395,19 +388,15 @@ impl Core {
     }
 
     fn apply_members(&mut self, view: MemberView) {
-        let MemberView {
-            members: view,
-            vouched,
-        } = view;
-        self.vouched = vouched;
-        self.members = view.clone();
         let now = self.now();
-        self.shard.handle_members(now, view);
+        self.shard.handle_members(now, view.members.clone());
         let label = self
             .trace
             .as_ref()
-            .map(|_| format!("members {:?}", self.members.peers));
+            .map(|_| format!("members {:?}", view.members.peers));
+        self.router.handle_members(now.mono_ms, view);
         self.trace_step(|| label.unwrap_or_default());
+        self.execute_route_commands();
         self.execute_commands();
     }
 
@@ -526,214 +515,92 @@ impl Core {
             );
             return;
         }
-        // Views may disagree (a member is DOWN for the sender but not for us): the write goes
-        // on to the member our view makes responsible. Each hop goes to a member that ranks
-        // higher for the client than the hop before it (rendezvous order is the same on every
-        // node, and every view contains its node), so a write never loops.
-        if let Some(next) = self.next_hop(&client).filter(|n| n != &from) {
-            self.relay_beat(&client, &op);
-            let rx = self.forward(next, client, op);
-            glommio::spawn_local(async move {
-                let result = rx.await.unwrap_or_else(|_| {
-                    Err(engine::shard::OpError::Unavailable(
-                        "the forwarded request was dropped".into(),
-                    ))
-                });
-                with_core(|c| {
-                    let body = encode_body(&wire::peer::Frame::ForwardReply { id, result });
-                    c.send_peer(from, body);
-                });
-            })
-            .detach();
-            return;
-        }
+        // Our view decides whether the write goes on (`route_forwarded_write`); the answer
+        // reaches the sender through `remote_waiters` whichever way the write goes.
         self.next_token += 1;
         let token = self.next_token;
-        self.remote_waiters.insert(token, (from, id));
+        self.remote_waiters.insert(token, (from.clone(), id));
         let now = self.now();
-        self.shard_handle(
-            now,
-            ShardMsg::Client {
-                client,
-                op,
-                reply: Some(ReplyTo {
-                    shard: self.id,
+        let route = self
+            .router
+            .handle_forwarded_write(now.mono_ms, token, &from, client, op);
+        self.count_route(&route);
+        self.execute_route_commands();
+    }
+
+    /// Counts a routing decision in the cluster metrics.
+    fn count_route(&self, route: &Route) {
+        let Some(info) = &self.shared.cluster else {
+            return;
+        };
+        let stats = &info.stats;
+        match route {
+            Route::Local => {}
+            Route::Forward(_) => {
+                stats.forwards.fetch_add(1, Ordering::Relaxed);
+            }
+            Route::Detour(_) => {
+                stats.forwards.fetch_add(1, Ordering::Relaxed);
+                stats.detours.fetch_add(1, Ordering::Relaxed);
+            }
+            Route::Defer { .. } => {
+                stats
+                    .deferred_deregistrations
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Executes what the router decided.
+    fn execute_route_commands(&mut self) {
+        while let Some(cmd) = self.router.poll_command() {
+            match cmd {
+                RouteCommand::Apply {
                     token,
-                }),
-            },
-        );
-        self.schedule_flush();
-    }
-
-    /// The member other than us that our view makes responsible for heartbeat client
-    /// `client`, and its health as we see it.
-    fn responsible_peer(&self, client: &ClientId) -> Option<(NodeId, engine::distro::Health)> {
-        if !client.is_heartbeat() || !self.members.is_cluster() || self.members.is_mine(client) {
-            return None;
-        }
-        let node = self.members.responsible_for(client)?;
-        self.members
-            .peers
-            .iter()
-            .find(|(n, _)| n == node)
-            .map(|(n, h)| (n.clone(), *h))
-    }
-
-    /// The UP member other than us that our view makes responsible for heartbeat client
-    /// `client`, if any.
-    fn next_hop(&self, client: &ClientId) -> Option<NodeId> {
-        self.responsible_peer(client)
-            .filter(|(_, h)| *h == engine::distro::Health::Up)
-            .map(|(n, _)| n)
-    }
-
-    /// Whether the member our view makes responsible for heartbeat client `client` is
-    /// another one, and SUSPICIOUS (its link just failed: a restart or a blip).
-    fn responsible_is_suspicious(&self, client: &ClientId) -> bool {
-        self.responsible_peer(client)
-            .is_some_and(|(_, h)| h == engine::distro::Health::Suspicious)
-    }
-
-    /// An UP member (other than the owner) to route a write through when the owner of
-    /// heartbeat client `client` is SUSPICIOUS to us: one that reaches the owner if we know
-    /// one, else the lowest UP member.
-    fn detour(&self, client: &ClientId) -> Option<NodeId> {
-        if !self.responsible_is_suspicious(client) {
-            return None;
-        }
-        if let Some(via) = self.voucher_of_responsible(client) {
-            return Some(via);
-        }
-        self.members
-            .peers
-            .iter()
-            .filter(|(_, h)| *h == engine::distro::Health::Up)
-            .map(|(n, _)| n)
-            .min()
-            .cloned()
-    }
-
-    /// The member that reaches the (SUSPICIOUS) owner of `client` for us, if the owner is
-    /// only unreachable from here (see `cluster::MemberView::vouched`).
-    fn voucher_of_responsible(&self, client: &ClientId) -> Option<NodeId> {
-        let (owner, _) = self.responsible_peer(client)?;
-        self.vouched
-            .iter()
-            .find(|(n, _)| *n == owner)
-            .map(|(_, v)| v.clone())
-    }
-
-    /// A deregistration whose owner is SUSPICIOUS waits (up to `DEREGISTER_PATIENCE`) for
-    /// it to answer again or be declared DOWN before it is routed. Applied here at once, it
-    /// would be lost: a register or beat applied here leaves a client to hand back to the
-    /// owner, a deregistration leaves nothing, and an owner that just restarted would
-    /// restore the client from its snapshot.
-    fn defer_deregistration(
-        &mut self,
-        client: ClientId,
-        op: ClientOp,
-    ) -> oneshot::Receiver<OpResult> {
-        let (tx, rx) = oneshot::channel();
-        if let Some(info) = &self.shared.cluster {
-            info.stats
-                .deferred_deregistrations
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        glommio::spawn_local(async move {
-            // Sleep first: this task may start while the caller still holds the core.
-            let deadline = Instant::now() + DEREGISTER_PATIENCE;
-            loop {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                if Instant::now() >= deadline
-                    || !with_core(|c| c.responsible_is_suspicious(&client))
-                {
-                    break;
+                    client,
+                    op,
+                    fallback,
+                } => {
+                    if fallback {
+                        if let Some(info) = &self.shared.cluster {
+                            info.stats.forward_fallbacks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let owner = client_shard(&client, self.n);
+                    let reply = Some(ReplyTo {
+                        shard: self.id,
+                        token,
+                    });
+                    self.route(owner, ShardMsg::Client { client, op, reply });
+                }
+                RouteCommand::Forward {
+                    to,
+                    token,
+                    client,
+                    op,
+                } => {
+                    if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
+                        t.event(format_args!("forward {op:?} to {to}"));
+                    }
+                    let id = token * 256 + self.id as u64;
+                    let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
+                    self.send_peer(to, body);
+                }
+                RouteCommand::RelayBeat { client, op } => {
+                    // A beat forwarded through this node tells the client's shard here that
+                    // it is alive (see `ShardMsg::BeatRelayed`).
+                    let owner = client_shard(&client, self.n);
+                    self.route(
+                        owner,
+                        ShardMsg::BeatRelayed {
+                            client,
+                            op,
+                            to_claimants: true,
+                        },
+                    );
                 }
             }
-            let submitted = with_core(|c| c.submit_client_now(client, op));
-            let result = match submitted {
-                Ok(rx) => rx.await.unwrap_or_else(|_| {
-                    Err(engine::shard::OpError::Unavailable(
-                        "the deregistration was dropped".into(),
-                    ))
-                }),
-                Err(Overloaded) => Err(engine::shard::OpError::Unavailable(
-                    "the server is overloaded".into(),
-                )),
-            };
-            let _ = tx.send(result);
-        })
-        .detach();
-        rx
-    }
-
-    /// A beat forwarded through this node tells the client's shard here that it is alive
-    /// (see `ShardMsg::BeatRelayed`).
-    fn relay_beat(&mut self, client: &ClientId, op: &ClientOp) {
-        if matches!(op, ClientOp::Beat { .. }) {
-            let owner = client_shard(client, self.n);
-            self.route(
-                owner,
-                ShardMsg::BeatRelayed {
-                    client: client.clone(),
-                    op: op.clone(),
-                    to_claimants: true,
-                },
-            );
         }
-    }
-
-    /// Sends an HTTP write to the node responsible for its client; the answer arrives as a
-    /// `ForwardReply` on this core's waiter. If none comes in time (the owner just died and
-    /// its peers have not noticed yet), the write is applied here instead: an AP registry
-    /// takes the write, and the owner gets the client back once it answers again.
-    fn forward(
-        &mut self,
-        to: NodeId,
-        client: ClientId,
-        op: ClientOp,
-    ) -> oneshot::Receiver<OpResult> {
-        let (reply, rx) = self.waiter();
-        let id = reply.token * 256 + self.id as u64;
-        if let Some(info) = &self.shared.cluster {
-            info.stats.forwards.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
-            t.event(format_args!("forward {op:?} to {to}"));
-        }
-        let fallback = (client.clone(), op.clone());
-        let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
-        self.send_peer(to, body);
-        glommio::spawn_local(async move {
-            glommio::timer::sleep(FORWARD_TIMEOUT).await;
-            with_core(|c| {
-                if !c.replies.contains_key(&reply.token) {
-                    return;
-                }
-                if let Some(info) = &c.shared.cluster {
-                    info.stats.forward_fallbacks.fetch_add(1, Ordering::Relaxed);
-                }
-                let (client, mut op) = fallback;
-                if let ClientOp::Beat { reregister, .. } = &mut op {
-                    // A late beat must not recreate an instance: the client may have
-                    // deregistered meanwhile (the DELETE went through while this beat waited
-                    // for a restarting owner). An unknown instance answers "not found", and
-                    // a live client re-registers.
-                    *reregister = None;
-                }
-                let owner = client_shard(&client, c.n);
-                c.route(
-                    owner,
-                    ShardMsg::Client {
-                        client,
-                        op,
-                        reply: Some(reply),
-                    },
-                );
-            });
-        })
-        .detach();
-        rx
     }
 
     /// Current time for the shard.
@@ -804,60 +671,24 @@ impl Core {
         Ok(())
     }
 
-    /// Sends a client op to the client's owner; the receiver completes once the change is
-    /// readable (see `Shard::handle`).
+    /// Sends a client op where the router says (this node's shard for the client, or the
+    /// member responsible for it); the receiver completes once the change is readable (see
+    /// `Shard::handle`) or the responsible member answered.
     pub fn submit_client(
         &mut self,
         client: ClientId,
         op: ClientOp,
     ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
-        // An owner that another member still reaches is alive: the deregistration goes
-        // through that member at once (see `detour`).
-        if matches!(op, ClientOp::Deregister { .. })
-            && self.responsible_is_suspicious(&client)
-            && self.voucher_of_responsible(&client).is_none()
-        {
-            return Ok(self.defer_deregistration(client, op));
+        let now = self.now();
+        if self.router.route_of(now.mono_ms, &client, &op) == Route::Local {
+            self.admit(client_shard(&client, self.n))?;
         }
-        self.submit_client_now(client, op)
-    }
-
-    /// `submit_client` without waiting for a SUSPICIOUS owner.
-    fn submit_client_now(
-        &mut self,
-        client: ClientId,
-        op: ClientOp,
-    ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
-        // A SUSPICIOUS owner still counts for responsibility (so a flapping link does not
-        // reshuffle every client), but a write is not sent into a link that just failed: it
-        // is applied here, and the owner gets it back once it answers again (the next verify
-        // hands the client over).
-        if let Some(node) = self.next_hop(&client) {
-            self.relay_beat(&client, &op);
-            return Ok(self.forward(node, client, op));
-        }
-        // Our link to the owner failed, but another member may still reach it (a one-way
-        // partition): the write goes through that member, which forwards it on by its own
-        // view or applies it if it cannot reach the owner either. Applied here, the owner
-        // would stop hearing the client's beats and expire a live instance.
-        if let Some(via) = self.detour(&client) {
-            self.relay_beat(&client, &op);
-            if let Some(info) = &self.shared.cluster {
-                info.stats.detours.fetch_add(1, Ordering::Relaxed);
-            }
-            return Ok(self.forward(via, client, op));
-        }
-        let owner = client_shard(&client, self.n);
-        self.admit(owner)?;
-        let (to, rx) = self.waiter();
-        self.route(
-            owner,
-            ShardMsg::Client {
-                client,
-                op,
-                reply: Some(to),
-            },
-        );
+        let (reply, rx) = self.waiter();
+        let route = self
+            .router
+            .handle_client_write(now.mono_ms, reply.token, client, op);
+        self.count_route(&route);
+        self.execute_route_commands();
         Ok(rx)
     }
 
@@ -937,6 +768,8 @@ impl Core {
     }
 
     fn complete(&mut self, token: u64, result: OpResult) {
+        // A forward's answer (or the shard's, after the fallback): whichever comes first.
+        self.router.handle_forward_reply(token);
         if let Some((node, id)) = self.remote_waiters.remove(&token) {
             let body = encode_body(&wire::peer::Frame::ForwardReply { id, result });
             self.send_peer(node, body);
@@ -1155,6 +988,14 @@ impl Core {
             self.shard.handle_timeout(now);
             self.trace_step(|| "timer".to_string());
             self.execute_commands();
+        }
+        if self
+            .router
+            .poll_timeout()
+            .is_some_and(|at| at <= now.mono_ms)
+        {
+            self.router.handle_timeout(now.mono_ms);
+            self.execute_route_commands();
         }
         if !self.load_logged && !self.shard.is_loaded() {
             // A node that takes long to report UP says why, every 5 s.

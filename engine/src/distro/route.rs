@@ -237,6 +237,12 @@ impl Router {
         self.forwards.len() + self.deferred.len()
     }
 
+    /// Where a client's write would go now (nothing is recorded): lets the driver refuse a
+    /// write it would apply here while overloaded before handing it over.
+    pub fn route_of(&self, now_ms: u64, client: &ClientId, op: &ClientOp) -> Route {
+        route_client_write(&self.view, self.reverted, client, op, now_ms, true)
+    }
+
     /// The membership view changed: deferred deregistrations whose owner is no longer
     /// SUSPICIOUS are routed now.
     pub fn handle_members(&mut self, now_ms: u64, view: MemberView) {
