@@ -103,7 +103,7 @@ pub struct InstancePatch {
 }
 
 /// Something a client asks of the shard that owns it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ClientOp {
     /// Publish one instance in a service, replacing the client's previous publish there.
     Register {
@@ -173,7 +173,7 @@ pub enum ClientOp {
 }
 
 /// Something asked of the shard that owns a service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ServiceOp {
     /// A client's publish in the service changed.
     Upsert {
@@ -213,7 +213,7 @@ pub enum ServiceOp {
 }
 
 /// A message between shards.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ShardMsg {
     /// To the client's owner.
     Client {
@@ -294,6 +294,8 @@ impl std::fmt::Display for OpError {
 pub type OpResult = Result<OpOutcome, OpError>;
 
 /// What the driver must do.
+///
+/// `PartialEq` (manual, below) so that tests can assert the exact commands a shard emits.
 #[derive(Debug)]
 pub enum Command {
     /// Deliver `msg` to shard `shard` (never this shard: local messages are applied at once).
@@ -338,6 +340,61 @@ pub enum Command {
         /// The view to push.
         view: Arc<ServiceView>,
     },
+}
+
+/// Field by field, except [`Command::Push`]'s view: two pushes are equal when they carry the
+/// same published snapshot (`Arc::ptr_eq`). Why not compare views: a [`ServiceView`] holds
+/// shared runs of publishes and a handle to the index's memory budget, has no `PartialEq` of
+/// its own, and a test that asserts a push means "this snapshot", which it can take from the
+/// [`ReadIndex`]; comparing contents would call equal two different publications.
+impl PartialEq for Command {
+    fn eq(&self, other: &Command) -> bool {
+        match (self, other) {
+            (
+                Command::Send { shard, msg },
+                Command::Send {
+                    shard: shard2,
+                    msg: msg2,
+                },
+            ) => shard == shard2 && msg == msg2,
+            (
+                Command::Reply { to, result },
+                Command::Reply {
+                    to: to2,
+                    result: result2,
+                },
+            ) => to == to2 && result == result2,
+            (
+                Command::Peer { to, partition, msg },
+                Command::Peer {
+                    to: to2,
+                    partition: partition2,
+                    msg: msg2,
+                },
+            ) => to == to2 && partition == partition2 && msg == msg2,
+            (
+                Command::RelayBeat { to, client, op },
+                Command::RelayBeat {
+                    to: to2,
+                    client: client2,
+                    op: op2,
+                },
+            ) => to == to2 && client == client2 && op == op2,
+            (
+                Command::Push {
+                    subscriber,
+                    clusters,
+                    view,
+                },
+                Command::Push {
+                    subscriber: subscriber2,
+                    clusters: clusters2,
+                    view: view2,
+                },
+            ) => subscriber == subscriber2 && clusters == clusters2 && Arc::ptr_eq(view, view2),
+            _ => false,
+        }
+    }
 }
 
 /// Counters one shard keeps; any core reads them for `/metrics`.
