@@ -10,7 +10,15 @@
 //! - [`view`]: [`view::ServiceView`] snapshots, query selection (clusters, health, protect
 //!   threshold) and the [`view::ReadIndex`] directory published with crossbeam-epoch.
 //! - [`shard`]: [`shard::Shard`], the per-core state machine: client ops in, service ops
-//!   between shards, views out, pushes to subscribers, heartbeat expiry on timers.
+//!   between shards, views out, pushes to subscribers, heartbeat expiry on timers. Split by
+//!   concern: `shard/mod.rs` (types, driver interface), `shard/ops.rs` (client ops),
+//!   `shard/service.rs` (service ops, view rebuild, pushes), `shard/heartbeat.rs` (expiry).
+//! - `shard/replication/`: the Distro half of a shard, one file per concern — `outbound`
+//!   (our changes to peers), `inbound` (peers' changes to our copies), `claims`,
+//!   `membership`, `verify`, `housekeeping` (retries, leases), `snapshot` (startup load and
+//!   serving), `status` (introspection); `mod.rs` holds the shared state.
+//! - [`distro`]: the pure parts of Distro (`PeerMsg`, partitions, digests, the membership
+//!   view, settings); `DISTRO.md` at the repository root is the specification.
 //!
 //! # Why this shape
 //! A core owns a hash slice of clients and a hash slice of services, so no write needs a lock:

@@ -63,7 +63,13 @@ impl Drop for PublishRun {
 }
 
 /// Number of encoded-answer slots a view keeps (the encoder picks what each slot means).
-pub const CACHE_SLOTS: usize = 6;
+///
+/// Tied to the one encoder that uses them, `wire::service_info` (`Query::cache_slot`): an
+/// unfiltered `ServiceInfo` answer per `NameStyle` (2) × `healthy_only` (2), slot
+/// `style * 2 + healthy_only`. Change both together: a slot at or past this count is not
+/// cached at all ([`ServiceView::cached`] then encodes on every call), and a slot nobody uses
+/// costs every view its cell.
+pub const CACHE_SLOTS: usize = 4;
 
 /// Bytes of encoded answers all views together may keep; past this, answers are encoded per
 /// request. Why a budget: a cached answer is ~300 bytes per instance, more than the instance.

@@ -10,9 +10,19 @@
 //! the service's publishers and subscribers, builds its view and publishes it to the
 //! [`ReadIndex`]). Views are rebuilt once per [`Shard::flush`], so a burst of writes to one
 //! service costs one rebuild; pushes wait `push_delay_ms` so a burst costs one push.
+//!
+//! # Layout
+//! One [`Shard`] type; its `impl` is split by concern, one file each:
+//! - this file: the message and command types, the shard's state, and the driver interface
+//!   (`new`, `handle`, `handle_timeout`, `poll_command`, `poll_timeout`);
+//! - `ops`: the client operations (one method per [`ClientOp`]), applied by the client's owner;
+//! - `service`: the service side — [`ServiceOp`]s, the runs of publishers, the view rebuild in
+//!   [`Shard::flush`] and the pushes to subscribers;
+//! - `heartbeat`: unhealthy marks and expiry of HTTP heartbeat instances;
+//! - `replication/`: Distro, the replication between nodes (see its module docs for its files).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,12 +31,15 @@ use smallvec::SmallVec;
 
 use crate::distro::{DistroConfig, NodeId, PeerMsg};
 use crate::model::{ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str};
-use crate::view::{
-    DirectoryChange, Publish, PublishRun, ReadIndex, ServiceCell, ServiceView, RUN_MAX, RUN_TARGET,
-};
+use crate::view::{DirectoryChange, Publish, ReadIndex, ServiceView};
 
+mod heartbeat;
+mod ops;
 mod replication;
+mod service;
+
 pub use replication::DistroStats;
+pub(crate) use service::warm_refcounts;
 
 /// The time as the driver sees it. Both clocks are inputs so the shard stays deterministic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,7 +173,7 @@ pub enum ClientOp {
 }
 
 /// Something asked of the shard that owns a service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ServiceOp {
     /// A client's publish in the service changed.
     Upsert {
@@ -200,7 +213,7 @@ pub enum ServiceOp {
 }
 
 /// A message between shards.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ShardMsg {
     /// To the client's owner.
     Client {
@@ -281,6 +294,8 @@ impl std::fmt::Display for OpError {
 pub type OpResult = Result<OpOutcome, OpError>;
 
 /// What the driver must do.
+///
+/// `PartialEq` (manual, below) so that tests can assert the exact commands a shard emits.
 #[derive(Debug)]
 pub enum Command {
     /// Deliver `msg` to shard `shard` (never this shard: local messages are applied at once).
@@ -325,6 +340,61 @@ pub enum Command {
         /// The view to push.
         view: Arc<ServiceView>,
     },
+}
+
+/// Field by field, except [`Command::Push`]'s view: two pushes are equal when they carry the
+/// same published snapshot (`Arc::ptr_eq`). Why not compare views: a [`ServiceView`] holds
+/// shared runs of publishes and a handle to the index's memory budget, has no `PartialEq` of
+/// its own, and a test that asserts a push means "this snapshot", which it can take from the
+/// [`ReadIndex`]; comparing contents would call equal two different publications.
+impl PartialEq for Command {
+    fn eq(&self, other: &Command) -> bool {
+        match (self, other) {
+            (
+                Command::Send { shard, msg },
+                Command::Send {
+                    shard: shard2,
+                    msg: msg2,
+                },
+            ) => shard == shard2 && msg == msg2,
+            (
+                Command::Reply { to, result },
+                Command::Reply {
+                    to: to2,
+                    result: result2,
+                },
+            ) => to == to2 && result == result2,
+            (
+                Command::Peer { to, partition, msg },
+                Command::Peer {
+                    to: to2,
+                    partition: partition2,
+                    msg: msg2,
+                },
+            ) => to == to2 && partition == partition2 && msg == msg2,
+            (
+                Command::RelayBeat { to, client, op },
+                Command::RelayBeat {
+                    to: to2,
+                    client: client2,
+                    op: op2,
+                },
+            ) => to == to2 && client == client2 && op == op2,
+            (
+                Command::Push {
+                    subscriber,
+                    clusters,
+                    view,
+                },
+                Command::Push {
+                    subscriber: subscriber2,
+                    clusters: clusters2,
+                    view: view2,
+                },
+            ) => subscriber == subscriber2 && clusters == clusters2 && Arc::ptr_eq(view, view2),
+            _ => false,
+        }
+    }
 }
 
 /// Counters one shard keeps; any core reads them for `/metrics`.
@@ -421,200 +491,12 @@ impl Client {
     }
 }
 
-struct ServiceState {
-    cell: Arc<ServiceCell>,
-    /// Clients publishing here, sorted and cut like the view's runs: `client_runs[r][i]`
-    /// publishes `view.runs()[r].publishes()[i]`. Sorted arrays instead of a map: no per-entry
-    /// hashing slack, and the view needs the publishes as arrays anyway.
-    client_runs: Vec<Box<[ClientId]>>,
-    /// Publishes changed since the last flush (`None` = withdrawn), merged in at flush.
-    pending: BTreeMap<ClientId, Option<Publish>>,
-    subscribers: HashMap<u64, Str, StableHasher>,
-    protect_threshold: f32,
-    metadata: Metadata,
-    /// Created through `/service`: survives having no instances.
-    explicit: bool,
-    revision: u64,
-    in_dirty_list: bool,
-    push_timer_set: bool,
-    pushed_revision: u64,
-    view: Arc<ServiceView>,
-    instance_count: usize,
-}
-
-impl ServiceState {
-    /// The client's publish, including changes not yet flushed.
-    fn current(&self, client: &ClientId) -> Option<&Publish> {
-        if let Some(p) = self.pending.get(client) {
-            return p.as_ref();
-        }
-        let (r, i) = self.position(client)?;
-        self.view.runs().get(r)?.publishes().get(i)
-    }
-
-    /// Run and index of a published client (pending changes aside).
-    fn position(&self, client: &ClientId) -> Option<(usize, usize)> {
-        let after = self
-            .client_runs
-            .partition_point(|run| run.first().is_some_and(|first| first <= client));
-        let r = after.checked_sub(1)?;
-        let i = self.client_runs[r].binary_search(client).ok()?;
-        Some((r, i))
-    }
-
-    /// Whether anyone publishes here, including changes not yet flushed.
-    fn has_publishers(&self) -> bool {
-        self.pending.values().any(Option::is_some)
-            || self
-                .client_runs
-                .iter()
-                .flat_map(|run| run.iter())
-                .any(|c| !self.pending.contains_key(c))
-    }
-
-    /// Merges the pending changes into the runs; returns the view's new runs. Only the runs
-    /// that changes fall into are rebuilt, the others are shared with the current view.
-    fn merge_pending(&mut self) -> Vec<Arc<PublishRun>> {
-        let pending = std::mem::take(&mut self.pending);
-        let mut old_clients = std::mem::take(&mut self.client_runs);
-        let old_runs = self.view.runs();
-        let mut merged = RunMerger::with_capacity(old_runs.len() + 1);
-        let mut changes = pending.into_iter().peekable();
-        for r in 0..old_clients.len() {
-            let clients = std::mem::take(&mut old_clients[r]);
-            let Some(run) = old_runs.get(r) else {
-                continue;
-            };
-            // A run takes the changes below the next run's first client; the last takes all.
-            let touched = match (changes.peek(), old_clients.get(r + 1)) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some((changed, _)), Some(next)) => next.first().is_none_or(|n| changed < n),
-            };
-            if !touched {
-                merged.keep(clients, run.clone());
-                continue;
-            }
-            let upper = old_clients.get(r + 1).and_then(|next| next.first());
-            let mut new_clients = Vec::with_capacity(clients.len() + 1);
-            let mut new_publishes = Vec::with_capacity(clients.len() + 1);
-            warm_refcounts(run.publishes());
-            let mut put = |c: ClientId, p: Option<Publish>| {
-                if let Some(p) = p {
-                    new_clients.push(c);
-                    new_publishes.push(p);
-                }
-            };
-            for (c, p) in clients.into_vec().into_iter().zip(run.publishes()) {
-                while let Some((changed, publish)) = changes.next_if(|(changed, _)| *changed < c) {
-                    put(changed, publish);
-                }
-                match changes.next_if(|(changed, _)| *changed == c) {
-                    Some((changed, publish)) => put(changed, publish),
-                    None => put(c, Some(p.clone())),
-                }
-            }
-            while let Some((changed, publish)) =
-                changes.next_if(|(changed, _)| upper.is_none_or(|u| changed < u))
-            {
-                put(changed, publish);
-            }
-            merged.rebuilt(new_clients, new_publishes);
-        }
-        // No runs yet: everything pending starts the first ones.
-        let (new_clients, new_publishes): (Vec<ClientId>, Vec<Publish>) =
-            changes.filter_map(|(c, p)| Some((c, p?))).unzip();
-        merged.rebuilt(new_clients, new_publishes);
-        let (client_runs, runs) = merged.finish();
-        self.client_runs = client_runs;
-        runs
-    }
-}
-
-/// Collects the runs of a merge: keeps untouched runs as they are, splits rebuilt runs that
-/// grew past [`RUN_MAX`], and joins a rebuilt run that shrank below a quarter of
-/// [`RUN_TARGET`] to the run before it, so deregistrations cannot leave a trail of tiny runs.
-struct RunMerger {
-    clients: Vec<Box<[ClientId]>>,
-    runs: Vec<Arc<PublishRun>>,
-}
-
-impl RunMerger {
-    fn with_capacity(n: usize) -> RunMerger {
-        RunMerger {
-            clients: Vec::with_capacity(n),
-            runs: Vec::with_capacity(n),
-        }
-    }
-
-    fn keep(&mut self, clients: Box<[ClientId]>, run: Arc<PublishRun>) {
-        self.clients.push(clients);
-        self.runs.push(run);
-    }
-
-    fn rebuilt(&mut self, mut clients: Vec<ClientId>, mut publishes: Vec<Publish>) {
-        if clients.is_empty() {
-            return;
-        }
-        if clients.len() < RUN_TARGET / 4 {
-            let joins = self
-                .clients
-                .last()
-                .is_some_and(|prev| prev.len() + clients.len() <= RUN_MAX);
-            if joins {
-                if let (Some(prev_clients), Some(prev_run)) = (self.clients.pop(), self.runs.pop())
-                {
-                    let mut c = prev_clients.into_vec();
-                    c.append(&mut clients);
-                    let mut p = prev_run.publishes().to_vec();
-                    p.append(&mut publishes);
-                    clients = c;
-                    publishes = p;
-                }
-            }
-        }
-        let pieces = if clients.len() > RUN_MAX {
-            clients.len() / RUN_TARGET
-        } else {
-            1
-        };
-        let base = clients.len() / pieces;
-        let extra = clients.len() % pieces;
-        let mut clients = clients.into_iter();
-        let mut publishes = publishes.into_iter();
-        for piece in 0..pieces {
-            let size = base + usize::from(piece < extra);
-            self.clients.push(clients.by_ref().take(size).collect());
-            self.runs
-                .push(PublishRun::new(publishes.by_ref().take(size).collect()));
-        }
-    }
-
-    fn finish(self) -> (Vec<Box<[ClientId]>>, Vec<Arc<PublishRun>>) {
-        (self.clients, self.runs)
-    }
-}
-
 /// The next value of a shard's revision clock: above everything it gave or saw, and never
 /// below the wall clock (shifted), so revisions keep growing across restarts of a node and
 /// across a client's move between nodes. 2^16 revisions per millisecond before it runs ahead.
 fn next_rev(clock: &mut u64, unix_ms: u64) -> u64 {
     *clock = (*clock + 1).max(unix_ms << 16);
     *clock
-}
-
-/// Touches the reference counts of `publishes` with plain loads before they are cloned.
-///
-/// Why: each publish is its own allocation, so cloning a view's publishes is one cache miss
-/// per instance, and an atomic increment cannot overlap its miss with the next one. Plain
-/// loads can, so this pass pulls the lines in parallel and the increments then hit the cache
-/// (it was most of the cost of republishing a 100-instance service).
-pub(crate) fn warm_refcounts(publishes: &[Publish]) {
-    let mut sum = 0usize;
-    for p in publishes {
-        sum = sum.wrapping_add(Arc::strong_count(p));
-    }
-    std::hint::black_box(sum);
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -639,7 +521,7 @@ pub struct Shard {
     /// per client than a hash map's slack at a million clients.
     clients: IndexMap<ClientId, Client, StableHasher>,
     subscriptions: HashMap<u64, Vec<ServiceKey>, StableHasher>,
-    services: HashMap<ServiceKey, ServiceState, StableHasher>,
+    services: HashMap<ServiceKey, service::ServiceState, StableHasher>,
     dirty: Vec<ServiceKey>,
     directory_changes: Vec<DirectoryChange>,
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
@@ -810,61 +692,6 @@ impl Shard {
         self.flush(now);
     }
 
-    /// Rebuilds and publishes the views changed since the last flush, arms push timers and
-    /// updates the directory. Cheap when nothing changed.
-    pub fn flush(&mut self, now: Now) {
-        self.now = now;
-        let dirty = std::mem::take(&mut self.dirty);
-        for key in dirty {
-            let Some(state) = self.services.get_mut(&key) else {
-                continue;
-            };
-            state.in_dirty_list = false;
-            let runs = state.merge_pending();
-            let gone =
-                state.client_runs.is_empty() && state.subscribers.is_empty() && !state.explicit;
-            if gone {
-                if let Some(state) = self.services.remove(&key) {
-                    self.stats
-                        .instances
-                        .fetch_sub(state.instance_count as i64, Ordering::Relaxed);
-                    self.stats.services.fetch_sub(1, Ordering::Relaxed);
-                }
-                self.directory_changes.push((key, None));
-                continue;
-            }
-            state.revision += 1;
-            // SDKs drop an answer whose lastRefTime is not newer than the one they hold
-            // (nacos-sdk-python), so two changes within one millisecond still get two times.
-            let last_ref_ms = now.unix_ms.max(state.view.last_ref_ms + 1);
-            self.index.raise_stamp(self.id, last_ref_ms);
-            let view = Arc::new(ServiceView::from_runs(
-                key.clone(),
-                state.revision,
-                last_ref_ms,
-                state.protect_threshold,
-                state.metadata.clone(),
-                runs,
-                Some(self.index.budget().clone()),
-            ));
-            let delta = view.instance_count as i64 - state.instance_count as i64;
-            state.instance_count = view.instance_count;
-            self.stats.instances.fetch_add(delta, Ordering::Relaxed);
-            state.cell.publish(view.clone());
-            state.view = view;
-            if !state.subscribers.is_empty() && !state.push_timer_set {
-                state.push_timer_set = true;
-                let at = now.mono_ms + self.cfg.push_delay_ms;
-                self.timers.push(Reverse((at, Timer::Push(key))));
-            }
-        }
-        let changes = std::mem::take(&mut self.directory_changes);
-        self.index.update_directory(changes);
-        for (to, result) in self.deferred_replies.drain(..) {
-            self.out.push_back(Command::Reply { to, result });
-        }
-    }
-
     /// Drops interned strings nobody uses any more; call now and then (e.g. every minute).
     pub fn collect_garbage(&mut self) {
         self.interner.collect_garbage();
@@ -894,659 +721,6 @@ impl Shard {
             self.out.push_back(Command::Send {
                 shard: owner,
                 msg: ShardMsg::Service { service, op, reply },
-            });
-        }
-    }
-
-    fn intern_instance(&mut self, mut instance: Instance) -> Instance {
-        instance.cluster = self.interner.intern(&instance.cluster);
-        instance
-    }
-
-    fn apply_client_op(&mut self, client_id: ClientId, op: ClientOp) -> OpResult {
-        let now_ms = self.now.mono_ms;
-        if !self.pause_stale.is_empty() {
-            self.pause_stale.remove(&client_id);
-        }
-        if self.distro.is_some() {
-            // A write for a client held as a copy means its writer sees this node as
-            // responsible (a membership change not yet seen here): take the client over.
-            self.adopt_if_replica(&client_id);
-        }
-        match op {
-            ClientOp::Register { service, instance } => {
-                let instance = self.intern_instance(instance);
-                self.set_publish(client_id, service, Arc::from(vec![instance]))
-            }
-            ClientOp::BatchRegister { service, instances } => {
-                if instances.is_empty() {
-                    return Err(OpError::Invalid(
-                        "a batch registration needs at least one instance".into(),
-                    ));
-                }
-                if instances.len() > self.cfg.max_batch_instances {
-                    return Err(OpError::Invalid(format!(
-                        "a batch registration holds at most {} instances",
-                        self.cfg.max_batch_instances
-                    )));
-                }
-                let instances: Vec<Instance> = instances
-                    .into_iter()
-                    .map(|i| self.intern_instance(i))
-                    .collect();
-                self.set_publish(client_id, service, Arc::from(instances))
-            }
-            ClientOp::Deregister {
-                service,
-                host,
-                port,
-                cluster,
-            } => {
-                let service = self.interner.service(service);
-                let Some(client) = self.clients.get_mut(&client_id) else {
-                    self.deregistered_absent(&client_id);
-                    return Ok(OpOutcome::Unchanged);
-                };
-                let Some(pos) = client.entry(&service).ok() else {
-                    return Ok(OpOutcome::Unchanged);
-                };
-                let publish = &client.publishes[pos].publish;
-                // A client holds one publish per service (Nacos): withdrawing a single-instance
-                // publish removes it whatever cluster the request names; from a batch, only the
-                // matching instance goes.
-                let remaining: Vec<Instance> = if publish.len() <= 1 {
-                    Vec::new()
-                } else {
-                    publish
-                        .iter()
-                        .filter(|i| !i.is_at(&host, port, &cluster))
-                        .cloned()
-                        .collect()
-                };
-                if remaining.len() == publish.len() {
-                    return Ok(OpOutcome::Unchanged);
-                }
-                let rev = next_rev(&mut self.clock, self.now.unix_ms);
-                client.revision = rev;
-                let old_rev = client.publishes[pos].rev;
-                let service = client.publishes[pos].service.clone();
-                let new_rev = (!remaining.is_empty()).then_some(rev);
-                if remaining.is_empty() {
-                    client.publishes.remove(pos);
-                    self.native_entry_changed(&client_id, &service, Some(old_rev), new_rev);
-                    self.send_service_op(
-                        service,
-                        ServiceOp::Remove {
-                            client: client_id.clone(),
-                        },
-                    );
-                } else {
-                    let publish: Publish = Arc::from(remaining);
-                    client.publishes[pos].publish = publish.clone();
-                    client.publishes[pos].rev = rev;
-                    self.native_entry_changed(&client_id, &service, Some(old_rev), new_rev);
-                    self.send_service_op(
-                        service,
-                        ServiceOp::Upsert {
-                            client: client_id.clone(),
-                            publish,
-                        },
-                    );
-                }
-                self.drop_client_if_empty(&client_id);
-                Ok(OpOutcome::Changed)
-            }
-            ClientOp::Update {
-                service,
-                host,
-                port,
-                cluster,
-                patch,
-            } => {
-                let service = self.interner.service(service);
-                let Some(client) = self.clients.get_mut(&client_id) else {
-                    return Err(OpError::NotFound(format!(
-                        "no instance {host}:{port} in {service:?}"
-                    )));
-                };
-                let found = client.entry(&service).ok().and_then(|pos| {
-                    let p = &client.publishes[pos].publish;
-                    p.iter()
-                        .position(|i| i.is_at(&host, port, &cluster))
-                        .map(|ipos| (pos, ipos))
-                });
-                let Some((pos, ipos)) = found else {
-                    return Err(OpError::NotFound(format!(
-                        "no instance {host}:{port} in cluster {cluster} of {service:?}"
-                    )));
-                };
-                let mut instances: Vec<Instance> = client.publishes[pos].publish.to_vec();
-                let inst = &mut instances[ipos];
-                if let Some(w) = patch.weight {
-                    if !w.is_finite() || w < 0.0 {
-                        return Err(OpError::Invalid(format!(
-                            "weight {w} must be a number >= 0"
-                        )));
-                    }
-                    inst.weight = w.min(crate::model::MAX_WEIGHT);
-                }
-                if let Some(e) = patch.enabled {
-                    inst.enabled = e;
-                }
-                if let Some(h) = patch.healthy {
-                    inst.healthy = h;
-                }
-                if let Some(m) = patch.metadata {
-                    inst.set_metadata(m).map_err(|e| OpError::Invalid(e.0))?;
-                }
-                let service = client.publishes[pos].service.clone();
-                self.set_publish(client_id, service, Arc::from(instances))
-            }
-            ClientOp::Beat {
-                service,
-                host,
-                port,
-                cluster,
-                reregister,
-            } => {
-                let service = self.interner.service(service);
-                let found = self.clients.get_mut(&client_id).and_then(|client| {
-                    let pos = client.entry(&service).ok()?;
-                    let entry = &mut client.publishes[pos];
-                    let inst = entry
-                        .publish
-                        .iter()
-                        .find(|i| i.is_at(&host, port, &cluster))?;
-                    entry.last_beat_ms = now_ms;
-                    Some((inst.healthy, inst.timing().interval_ms))
-                });
-                match (found, reregister) {
-                    (Some((true, interval_ms)), _) => Ok(OpOutcome::Beat { interval_ms }),
-                    (Some((false, interval_ms)), _) => {
-                        self.set_health(&client_id, &service, true);
-                        Ok(OpOutcome::Beat { interval_ms })
-                    }
-                    (None, Some(instance)) => {
-                        let interval_ms = instance.timing().interval_ms;
-                        let instance = self.intern_instance(instance);
-                        self.set_publish(client_id, service, Arc::from(vec![instance]))?;
-                        Ok(OpOutcome::Beat { interval_ms })
-                    }
-                    (None, None) => Err(OpError::NotFound(format!(
-                        "instance {host}:{port} in cluster {cluster} of {service:?} is not registered"
-                    ))),
-                }
-            }
-            ClientOp::Subscribe { service, clusters } => {
-                let ClientId::Conn(subscriber) = client_id else {
-                    return Err(OpError::Invalid(
-                        "only connection clients can subscribe".into(),
-                    ));
-                };
-                let service = self.interner.service(service);
-                let limit = self.cfg.max_services_per_client;
-                let subscribed = self.subscriptions.entry(subscriber).or_default();
-                // Interned keys: a pointer comparison per subscription, not three strings.
-                if !subscribed.iter().any(|s| s.ptr_eq(&service)) {
-                    if subscribed.len() >= limit {
-                        return Err(OpError::Invalid(format!(
-                            "a client may subscribe to at most {limit} services"
-                        )));
-                    }
-                    subscribed.push(service.clone());
-                }
-                self.clients.entry(client_id.clone()).or_insert_with(|| {
-                    self.stats.count_client(&client_id, 1);
-                    Client::new()
-                });
-                self.send_service_op(
-                    service,
-                    ServiceOp::Subscribe {
-                        subscriber,
-                        clusters,
-                    },
-                );
-                Ok(OpOutcome::Changed)
-            }
-            ClientOp::Unsubscribe { service } => {
-                let ClientId::Conn(subscriber) = client_id else {
-                    return Ok(OpOutcome::Unchanged);
-                };
-                let Some(subscribed) = self.subscriptions.get_mut(&subscriber) else {
-                    return Ok(OpOutcome::Unchanged);
-                };
-                let before = subscribed.len();
-                subscribed.retain(|s| s != &service);
-                if subscribed.len() == before {
-                    return Ok(OpOutcome::Unchanged);
-                }
-                if subscribed.is_empty() {
-                    self.subscriptions.remove(&subscriber);
-                }
-                self.send_service_op(service, ServiceOp::Unsubscribe { subscriber });
-                self.drop_client_if_empty(&client_id);
-                Ok(OpOutcome::Changed)
-            }
-            ClientOp::Disconnect => {
-                let Some(client) = self.clients.swap_remove(&client_id) else {
-                    return Ok(OpOutcome::Unchanged);
-                };
-                self.stats.count_client(&client_id, -1);
-                for entry in &client.publishes {
-                    self.digest_entry(&client_id, None, entry.rev, false);
-                }
-                if !client.publishes.is_empty() {
-                    self.note_native_change(&client_id, None);
-                }
-                for entry in client.publishes {
-                    self.send_service_op(
-                        entry.service,
-                        ServiceOp::Remove {
-                            client: client_id.clone(),
-                        },
-                    );
-                }
-                if let ClientId::Conn(subscriber) = client_id {
-                    for service in self.subscriptions.remove(&subscriber).unwrap_or_default() {
-                        self.send_service_op(service, ServiceOp::Unsubscribe { subscriber });
-                    }
-                }
-                Ok(OpOutcome::Changed)
-            }
-        }
-    }
-
-    /// Replaces the client's publish in `service`; the heart of register, batch and update.
-    fn set_publish(
-        &mut self,
-        client_id: ClientId,
-        service: ServiceKey,
-        publish: Publish,
-    ) -> OpResult {
-        let now_ms = self.now.mono_ms;
-        let limit = self.cfg.max_services_per_client;
-        let service = self.interner.service(service);
-        let client = self.clients.entry(client_id.clone()).or_insert_with(|| {
-            self.stats.count_client(&client_id, 1);
-            Client::new()
-        });
-        let old_rev = match client.entry(&service) {
-            Ok(pos) => {
-                let entry = &mut client.publishes[pos];
-                entry.last_beat_ms = now_ms;
-                if entry.publish == publish {
-                    return Ok(OpOutcome::Unchanged);
-                }
-                entry.publish = publish.clone();
-                let rev = next_rev(&mut self.clock, self.now.unix_ms);
-                client.revision = rev;
-                Some(std::mem::replace(&mut entry.rev, rev))
-            }
-            Err(pos) => {
-                if client.publishes.len() >= limit {
-                    return Err(OpError::Invalid(format!(
-                        "a client may publish in at most {limit} services"
-                    )));
-                }
-                let rev = next_rev(&mut self.clock, self.now.unix_ms);
-                client.revision = rev;
-                client.publishes.insert(
-                    pos,
-                    PublishEntry {
-                        service: service.clone(),
-                        publish: publish.clone(),
-                        last_beat_ms: now_ms,
-                        rev,
-                    },
-                );
-                None
-            }
-        };
-        let rev = client.revision;
-        self.native_entry_changed(&client_id, &service, old_rev, Some(rev));
-        self.send_service_op(
-            service,
-            ServiceOp::Upsert {
-                client: client_id,
-                publish,
-            },
-        );
-        Ok(OpOutcome::Changed)
-    }
-
-    fn set_health(&mut self, client_id: &ClientId, service: &ServiceKey, healthy: bool) {
-        let Some(client) = self.clients.get_mut(client_id) else {
-            return;
-        };
-        let Some(pos) = client.entry(service).ok() else {
-            return;
-        };
-        let entry = &mut client.publishes[pos];
-        if entry.publish.iter().all(|i| i.healthy == healthy) {
-            return;
-        }
-        let publish: Publish = entry
-            .publish
-            .iter()
-            .map(|i| i.with_health(healthy))
-            .collect::<Vec<_>>()
-            .into();
-        entry.publish = publish.clone();
-        let rev = next_rev(&mut self.clock, self.now.unix_ms);
-        let old_rev = std::mem::replace(&mut entry.rev, rev);
-        client.revision = rev;
-        let service = entry.service.clone();
-        self.native_entry_changed(client_id, &service, Some(old_rev), Some(rev));
-        self.send_service_op(
-            service,
-            ServiceOp::Upsert {
-                client: client_id.clone(),
-                publish,
-            },
-        );
-    }
-
-    fn drop_client_if_empty(&mut self, client_id: &ClientId) {
-        let subscribes = match client_id {
-            ClientId::Conn(id) => self.subscriptions.contains_key(id),
-            _ => false,
-        };
-        let empty = !subscribes
-            && self
-                .clients
-                .get(client_id)
-                .is_some_and(|c| c.publishes.is_empty());
-        if empty {
-            self.clients.swap_remove(client_id);
-            self.stats.count_client(client_id, -1);
-            if !self.pause_stale.is_empty() {
-                self.pause_stale.remove(client_id);
-            }
-            self.note_owned_removal(client_id);
-        }
-    }
-
-    /// A peer deleted one of our heartbeat clients while we did not run (it held the
-    /// client meanwhile, see `check_heartbeats`): its `Drop`, newer than our copy, wins.
-    /// Returns whether it was applied.
-    pub(super) fn accept_drop_after_pause(&mut self, client_id: &ClientId, rev: u64) -> bool {
-        if !self.pause_stale.contains(client_id) {
-            return false;
-        }
-        let Some(client) = self.clients.get_mut(client_id) else {
-            return false;
-        };
-        if client.replica.is_some() || client.publishes.iter().any(|e| e.rev >= rev) {
-            return false;
-        }
-        self.pause_stale.remove(client_id);
-        let entries = std::mem::take(&mut client.publishes);
-        client.revision = next_rev(&mut self.clock, self.now.unix_ms);
-        for entry in entries {
-            self.native_entry_changed(client_id, &entry.service, Some(entry.rev), None);
-            self.send_service_op(
-                entry.service,
-                ServiceOp::Remove {
-                    client: client_id.clone(),
-                },
-            );
-        }
-        self.drop_client_if_empty(client_id);
-        true
-    }
-
-    /// Marks heartbeat instances unhealthy, or removes them, when their beats stopped (Nacos's
-    /// UnhealthyInstanceChecker and ExpiredInstanceChecker).
-    fn check_heartbeats(&mut self) {
-        let now_ms = self.now.mono_ms;
-        let interval = self.cfg.beat_check_interval_ms;
-        let gap = now_ms.saturating_sub(self.last_beat_check_ms);
-        self.last_beat_check_ms = now_ms;
-        if gap > 3 * interval {
-            // This process did not run (SIGSTOP, a VM pause, a stalled machine): the
-            // clients' beats went to other nodes or wait unread in our sockets, so silence
-            // measured across the gap proves nothing. Shift every clock by the time we were
-            // stopped; expired now, a live client would flap, and a dead one that a peer still
-            // holds would come back with its hand-over (the chaos harness's pause scenario).
-            //
-            // In a cluster the members took our clients over while we were DOWN and expired
-            // the dead ones: until a client is heard from again, a peer's `Drop` of it wins
-            // over our copy (see `accept_drop_after_pause`); kept and listed by our verify
-            // instead, it would be resynced back onto the peers that had expired it.
-            if self.distro.is_some() {
-                self.pause_stale = self
-                    .clients
-                    .iter()
-                    .filter(|(id, c)| id.is_heartbeat() && c.replica.is_none())
-                    .map(|(id, _)| id.clone())
-                    .collect();
-            }
-            let stopped = gap - interval;
-            self.stats
-                .paused_beat_checks
-                .fetch_add(1, Ordering::Relaxed);
-            for client in self.clients.values_mut() {
-                for entry in &mut client.publishes {
-                    entry.last_beat_ms = entry.last_beat_ms.saturating_add(stopped).min(now_ms);
-                }
-            }
-        }
-        let mut unhealthy: Vec<(ClientId, ServiceKey)> = Vec::new();
-        let mut expired: Vec<(ClientId, ServiceKey)> = Vec::new();
-        let distro_members = self.distro_members();
-        for (id, client) in &self.clients {
-            // Copies of a peer's clients are expired by their owner, not here. So are the
-            // clients we hold for a responsible node that did not answer (a write applied
-            // here while it was unreachable) and those we are handing over: the client
-            // beats one node, not necessarily us, and only the responsible node hears every
-            // beat (they are forwarded to it). Held here, they are handed over as soon as the
-            // responsible node answers or is declared DOWN.
-            if !id.is_heartbeat()
-                || client.replica.is_some()
-                || distro_members.is_some_and(|m| !m.is_mine(id))
-            {
-                continue;
-            }
-            for entry in &client.publishes {
-                let silent = now_ms.saturating_sub(entry.last_beat_ms);
-                let Some(timing) = entry.publish.first().map(|i| i.timing()) else {
-                    continue;
-                };
-                if silent > u64::from(timing.delete_ms) {
-                    expired.push((id.clone(), entry.service.clone()));
-                } else if silent > u64::from(timing.timeout_ms)
-                    && entry.publish.iter().any(|i| i.healthy)
-                {
-                    unhealthy.push((id.clone(), entry.service.clone()));
-                }
-            }
-        }
-        for (id, service) in unhealthy {
-            self.stats.unhealthy_marks.fetch_add(1, Ordering::Relaxed);
-            self.set_health(&id, &service, false);
-        }
-        for (id, service) in expired {
-            let Some(client) = self.clients.get_mut(&id) else {
-                continue;
-            };
-            let Some(pos) = client.entry(&service).ok() else {
-                continue;
-            };
-            let entry = client.publishes.remove(pos);
-            client.revision = next_rev(&mut self.clock, self.now.unix_ms);
-            self.native_entry_changed(&id, &entry.service, Some(entry.rev), None);
-            self.stats
-                .expired_instances
-                .fetch_add(entry.publish.len() as u64, Ordering::Relaxed);
-            self.send_service_op(entry.service, ServiceOp::Remove { client: id.clone() });
-            self.drop_client_if_empty(&id);
-        }
-    }
-
-    fn service_state(&mut self, service: ServiceKey) -> &mut ServiceState {
-        let service = self.interner.service(service);
-        if !self.services.contains_key(&service) {
-            let stamp = self.index.absent_stamp(&service, self.now.unix_ms);
-            let view = Arc::new(ServiceView::empty(service.clone(), stamp));
-            let cell = ServiceCell::new(view.clone());
-            self.directory_changes
-                .push((service.clone(), Some(cell.clone())));
-            self.stats.services.fetch_add(1, Ordering::Relaxed);
-            self.services.insert(
-                service.clone(),
-                ServiceState {
-                    cell,
-                    client_runs: Vec::new(),
-                    pending: BTreeMap::new(),
-                    subscribers: HashMap::default(),
-                    protect_threshold: 0.0,
-                    metadata: Metadata::default(),
-                    explicit: false,
-                    revision: 0,
-                    in_dirty_list: false,
-                    push_timer_set: false,
-                    pushed_revision: 0,
-                    view,
-                    instance_count: 0,
-                },
-            );
-        }
-        match self.services.get_mut(&service) {
-            Some(s) => s,
-            None => unreachable!("inserted above"),
-        }
-    }
-
-    fn mark_dirty(&mut self, service: &ServiceKey) {
-        if let Some(state) = self.services.get_mut(service) {
-            if !state.in_dirty_list {
-                state.in_dirty_list = true;
-                self.dirty.push(service.clone());
-            }
-        }
-    }
-
-    fn apply_service_op(&mut self, service: ServiceKey, op: ServiceOp) -> OpResult {
-        let exists = self.services.contains_key(&service);
-        let outcome = match op {
-            ServiceOp::Upsert { client, publish } => {
-                let state = self.service_state(service.clone());
-                if state.current(&client) == Some(&publish) {
-                    return Ok(OpOutcome::Unchanged);
-                }
-                state.pending.insert(client, Some(publish));
-                OpOutcome::Changed
-            }
-            ServiceOp::Remove { client } => {
-                let Some(state) = self.services.get_mut(&service) else {
-                    return Ok(OpOutcome::Unchanged);
-                };
-                if state.current(&client).is_none() {
-                    return Ok(OpOutcome::Unchanged);
-                }
-                state.pending.insert(client, None);
-                OpOutcome::Changed
-            }
-            ServiceOp::Subscribe {
-                subscriber,
-                clusters,
-            } => {
-                let state = self.service_state(service);
-                if state.subscribers.insert(subscriber, clusters).is_none() {
-                    self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-                }
-                // The view did not change: nothing to rebuild or push. A new service's empty
-                // view reaches the directory at the next flush.
-                return Ok(OpOutcome::Changed);
-            }
-            ServiceOp::Unsubscribe { subscriber } => {
-                let Some(state) = self.services.get_mut(&service) else {
-                    return Ok(OpOutcome::Unchanged);
-                };
-                if state.subscribers.remove(&subscriber).is_none() {
-                    return Ok(OpOutcome::Unchanged);
-                }
-                self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-                let removable =
-                    !state.has_publishers() && state.subscribers.is_empty() && !state.explicit;
-                if !removable {
-                    return Ok(OpOutcome::Changed);
-                }
-                // Dirty only so that `flush` drops the now unused service.
-                OpOutcome::Changed
-            }
-            ServiceOp::Configure {
-                protect_threshold,
-                metadata,
-                must_exist,
-            } => {
-                match must_exist {
-                    Some(true) if !exists => {
-                        return Err(OpError::NotFound(format!("service {service:?} not found")))
-                    }
-                    Some(false)
-                        if exists
-                            && self
-                                .services
-                                .get(&service)
-                                .is_some_and(|s| s.explicit || s.has_publishers()) =>
-                    {
-                        return Err(OpError::Conflict(format!(
-                            "service {service:?} already exists"
-                        )))
-                    }
-                    _ => {}
-                }
-                if let Some(t) = protect_threshold {
-                    if !(0.0..=1.0).contains(&t) {
-                        return Err(OpError::Invalid(format!(
-                            "protectThreshold {t} must be within [0, 1]"
-                        )));
-                    }
-                }
-                let state = self.service_state(service.clone());
-                state.explicit = true;
-                if let Some(t) = protect_threshold {
-                    state.protect_threshold = t;
-                }
-                if let Some(m) = metadata {
-                    state.metadata = m;
-                }
-                OpOutcome::Changed
-            }
-            ServiceOp::Delete => {
-                let Some(state) = self.services.get_mut(&service) else {
-                    return Err(OpError::NotFound(format!("service {service:?} not found")));
-                };
-                if state.has_publishers() {
-                    return Err(OpError::Conflict(format!(
-                        "service {service:?} has {} instance(s); deregister them first",
-                        state.view.instance_count
-                    )));
-                }
-                state.explicit = false;
-                OpOutcome::Changed
-            }
-        };
-        self.mark_dirty(&service);
-        Ok(outcome)
-    }
-
-    fn push(&mut self, service: &ServiceKey) {
-        let Some(state) = self.services.get_mut(service) else {
-            return;
-        };
-        state.push_timer_set = false;
-        if state.view.revision <= state.pushed_revision {
-            return;
-        }
-        state.pushed_revision = state.view.revision;
-        for (subscriber, clusters) in &state.subscribers {
-            self.stats.pushes.fetch_add(1, Ordering::Relaxed);
-            self.out.push_back(Command::Push {
-                subscriber: *subscriber,
-                clusters: clusters.clone(),
-                view: state.view.clone(),
             });
         }
     }
