@@ -46,7 +46,7 @@ fn field_pos(buf: &[u8], table: usize, voffset: u16) -> Option<Option<usize>> {
     Some(Some(table.checked_add(usize::from(field))?))
 }
 
-pub(super) fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
+fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
     let b = buf.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
