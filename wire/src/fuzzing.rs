@@ -16,7 +16,12 @@
 //!   and v2; whatever it accepts is consistent (service names and addresses re-validate to
 //!   themselves, metadata re-parses to itself) and a write it accepts survives the peer
 //!   encoding (`Frame::Forward` carries it to the node owning its client).
+//! - [`peer_stream`] (part of the `peer_frame` target, whose decoder properties live in the
+//!   target and in `wire/tests/peer.rs`): the bytes are a stream of length-prefixed frames,
+//!   split by the [`FrameReader`] the peer transport uses, fed as the transport feeds it (in
+//!   pieces of any size); the bodies are the same however the stream is cut.
 
+use bytes::Bytes;
 use engine::model::{ClientId, Host, Instance, Interner, Metadata, ServiceKey};
 use engine::shard::ClientOp;
 use prost::Message;
@@ -24,7 +29,7 @@ use prost::Message;
 use crate::http_params::{Api, ParamError, Params};
 use crate::naming::{instance_op, ConnectionSetup, NamingRequest, StreamAck};
 use crate::payload::{self, code, json_str};
-use crate::peer::{decode_frame, encode_frame, Frame, LENGTH_PREFIX};
+use crate::peer::{decode_frame, encode_frame, Frame, FrameReader, LENGTH_PREFIX};
 use crate::proto::Payload;
 use crate::service_info::{self, NameStyle, Query};
 
@@ -265,6 +270,45 @@ pub fn http_params(data: &[u8]) {
             metadata_reparses(m);
         }
     }
+}
+
+/// Property of the stream side of the `peer_frame` target: splits `data` with a
+/// [`FrameReader`] of `max_frame` (as the peer transport does for every incoming stream) and
+/// returns the bodies, for the caller to decode.
+///
+/// The stream is read twice: in one push, and in pieces cut where the data says (each piece is
+/// 1 to 61 bytes, by the value of its first byte), so the fuzzer reaches length prefixes and
+/// bodies split across reads, as QUIC delivers them. Both give the same bodies and the same
+/// refusal of an oversized length; what is left buffered is the unfinished frame at the end,
+/// never more than a prefix and `max_frame` bytes.
+pub fn peer_stream(data: &[u8], max_frame: usize) -> Vec<Bytes> {
+    let mut whole = FrameReader::new(max_frame);
+    let mut bodies = Vec::new();
+    let whole_result = whole.push(data, |b| bodies.push(b));
+
+    let mut pieces = FrameReader::new(max_frame);
+    let mut again = Vec::new();
+    let mut pieces_result = Ok(());
+    let mut rest = data;
+    while let Some(&first) = rest.first() {
+        let n = (1 + usize::from(first % 61)).min(rest.len());
+        pieces_result = pieces.push(&rest[..n], |b| again.push(b));
+        if pieces_result.is_err() {
+            break;
+        }
+        rest = &rest[n..];
+    }
+    assert_eq!(bodies, again, "the bodies depend on how the stream is cut");
+    assert_eq!(whole_result, pieces_result);
+    assert_eq!(whole.is_failed(), whole_result.is_err());
+    assert!(bodies.iter().all(|b| b.len() <= max_frame));
+    if whole_result.is_ok() {
+        let consumed: usize = bodies.iter().map(|b| LENGTH_PREFIX + b.len()).sum();
+        assert_eq!(whole.buffered(), data.len() - consumed);
+        assert_eq!(pieces.buffered(), whole.buffered());
+        assert!(whole.buffered() < LENGTH_PREFIX + max_frame);
+    }
+    bodies
 }
 
 /// The value, or `None` after checking the error's answer.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use engine::distro::{EntryState, PeerMsg, SyncItem, PARTITIONS};
 use engine::{ClientId, Host, Instance, Metadata, ServiceKey};
+use nacelle_wire::fuzzing::peer_stream;
 use nacelle_wire::peer::{
     decode_frame, encode_frame, peek_partition, Encoder, Frame, FrameReader, PeerDecodeError,
     LENGTH_PREFIX, MAX_FRAME,
@@ -122,18 +123,15 @@ fn frame_reader_splits_at_every_byte_boundary() {
     let frames = all_frames();
     let bodies: Vec<Vec<u8>> = frames.iter().map(body).collect();
     let stream: Vec<u8> = frames.iter().flat_map(encoded).collect();
-    let drain = |r: &mut FrameReader, got: &mut Vec<Vec<u8>>| {
-        for b in r.by_ref() {
-            got.push(b.expect("within limits").to_vec());
-        }
+    let push = |r: &mut FrameReader, data: &[u8], got: &mut Vec<Vec<u8>>| {
+        r.push(data, |b| got.push(b.to_vec()))
+            .expect("within limits");
     };
     for cut in 0..=stream.len() {
         let mut r = FrameReader::default();
         let mut got = Vec::new();
-        r.push(&stream[..cut]);
-        drain(&mut r, &mut got);
-        r.push(&stream[cut..]);
-        drain(&mut r, &mut got);
+        push(&mut r, &stream[..cut], &mut got);
+        push(&mut r, &stream[cut..], &mut got);
         assert_eq!(got, bodies, "cut at {cut}");
         assert_eq!(r.buffered(), 0);
     }
@@ -141,8 +139,7 @@ fn frame_reader_splits_at_every_byte_boundary() {
     let mut r = FrameReader::default();
     let mut got = Vec::new();
     for b in &stream {
-        r.push(std::slice::from_ref(b));
-        drain(&mut r, &mut got);
+        push(&mut r, std::slice::from_ref(b), &mut got);
     }
     assert_eq!(got, bodies);
     for (b, f) in got.iter().zip(&frames) {
@@ -158,22 +155,21 @@ fn a_frame_over_the_maximum_is_an_error() {
     });
     let len = big.len() - LENGTH_PREFIX;
     let mut r = FrameReader::new(len - 1);
-    r.push(&big);
+    let mut got = Vec::new();
     assert_eq!(
-        r.next(),
-        Some(Err(PeerDecodeError::TooLarge { len, max: len - 1 }))
+        r.push(&big, |b| got.push(b)),
+        Err(PeerDecodeError::TooLarge { len, max: len - 1 })
     );
-    assert_eq!(r.next(), None);
+    assert!(got.is_empty() && r.is_failed());
     // Exactly the maximum is fine.
     let mut r = FrameReader::new(len);
-    r.push(&big);
-    assert_eq!(r.next().map(|b| b.map(|b| b.len())), Some(Ok(len)));
+    assert_eq!(r.push(&big, |b| got.push(b)), Ok(()));
+    assert_eq!(got.iter().map(|b| b.len()).collect::<Vec<_>>(), [len]);
     // The default limit refuses a 4 GiB announcement at once.
     let mut r = FrameReader::default();
-    r.push(&u32::MAX.to_le_bytes());
     assert!(matches!(
-        r.next(),
-        Some(Err(PeerDecodeError::TooLarge { max: MAX_FRAME, .. }))
+        r.push(&u32::MAX.to_le_bytes(), |_| {}),
+        Err(PeerDecodeError::TooLarge { max: MAX_FRAME, .. })
     ));
 }
 
@@ -316,10 +312,9 @@ fn check_invariants(bytes: &[u8]) {
         let again = decode_frame(&body(&frame)).expect("a decoded frame re-encodes validly");
         assert!(same(&frame, &again), "{frame:?}\n{again:?}");
     }
-    let mut r = FrameReader::new(1 << 16);
-    r.push(bytes);
-    for b in r.take(64).flatten() {
-        let _ = decode_frame(&b);
+    // The stream side, as the transport reads it (whole and in pieces: the same bodies).
+    for b in peer_stream(bytes, 1 << 16).iter().take(64) {
+        let _ = decode_frame(b);
     }
 }
 
@@ -386,13 +381,12 @@ fn the_fuzz_corpus_decodes() {
         if is_seed {
             seeds += 1;
             let mut r = FrameReader::default();
-            r.push(&bytes);
             let mut frames = 0;
-            for body in r.by_ref() {
-                let body = body.expect("within limits");
+            r.push(&bytes, |body| {
                 decode_frame(&body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 frames += 1;
-            }
+            })
+            .expect("within limits");
             assert!(frames > 0 && r.buffered() == 0, "{}", path.display());
         }
     }

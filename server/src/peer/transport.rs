@@ -13,7 +13,8 @@
 //!     it sleeps on a [`Signal`] that every state change raises;
 //!   - timer: sleeps until the earliest connection timeout or peer deadline (dial, dial timeout,
 //!     down), re-armed when something earlier appears.
-//! - [`FrameReader`]: splits a stream into frames (`u32` LE length + body).
+//! - [`FrameReader`] (`wire::peer`): one per incoming stream, splits it into frames (`u32` LE
+//!   length + body) and refuses a length over `max_frame` before buffering it.
 //!
 //! # Topology
 //! Every node dials every peer (client role) and sends all its frames to that peer on one
@@ -58,12 +59,13 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig,
     IdleTimeout, Incoming, ReadError, ServerConfig, StreamEvent, StreamId, VarInt, WriteError,
 };
 use tracing::{debug, info, warn};
+use wire::peer::{FrameReader, PeerDecodeError};
 
 use super::tls::TlsMode;
 
@@ -273,66 +275,6 @@ impl Signal {
             }
         })
         .await
-    }
-}
-
-/// Splits a byte stream into frames: `u32` little-endian body length, then the body.
-#[derive(Default)]
-pub(crate) struct FrameReader {
-    header: [u8; 4],
-    have: usize,
-    body: Option<(BytesMut, usize)>,
-}
-
-impl FrameReader {
-    /// Consumes `data`, calling `out` for each complete body. `Err(len)` for a frame above
-    /// `max` (the stream is then unusable).
-    pub(crate) fn push(
-        &mut self,
-        mut data: Bytes,
-        max: usize,
-        out: &mut impl FnMut(Bytes),
-    ) -> Result<(), usize> {
-        while !data.is_empty() {
-            if let Some((body, need)) = &mut self.body {
-                let take = (*need - body.len()).min(data.len());
-                body.extend_from_slice(&data[..take]);
-                data.advance(take);
-                if body.len() == *need {
-                    if let Some((body, _)) = self.body.take() {
-                        out(body.freeze());
-                    }
-                }
-                continue;
-            }
-            let len = if self.have == 0 && data.len() >= 4 {
-                let len = data.get_u32_le();
-                len as usize
-            } else {
-                let take = (4 - self.have).min(data.len());
-                self.header[self.have..self.have + take].copy_from_slice(&data[..take]);
-                data.advance(take);
-                self.have += take;
-                if self.have < 4 {
-                    return Ok(());
-                }
-                self.have = 0;
-                u32::from_le_bytes(self.header) as usize
-            };
-            if len > max {
-                return Err(len);
-            }
-            if data.len() >= len {
-                // Copied, not sliced: a slice would pin the whole receive block it lives in
-                // for as long as the application keeps the frame.
-                out(Bytes::copy_from_slice(&data[..len]));
-                data.advance(len);
-            } else {
-                // Grown as data arrives: the length is the peer's claim, not memory to reserve.
-                self.body = Some((BytesMut::with_capacity(len.min(1 << 20)), len));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1130,7 +1072,8 @@ impl Inner {
             E::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
                 let mut opened = Vec::new();
                 while let Some(id) = c.conn.streams().accept(Dir::Uni) {
-                    c.readers.insert(id, FrameReader::default());
+                    // A new stream starts on a frame boundary: a new reader.
+                    c.readers.insert(id, FrameReader::new(self.cfg.max_frame));
                     opened.push(id);
                 }
                 for id in opened {
@@ -1194,7 +1137,6 @@ impl Inner {
             }
             return;
         }
-        let max_frame = self.cfg.max_frame;
         let Inner {
             conns,
             frames,
@@ -1230,8 +1172,8 @@ impl Inner {
             match chunks.next(usize::MAX) {
                 Ok(Some(chunk)) => {
                     bytes += chunk.bytes.len() as u64;
-                    if let Err(len) = reader.push(chunk.bytes, max_frame, &mut deliver) {
-                        too_large = Some(len);
+                    if let Err(e) = reader.push(&chunk.bytes, &mut deliver) {
+                        too_large = Some(e);
                         break;
                     }
                 }
@@ -1249,8 +1191,13 @@ impl Inner {
         if finished {
             c.readers.remove(&id);
         }
-        if let Some(len) = too_large {
-            warn!(%remote, "peer transport: frame of {len} bytes exceeds {max_frame}: closing the connection");
+        if let Some(e) = too_large {
+            match e {
+                PeerDecodeError::TooLarge { len, max } => {
+                    warn!(%remote, "peer transport: frame of {len} bytes exceeds {max}: closing the connection");
+                }
+                other => warn!(%remote, "peer transport: {other}: closing the connection"),
+            }
             c.readers.clear();
             c.conn.close(
                 now,
@@ -1571,64 +1518,5 @@ impl Inner {
             }
         }
         self.health_events.clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames(reader: &mut FrameReader, data: &[u8], max: usize) -> Result<Vec<Vec<u8>>, usize> {
-        let mut out = Vec::new();
-        reader.push(Bytes::copy_from_slice(data), max, &mut |b: Bytes| {
-            out.push(b.to_vec())
-        })?;
-        Ok(out)
-    }
-
-    fn encode(bodies: &[&[u8]]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for b in bodies {
-            v.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            v.extend_from_slice(b);
-        }
-        v
-    }
-
-    #[test]
-    fn frame_reader_splits_at_every_boundary() {
-        let bodies: Vec<Vec<u8>> = vec![
-            b"hello".to_vec(),
-            Vec::new(),
-            (0..3000u32).map(|i| i as u8).collect(),
-            b"x".to_vec(),
-        ];
-        let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
-        let wire = encode(&refs);
-        // Every split point, and byte-at-a-time.
-        for cut in 0..wire.len() {
-            let mut r = FrameReader::default();
-            let mut got = frames(&mut r, &wire[..cut], 1 << 20).expect("ok");
-            got.extend(frames(&mut r, &wire[cut..], 1 << 20).expect("ok"));
-            assert_eq!(got, bodies, "cut at {cut}");
-        }
-        let mut r = FrameReader::default();
-        let mut got = Vec::new();
-        for b in &wire {
-            got.extend(frames(&mut r, std::slice::from_ref(b), 1 << 20).expect("ok"));
-        }
-        assert_eq!(got, bodies);
-    }
-
-    #[test]
-    fn frame_reader_refuses_oversized_frames() {
-        let mut r = FrameReader::default();
-        let wire = encode(&[&[0u8; 11]]);
-        assert_eq!(frames(&mut r, &wire, 10), Err(11));
-        let mut r = FrameReader::default();
-        assert_eq!(
-            frames(&mut r, &u32::MAX.to_le_bytes(), 16 << 20),
-            Err(u32::MAX as usize)
-        );
     }
 }
