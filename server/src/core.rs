@@ -78,7 +78,7 @@ pub enum CoreMsg {
         /// Sender, which waits for the answer.
         from: NodeId,
         /// Its id of the forward.
-        id: u64,
+        id: wire::peer::ForwardId,
         /// Client.
         client: ClientId,
         /// Operation.
@@ -215,7 +215,7 @@ pub struct Core {
     /// Core 0 of a cluster node: the peer transport.
     peer_io: Option<Rc<RefCell<PeerIo>>>,
     /// Requests forwarded to us, by our waiter token: who waits, and their id.
-    remote_waiters: HashMap<u64, (NodeId, u64)>,
+    remote_waiters: HashMap<u64, (NodeId, wire::peer::ForwardId)>,
     /// Whether "startup snapshot loaded" was logged.
     load_logged: bool,
     /// When the load's progress was last logged (while it takes long).
@@ -430,9 +430,24 @@ impl Core {
                     );
                 }
             }
+            Ok(wire::peer::Frame::RelayedBeat { client, op }) => {
+                // A beat relayed to us as a claimant of its client (`Command::RelayBeat`).
+                if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
+                    t.event(format_args!("relayed beat from {from}: {op:?}"));
+                }
+                let owner = client_shard(&client, self.n);
+                let to_claimants = false;
+                self.route(
+                    owner,
+                    ShardMsg::BeatRelayed {
+                        client,
+                        op,
+                        to_claimants,
+                    },
+                );
+            }
             Ok(wire::peer::Frame::ForwardReply { id, result }) => {
-                let core = (id % 256) as usize;
-                let token = id / 256;
+                let (core, token) = (usize::from(id.core), id.token);
                 if core == self.id {
                     self.complete(token, result);
                 } else if core < self.n {
@@ -493,27 +508,15 @@ impl Core {
 
     /// A write forwarded by a peer: apply it here (never forward it again: the sender's
     /// view made us responsible) and answer once it is readable.
-    fn accept_forward(&mut self, from: NodeId, id: u64, client: ClientId, op: ClientOp) {
+    fn accept_forward(
+        &mut self,
+        from: NodeId,
+        id: wire::peer::ForwardId,
+        client: ClientId,
+        op: ClientOp,
+    ) {
         if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
-            let how = if id < 256 {
-                "relayed beat"
-            } else {
-                "forwarded write"
-            };
-            t.event(format_args!("{how} from {from}: {op:?}"));
-        }
-        if id < 256 {
-            // A beat relayed to us as a claimant of its client (`Command::RelayBeat`).
-            let owner = client_shard(&client, self.n);
-            self.route(
-                owner,
-                ShardMsg::BeatRelayed {
-                    client,
-                    op,
-                    to_claimants: false,
-                },
-            );
-            return;
+            t.event(format_args!("forwarded write from {from}: {op:?}"));
         }
         // Our view decides whether the write goes on (`route_forwarded_write`); the answer
         // reaches the sender through `remote_waiters` whichever way the write goes.
@@ -582,7 +585,9 @@ impl Core {
                     if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
                         t.event(format_args!("forward {op:?} to {to}"));
                     }
-                    let id = token * 256 + self.id as u64;
+                    // Cores are fewer than 256 (`ForwardId`): `Config` uses at most one per partition.
+                    let core = self.id as u8;
+                    let id = wire::peer::ForwardId { core, token };
                     let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
                     self.send_peer(to, body);
                 }
@@ -866,9 +871,7 @@ impl Core {
                     self.send_peer(to, body);
                 }
                 Command::RelayBeat { to, client, op } => {
-                    // An id below 256 (token 0) marks a relayed beat: no waiter, no answer.
-                    let id = self.id as u64;
-                    let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
+                    let body = encode_body(&wire::peer::Frame::RelayedBeat { client, op });
                     self.send_peer(to, body);
                 }
                 Command::Reply { to, result } => {

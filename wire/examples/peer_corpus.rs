@@ -34,6 +34,7 @@ fn main() -> std::io::Result<()> {
             Frame::Hello { .. } => "hello",
             Frame::Partition { .. } => "partition",
             Frame::Forward { .. } => "forward",
+            Frame::RelayedBeat { .. } => "relayed-beat",
             Frame::ForwardReply { .. } => "reply",
             Frame::Reachable { .. } => "reachable",
         };

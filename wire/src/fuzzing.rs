@@ -354,7 +354,8 @@ fn metadata_reparses(m: &Metadata) {
 /// An accepted operation, encoded for a peer (`Frame::Forward`) and decoded there, is the
 /// same operation: a value the edge accepts must not be one a peer refuses.
 fn reaches_peer_intact(client: ClientId, op: ClientOp) {
-    let frame = Frame::Forward { id: 7, client, op };
+    let id = crate::peer::ForwardId { core: 3, token: 7 };
+    let frame = Frame::Forward { id, client, op };
     let mut out = Vec::new();
     encode_frame(&frame, &mut out);
     let again = decode_frame(&out[LENGTH_PREFIX..])

@@ -283,7 +283,7 @@ fn invalid_values_are_refused() {
             },
         },
         Frame::ForwardReply {
-            id: 1,
+            id: nacelle_wire::peer::ForwardId { core: 1, token: 1 },
             result: Ok(engine::OpOutcome::Changed),
         },
     ];

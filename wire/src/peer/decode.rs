@@ -14,7 +14,7 @@ use engine::{ClientId, ClientOp, Host, Instance, Metadata, OpError, OpOutcome, S
 use flatbuffers::{ForwardsUOffset, Vector, VerifierOptions};
 
 use super::encode::write_ipv4;
-use super::{invalid, Frame, PeerDecodeError, MAX_REACHABLE, SHARED_STRINGS};
+use super::{invalid, ForwardId, Frame, PeerDecodeError, MAX_REACHABLE, SHARED_STRINGS};
 use crate::peer_fb as fb;
 
 /// Verifier limits for a frame body. The apparent size (a frame's size with every shared table
@@ -66,11 +66,13 @@ pub fn decode_frame(frame_body: &[u8]) -> Result<Frame, PeerDecodeError> {
             let t = root
                 .body_as_forward()
                 .ok_or_else(|| invalid("forward without a body"))?;
-            Ok(Frame::Forward {
-                id: t.id(),
-                client: d.client(t.client())?,
-                op: d.client_op(&t)?,
-            })
+            let (client, op) = (d.client(t.client())?, d.client_op(&t)?);
+            let id = ForwardId::from_wire(t.id());
+            if id.token == 0 {
+                Ok(Frame::RelayedBeat { client, op })
+            } else {
+                Ok(Frame::Forward { id, client, op })
+            }
         }
         fb::FrameBody::ForwardReply => {
             let t = root
@@ -89,7 +91,10 @@ pub fn decode_frame(frame_body: &[u8]) -> Result<Frame, PeerDecodeError> {
                 fb::ResultKind::Unavailable => Err(OpError::Unavailable(message())),
                 other => return Err(invalid(format!("unknown result kind {}", other.0))),
             };
-            Ok(Frame::ForwardReply { id: t.id(), result })
+            Ok(Frame::ForwardReply {
+                id: ForwardId::from_wire(t.id()),
+                result,
+            })
         }
         fb::FrameBody::Reachable => {
             let t = root

@@ -61,6 +61,27 @@ impl Encoder {
         }
     }
 
+    /// A `Forward` table with wire id `id`.
+    fn forward(
+        &mut self,
+        id: u64,
+        client: &ClientId,
+        op: &ClientOp,
+    ) -> (fb::FrameBody, WIPOffset<UnionWIPOffset>) {
+        let client = self.client(client);
+        let (op_type, op) = self.client_op(op);
+        let t = fb::Forward::create(
+            &mut self.fbb,
+            &fb::ForwardArgs {
+                id,
+                client: Some(client),
+                op_type,
+                op: Some(op),
+            },
+        );
+        (fb::FrameBody::Forward, t.as_union_value())
+    }
+
     /// Appends `frame` to `out`: its length as a `u32` little-endian, then its body.
     pub fn encode_frame(&mut self, frame: &Frame, out: &mut Vec<u8>) {
         self.fbb.reset();
@@ -91,20 +112,9 @@ impl Encoder {
                 );
                 (fb::FrameBody::Partition, t.as_union_value())
             }
-            Frame::Forward { id, client, op } => {
-                let client = self.client(client);
-                let (op_type, op) = self.client_op(op);
-                let t = fb::Forward::create(
-                    &mut self.fbb,
-                    &fb::ForwardArgs {
-                        id: *id,
-                        client: Some(client),
-                        op_type,
-                        op: Some(op),
-                    },
-                );
-                (fb::FrameBody::Forward, t.as_union_value())
-            }
+            Frame::Forward { id, client, op } => self.forward(id.to_wire(), client, op),
+            // Token 0: the relayed-beat marker (see `ForwardId`).
+            Frame::RelayedBeat { client, op } => self.forward(0, client, op),
             Frame::ForwardReply { id, result } => {
                 let (kind, interval_ms, message) = match result {
                     Ok(OpOutcome::Changed) => (fb::ResultKind::Changed, 0, None),
@@ -121,7 +131,7 @@ impl Encoder {
                 let t = fb::ForwardReply::create(
                     &mut self.fbb,
                     &fb::ForwardReplyArgs {
-                        id: *id,
+                        id: id.to_wire(),
                         result: kind,
                         interval_ms,
                         message,

@@ -41,6 +41,7 @@ mod framing;
 mod peek;
 
 pub use decode::decode_frame;
+
 pub use encode::{encode_frame, Encoder};
 pub use framing::FrameReader;
 pub use peek::peek_partition;
@@ -74,17 +75,25 @@ pub enum Frame {
     },
     /// An HTTP write that arrived here for a client another node is responsible for.
     Forward {
-        /// Sender-chosen id, echoed by the [`Frame::ForwardReply`].
-        id: u64,
+        /// Who waits for the answer on the sender, echoed by the [`Frame::ForwardReply`].
+        id: ForwardId,
         /// The client the operation is for.
         client: ClientId,
         /// The operation (Register, Deregister, Update or Beat in practice).
         op: ClientOp,
     },
+    /// A beat relayed to a node that claims its client (the engine's `Command::RelayBeat`):
+    /// applied as a relayed beat, never answered.
+    RelayedBeat {
+        /// The client.
+        client: ClientId,
+        /// The beat.
+        op: ClientOp,
+    },
     /// The outcome of a [`Frame::Forward`].
     ForwardReply {
         /// The forward's id.
-        id: u64,
+        id: ForwardId,
         /// Its outcome.
         result: OpResult,
     },
@@ -95,6 +104,36 @@ pub enum Frame {
         /// Members the sender reaches (at most [`MAX_REACHABLE`]).
         up: Vec<NodeId>,
     },
+}
+
+/// The waiter of a forwarded write on the node that sent it: the core that holds it and its
+/// token there.
+///
+/// On the wire the two share the `Forward`/`ForwardReply` frames' one `id` field as
+/// `token * 256 + core`, and a `Forward` whose id is below 256 (token 0) is a
+/// [`Frame::RelayedBeat`]: the layout every released node speaks, kept inside the codec so
+/// that no caller packs or unpacks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ForwardId {
+    /// The sender's core (cores are fewer than 256).
+    pub core: u8,
+    /// The waiter's token on that core; never 0 (0 marks a relayed beat).
+    pub token: u64,
+}
+
+impl ForwardId {
+    /// The id field's value.
+    pub(crate) fn to_wire(self) -> u64 {
+        self.token.wrapping_shl(8) | u64::from(self.core)
+    }
+
+    /// The id field's value read back.
+    pub(crate) fn from_wire(id: u64) -> ForwardId {
+        ForwardId {
+            core: (id & 0xFF) as u8,
+            token: id >> 8,
+        }
+    }
 }
 
 /// Most members a [`Frame::Reachable`] lists (a cluster is a handful of nodes; a bound keeps a

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use engine::distro::{ClientHash, ClientState, EntryState, NodeId, PeerMsg, SyncItem, SLICES};
 use engine::shard::InstancePatch;
 use engine::{ClientId, ClientOp, Host, Instance, Metadata, OpError, OpOutcome, ServiceKey, Str};
-use nacelle_wire::peer::Frame;
+use nacelle_wire::peer::{ForwardId, Frame};
 
 pub fn service(ns: &str, group: &str, name: &str) -> ServiceKey {
     ServiceKey::new(ns, group, name).expect("valid service key")
@@ -300,8 +300,16 @@ pub fn all_frames() -> Vec<Frame> {
         });
     }
     for (i, op) in client_ops().into_iter().enumerate() {
+        let id = ForwardId {
+            core: (i % 7) as u8,
+            token: 1 + i as u64 * 1_000_000_007,
+        };
+        frames.push(Frame::RelayedBeat {
+            client: client(i as u64 + 100),
+            op: op.clone(),
+        });
         frames.push(Frame::Forward {
-            id: i as u64 * 1_000_000_007,
+            id,
             client: client(i as u64),
             op,
         });
@@ -319,7 +327,10 @@ pub fn all_frames() -> Vec<Frame> {
     ];
     for (i, result) in results.into_iter().enumerate() {
         frames.push(Frame::ForwardReply {
-            id: u64::MAX - i as u64,
+            id: ForwardId {
+                core: 255 - i as u8,
+                token: (u64::MAX >> 8) - i as u64,
+            },
             result,
         });
     }
