@@ -2,9 +2,10 @@
 //! cluster CA (and refusal of another CA's certificate), insecure mode, a peer's death and
 //! restart, receive backpressure and the frame size limit.
 //!
-//! It uses the `nacelle_server` library's `peer` and `certs` modules. Each test runs its nodes as separate transports (own UDP sockets on distinct
-//! 127.0.x.y addresses, kernel-chosen ports) on one glommio executor; timings are shortened but
-//! deadlines generous, for a loaded 2-core machine.
+//! The modules under test come from the `nacelle_server` library (`peer`, `certs`). Each test
+//! runs its nodes as separate transports (own UDP sockets on distinct 127.0.x.y addresses,
+//! kernel-chosen ports) on one glommio executor; timings are shortened but deadlines generous,
+//! for a loaded 2-core machine.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -611,7 +611,8 @@ impl Transport {
         })
     }
 
-    /// The bound address (what peers dial).
+    /// The bound address (what peers dial). The node knows its own from its settings; the
+    /// transport tests, bound to kernel-chosen ports, ask here.
     pub fn local_addr(&self) -> SocketAddr {
         self.h.shared.inner.borrow().local
     }
@@ -667,7 +668,8 @@ impl Transport {
         ev
     }
 
-    /// The health of a peer ([`Health::Unknown`] for an address that is not a peer).
+    /// The health of a peer ([`Health::Unknown`] for an address that is not a peer). The node
+    /// follows health through [`Event::Health`]; the transport tests poll it here.
     pub fn health(&self, peer: SocketAddr) -> Health {
         self.h
             .shared
@@ -678,7 +680,8 @@ impl Transport {
             .map_or(Health::Unknown, |p| p.health)
     }
 
-    /// Bytes queued for a peer and not yet written into its stream.
+    /// Bytes queued for a peer and not yet written into its stream (read by the transport
+    /// tests; the node does not use it).
     pub fn queued_bytes(&self, peer: SocketAddr) -> usize {
         self.h
             .shared
@@ -713,7 +716,8 @@ impl Transport {
             .copied()
     }
 
-    /// Counters since start.
+    /// Counters since start (read by the transport tests; the node keeps its own peer
+    /// counters in `cluster`).
     pub fn stats(&self) -> TransportStats {
         self.h.shared.inner.borrow().stats
     }
