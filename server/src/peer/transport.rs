@@ -10,10 +10,10 @@
 //!   - receive: `recv_from` → `Endpoint::handle` → `Connection::handle_event`, then the
 //!     connection's events are processed at once (frames parsed, health updated);
 //!   - send: writes queued frames into streams, then `poll_transmit` → `send_to`, in batches;
-//!     it sleeps on a [`Signal`] that every state change raises;
+//!     it sleeps on a `Signal` that every state change raises;
 //!   - timer: sleeps until the earliest connection timeout or peer deadline (dial, dial timeout,
 //!     down), re-armed when something earlier appears.
-//! - [`FrameReader`]: splits a stream into frames (`u32` LE length + body).
+//! - `FrameReader`: splits a stream into frames (`u32` LE length + body).
 //!
 //! # Topology
 //! Every node dials every peer (client role) and sends all its frames to that peer on one
