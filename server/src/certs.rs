@@ -17,9 +17,6 @@
 //! and is valid for both server and client authentication: each node accepts connections *and*
 //! dials its peers with the same certificate. Keys are ECDSA P-256.
 
-// The transport tests compile this file on its own (by path) and use only part of it.
-#![allow(dead_code)]
-
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;

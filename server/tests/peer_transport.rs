@@ -2,15 +2,10 @@
 //! cluster CA (and refusal of another CA's certificate), insecure mode, a peer's death and
 //! restart, receive backpressure and the frame size limit.
 //!
-//! The binary has no library target, so the modules under test are compiled into this test
-//! crate by path. Each test runs its nodes as separate transports (own UDP sockets on distinct
-//! 127.0.x.y addresses, kernel-chosen ports) on one glommio executor; timings are shortened but
-//! deadlines generous, for a loaded 2-core machine.
-
-#[path = "../src/certs.rs"]
-mod certs;
-#[path = "../src/peer/mod.rs"]
-mod peer;
+//! The modules under test come from the `nacelle_server` library (`peer`, `certs`). Each test
+//! runs its nodes as separate transports (own UDP sockets on distinct 127.0.x.y addresses,
+//! kernel-chosen ports) on one glommio executor; timings are shortened but deadlines generous,
+//! for a loaded 2-core machine.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -20,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future;
-use peer::tls::TlsMode;
-use peer::transport::{Event, Health, SendError, Transport, TransportConfig};
+use nacelle_server::certs;
+use nacelle_server::peer::tls::TlsMode;
+use nacelle_server::peer::transport::{Event, Health, SendError, Transport, TransportConfig};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test ip")

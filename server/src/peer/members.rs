@@ -217,7 +217,8 @@ pub fn find_self_with(
     }
 }
 
-/// Peer addresses of every member but `self_index`.
+/// Peer addresses of every member but `self_index`. Used by this module's tests; `cluster`
+/// maps [`Member::peer_addr`] over its members itself.
 pub fn peer_addrs(members: &[Member], self_index: usize) -> Result<Vec<SocketAddr>, String> {
     members
         .iter()
@@ -260,7 +261,8 @@ impl ClusterConfWatcher {
         self
     }
 
-    /// The current member list.
+    /// The current member list (what [`new`](Self::new) read or the last [`poll`](Self::poll)
+    /// reported). Used by this module's tests; the node takes the lists `next` yields.
     pub fn members(&self) -> &[Member] {
         &self.members
     }

@@ -11,9 +11,6 @@
 //! The frames themselves (hello, Distro messages) are the codec's business: this layer carries
 //! opaque `Bytes`.
 
-// `tests/peer_transport.rs` compiles this module on its own (by path) and uses only part of it.
-#![allow(dead_code, unused_imports)]
-
 pub mod members;
 pub mod tls;
 pub mod transport;

@@ -10,10 +10,10 @@
 //!   - receive: `recv_from` → `Endpoint::handle` → `Connection::handle_event`, then the
 //!     connection's events are processed at once (frames parsed, health updated);
 //!   - send: writes queued frames into streams, then `poll_transmit` → `send_to`, in batches;
-//!     it sleeps on a [`Signal`] that every state change raises;
+//!     it sleeps on a `Signal` that every state change raises;
 //!   - timer: sleeps until the earliest connection timeout or peer deadline (dial, dial timeout,
 //!     down), re-armed when something earlier appears.
-//! - [`FrameReader`] (`wire::peer`): one per incoming stream, splits it into frames (`u32` LE
+//! - `wire::peer::FrameReader`: one per incoming stream, splits it into frames (`u32` LE
 //!   length + body) and refuses a length over `max_frame` before buffering it.
 //!
 //! # Topology
@@ -553,7 +553,8 @@ impl Transport {
         })
     }
 
-    /// The bound address (what peers dial).
+    /// The bound address (what peers dial). The node knows its own from its settings; the
+    /// transport tests, bound to kernel-chosen ports, ask here.
     pub fn local_addr(&self) -> SocketAddr {
         self.h.shared.inner.borrow().local
     }
@@ -609,7 +610,8 @@ impl Transport {
         ev
     }
 
-    /// The health of a peer ([`Health::Unknown`] for an address that is not a peer).
+    /// The health of a peer ([`Health::Unknown`] for an address that is not a peer). The node
+    /// follows health through [`Event::Health`]; the transport tests poll it here.
     pub fn health(&self, peer: SocketAddr) -> Health {
         self.h
             .shared
@@ -620,7 +622,8 @@ impl Transport {
             .map_or(Health::Unknown, |p| p.health)
     }
 
-    /// Bytes queued for a peer and not yet written into its stream.
+    /// Bytes queued for a peer and not yet written into its stream (read by the transport
+    /// tests; the node does not use it).
     pub fn queued_bytes(&self, peer: SocketAddr) -> usize {
         self.h
             .shared
@@ -655,7 +658,8 @@ impl Transport {
             .copied()
     }
 
-    /// Counters since start.
+    /// Counters since start (read by the transport tests; the node keeps its own peer
+    /// counters in `cluster`).
     pub fn stats(&self) -> TransportStats {
         self.h.shared.inner.borrow().stats
     }

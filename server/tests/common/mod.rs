@@ -1,6 +1,11 @@
 //! Shared helpers of the integration tests: start the real `nacelle` binary on free ports,
 //! talk to it over raw HTTP/1.1 and over the Nacos gRPC protocol (tonic client).
-#![allow(dead_code, clippy::unwrap_used)]
+
+// Every test binary compiles this module (`mod common;`) and uses a different subset of it, so
+// each would flag the helpers it does not call; every helper here is used by some test.
+#![allow(dead_code)]
+// Helpers panic on failure like the tests do (`tests/cluster.rs` does not allow this itself).
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
