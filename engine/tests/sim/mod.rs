@@ -108,7 +108,8 @@ impl Scenario {
             crashes_only: false,
             distro: DistroConfig::default(),
             reverted: Reverted::default(),
-            http_deregistrations: false,
+            // `DISTRO_HTTP_DEREGISTER=1` turns them on to replay what they find.
+            http_deregistrations: std::env::var_os("DISTRO_HTTP_DEREGISTER").is_some(),
         }
     }
 
