@@ -1,8 +1,10 @@
 //! The Distro simulator (see `sim/mod.rs`): many seeds of a faulty cluster, each checked
 //! against the invariants of `DISTRO.md`.
 //!
-//! - `DISTRO_SEEDS=<n>` sets how many seeds the sweep runs (default 200, and a fifth of it
-//!   for the crash-only sweep; the test command runs 2,000);
+//! - `DISTRO_SEEDS=<n>` sets how many seeds the sweep runs (default 200, a fifth of it for
+//!   the crash-only sweep and four times it of short runs; the test command runs 2,000, so
+//!   10,400 seeds in all), one thread per CPU;
+//! - `DISTRO_SHORT_SEEDS=<n>` sets the short sweep's size on its own;
 //! - `DISTRO_SEED=<n>` replays one seed of each sweep with a log of every fault (add
 //!   `--exact <test>` to replay one sweep).
 
@@ -78,6 +80,21 @@ fn random_faults_never_break_an_invariant() {
         "random_faults_never_break_an_invariant",
         Scenario::standard,
         seeds(),
+    );
+}
+
+/// Many shorter runs (`Scenario::short`): `DISTRO_SHORT_SEEDS`, by default four times
+/// `DISTRO_SEEDS`, so the test command's sweeps add up to more than 10,000 seeds.
+#[test]
+fn short_faulty_runs_never_break_an_invariant() {
+    let seeds = std::env::var("DISTRO_SHORT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4 * seeds());
+    sweep(
+        "short_faulty_runs_never_break_an_invariant",
+        Scenario::short,
+        seeds,
     );
 }
 
