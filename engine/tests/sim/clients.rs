@@ -106,6 +106,8 @@ impl World {
         self.collect(entry);
     }
 
+    /// One random client write (or none): a roll picks which, then the action draws what it
+    /// needs. A seed replays only if the draws keep their order.
     pub(super) fn random_action(&mut self) {
         let alive = self.alive_nodes();
         if alive.is_empty() {
@@ -114,126 +116,75 @@ impl World {
         let grpc_open = self.truth.keys().filter(|c| !c.is_heartbeat()).count();
         let roll = self.rng.below(100);
         if roll < 35 && grpc_open < self.scenario.grpc_clients {
-            // A gRPC connection registers in one to three services.
-            let node = alive[self.rng.below(alive.len() as u64) as usize];
-            let n = self.nodes[node].shard_count;
-            self.nodes[node].conn_seq += 1;
-            let shard = self.rng.below(n as u64) as usize;
-            let id = conn_id(
-                self.nodes[node].conn_prefix,
-                shard,
-                n,
-                self.nodes[node].conn_seq,
-            );
-            let client = ClientId::Conn(id);
-            let mut truth = TruthClient {
-                node: Some(node),
-                publishes: BTreeMap::new(),
-                next_beat_ms: u64::MAX,
-                home: node,
-                beat_ms: 0,
-            };
-            for _ in 0..self.rng.range(1, 3) {
-                let service =
-                    self.services[self.rng.below(self.services.len() as u64) as usize].clone();
-                let instance = self.new_instance();
-                truth
-                    .publishes
-                    .insert(service.clone(), (instance.clone(), self.now_ms));
-                self.apply_op(
-                    node,
-                    client.clone(),
-                    ClientOp::Register { service, instance },
-                );
-            }
-            self.truth.insert(client, truth);
+            self.grpc_connects(&alive);
         } else if roll < 50 {
-            // A gRPC client leaves a service or disconnects.
-            let conns: Vec<ClientId> = self
-                .truth
-                .keys()
-                .filter(|c| !c.is_heartbeat())
-                .cloned()
-                .collect();
-            if conns.is_empty() {
-                return;
-            }
-            let client = conns[self.rng.below(conns.len() as u64) as usize].clone();
-            let node = self.truth[&client].node.unwrap();
-            if !self.running(node) {
-                return;
-            }
-            if self.rng.chance(0.5) {
-                self.truth.remove(&client);
-                self.apply_op(node, client, ClientOp::Disconnect);
-            } else {
-                let Some((service, (inst, _))) = self
-                    .truth
-                    .get(&client)
-                    .and_then(|t| t.publishes.iter().next())
-                    .map(|(s, v)| (s.clone(), v.clone()))
-                else {
-                    return;
-                };
-                self.truth
-                    .get_mut(&client)
-                    .unwrap()
-                    .publishes
-                    .remove(&service);
-                self.apply_op(
-                    node,
-                    client,
-                    ClientOp::Deregister {
-                        service,
-                        host: inst.host.clone(),
-                        port: inst.port,
-                        cluster: inst.cluster.clone(),
-                    },
-                );
-            }
+            self.grpc_leaves();
         } else if roll < 70 && self.http_ids.len() < self.scenario.http_clients {
-            // A new HTTP client registers through a random node.
-            let instance = self.new_instance();
-            let client = ClientId::for_address(&instance.host, instance.port);
+            self.http_registers(&alive);
+        } else if roll < 78 {
+            self.grpc_reweighs();
+        } else if roll < 86 && self.scenario.http_deregistrations {
+            self.http_deregisters(&alive);
+        }
+    }
+
+    /// A gRPC connection registers in one to three services.
+    fn grpc_connects(&mut self, alive: &[usize]) {
+        let node = alive[self.rng.below(alive.len() as u64) as usize];
+        let n = self.nodes[node].shard_count;
+        self.nodes[node].conn_seq += 1;
+        let shard = self.rng.below(n as u64) as usize;
+        let id = conn_id(
+            self.nodes[node].conn_prefix,
+            shard,
+            n,
+            self.nodes[node].conn_seq,
+        );
+        let client = ClientId::Conn(id);
+        let mut truth = TruthClient {
+            node: Some(node),
+            publishes: BTreeMap::new(),
+            next_beat_ms: u64::MAX,
+            home: node,
+            beat_ms: 0,
+        };
+        for _ in 0..self.rng.range(1, 3) {
             let service =
                 self.services[self.rng.below(self.services.len() as u64) as usize].clone();
-            let home = self.rng.below(self.nodes.len() as u64) as usize;
-            let entry = self.http_entry(home, &alive);
-            let beat_ms = if instance.timing().interval_ms == FAST_BEAT_MS as u32 {
-                FAST_BEAT_MS
-            } else {
-                BEAT_MS
-            };
-            let mut truth = TruthClient {
-                node: None,
-                publishes: BTreeMap::new(),
-                next_beat_ms: self.now_ms + beat_ms,
-                home,
-                beat_ms,
-            };
+            let instance = self.new_instance();
             truth
                 .publishes
                 .insert(service.clone(), (instance.clone(), self.now_ms));
-            self.http_ids.push(client.clone());
-            self.truth.insert(client.clone(), truth);
-            self.apply_http(entry, client, ClientOp::Register { service, instance });
-        } else if roll < 78 {
-            // A weight change of a gRPC instance (an update must win over older copies).
-            let conns: Vec<ClientId> = self
-                .truth
-                .keys()
-                .filter(|c| !c.is_heartbeat())
-                .cloned()
-                .collect();
-            if conns.is_empty() {
-                return;
-            }
-            let client = conns[self.rng.below(conns.len() as u64) as usize].clone();
-            let node = self.truth[&client].node.unwrap();
-            if !self.running(node) {
-                return;
-            }
-            let Some((service, (mut inst, _))) = self
+            self.apply_op(
+                node,
+                client.clone(),
+                ClientOp::Register { service, instance },
+            );
+        }
+        self.truth.insert(client, truth);
+    }
+
+    /// A gRPC client leaves a service or disconnects.
+    fn grpc_leaves(&mut self) {
+        let conns: Vec<ClientId> = self
+            .truth
+            .keys()
+            .filter(|c| !c.is_heartbeat())
+            .cloned()
+            .collect();
+        if conns.is_empty() {
+            return;
+        }
+        let client = conns[self.rng.below(conns.len() as u64) as usize].clone();
+        let node = self.truth[&client].node.unwrap();
+        if !self.running(node) {
+            return;
+        }
+        if self.rng.chance(0.5) {
+            self.truth.remove(&client);
+            self.apply_op(node, client, ClientOp::Disconnect);
+        } else {
+            let Some((service, (inst, _))) = self
                 .truth
                 .get(&client)
                 .and_then(|t| t.publishes.iter().next())
@@ -241,52 +192,122 @@ impl World {
             else {
                 return;
             };
-            inst.weight = 1.0 + self.rng.below(50) as f64;
             self.truth
                 .get_mut(&client)
                 .unwrap()
                 .publishes
-                .insert(service.clone(), (inst.clone(), self.now_ms));
+                .remove(&service);
             self.apply_op(
                 node,
                 client,
-                ClientOp::Register {
+                ClientOp::Deregister {
                     service,
-                    instance: inst,
+                    host: inst.host.clone(),
+                    port: inst.port,
+                    cluster: inst.cluster.clone(),
                 },
             );
-        } else if roll < 86 && self.scenario.http_deregistrations {
-            // An HTTP client deregisters (through its home node or the next live one) and
-            // stops beating.
-            // An SDK times a request out after 3 s.
-            let now = self.now_ms;
-            let busy = &self.http_busy;
-            let ids: Vec<ClientId> = self
-                .truth
-                .keys()
-                .filter(|c| c.is_heartbeat() && busy.get(*c).is_none_or(|at| at + 3_000 < now))
-                .cloned()
-                .collect();
-            if ids.is_empty() {
-                return;
-            }
-            let client = ids[self.rng.below(ids.len() as u64) as usize].clone();
-            let Some(t) = self.truth.remove(&client) else {
-                return;
-            };
-            let entry = self.http_entry(t.home, &alive);
-            for (service, (inst, _)) in t.publishes {
-                self.apply_http(
-                    entry,
-                    client.clone(),
-                    ClientOp::Deregister {
-                        service,
-                        host: inst.host.clone(),
-                        port: inst.port,
-                        cluster: inst.cluster.clone(),
-                    },
-                );
-            }
+        }
+    }
+
+    /// A new HTTP client registers through a random node.
+    fn http_registers(&mut self, alive: &[usize]) {
+        let instance = self.new_instance();
+        let client = ClientId::for_address(&instance.host, instance.port);
+        let service = self.services[self.rng.below(self.services.len() as u64) as usize].clone();
+        let home = self.rng.below(self.nodes.len() as u64) as usize;
+        let entry = self.http_entry(home, alive);
+        let beat_ms = if instance.timing().interval_ms == FAST_BEAT_MS as u32 {
+            FAST_BEAT_MS
+        } else {
+            BEAT_MS
+        };
+        let mut truth = TruthClient {
+            node: None,
+            publishes: BTreeMap::new(),
+            next_beat_ms: self.now_ms + beat_ms,
+            home,
+            beat_ms,
+        };
+        truth
+            .publishes
+            .insert(service.clone(), (instance.clone(), self.now_ms));
+        self.http_ids.push(client.clone());
+        self.truth.insert(client.clone(), truth);
+        self.apply_http(entry, client, ClientOp::Register { service, instance });
+    }
+
+    /// A weight change of a gRPC instance (an update must win over older copies).
+    fn grpc_reweighs(&mut self) {
+        let conns: Vec<ClientId> = self
+            .truth
+            .keys()
+            .filter(|c| !c.is_heartbeat())
+            .cloned()
+            .collect();
+        if conns.is_empty() {
+            return;
+        }
+        let client = conns[self.rng.below(conns.len() as u64) as usize].clone();
+        let node = self.truth[&client].node.unwrap();
+        if !self.running(node) {
+            return;
+        }
+        let Some((service, (mut inst, _))) = self
+            .truth
+            .get(&client)
+            .and_then(|t| t.publishes.iter().next())
+            .map(|(s, v)| (s.clone(), v.clone()))
+        else {
+            return;
+        };
+        inst.weight = 1.0 + self.rng.below(50) as f64;
+        self.truth
+            .get_mut(&client)
+            .unwrap()
+            .publishes
+            .insert(service.clone(), (inst.clone(), self.now_ms));
+        self.apply_op(
+            node,
+            client,
+            ClientOp::Register {
+                service,
+                instance: inst,
+            },
+        );
+    }
+
+    /// An HTTP client deregisters (through its home node or the next live one) and
+    /// stops beating.
+    fn http_deregisters(&mut self, alive: &[usize]) {
+        // An SDK times a request out after 3 s.
+        let now = self.now_ms;
+        let busy = &self.http_busy;
+        let ids: Vec<ClientId> = self
+            .truth
+            .keys()
+            .filter(|c| c.is_heartbeat() && busy.get(*c).is_none_or(|at| at + 3_000 < now))
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let client = ids[self.rng.below(ids.len() as u64) as usize].clone();
+        let Some(t) = self.truth.remove(&client) else {
+            return;
+        };
+        let entry = self.http_entry(t.home, alive);
+        for (service, (inst, _)) in t.publishes {
+            self.apply_http(
+                entry,
+                client.clone(),
+                ClientOp::Deregister {
+                    service,
+                    host: inst.host.clone(),
+                    port: inst.port,
+                    cluster: inst.cluster.clone(),
+                },
+            );
         }
     }
 
