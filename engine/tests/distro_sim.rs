@@ -1,6 +1,12 @@
 //! The Distro simulator (see `sim/mod.rs`): many seeds of a faulty cluster, each checked
 //! against the invariants of `DISTRO.md`.
 //!
+//! The simulator lives in `sim/`, one file per concern: `mod.rs` (the seeded RNG, the
+//! scenario, the world and its event loop), `nodes.rs` (node state, start and crash,
+//! commands and timers), `network.rs` (messages in flight, peer views and reachability
+//! reports), `clients.rs` (the truth and the clients' writes and beats), `faults.rs` (fault
+//! injection and healing) and `invariants.rs` (the checks and the summary).
+//!
 //! - `DISTRO_SEEDS=<n>` sets how many seeds the sweep runs (default 200, a fifth of it for
 //!   the crash-only sweep and four times it of short runs; the test command runs 2,000, so
 //!   10,400 seeds in all), one thread per CPU;

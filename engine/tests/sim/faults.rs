@@ -1,0 +1,106 @@
+//! The faults the world injects: loss, duplication and jitter, partitions and one-way
+//! cuts, crashes and restarts, pauses and clock skew; and the healing once the faults end.
+
+use super::World;
+
+impl World {
+    pub(super) fn random_fault(&mut self) {
+        let count = self.nodes.len();
+        let roll = self.rng.below(100);
+        let a = self.rng.below(count as u64) as usize;
+        let b = (a + 1 + self.rng.below(count as u64 - 1) as usize) % count;
+        match roll {
+            0..=14 => {
+                self.loss = [0.0, 0.05, 0.1, 0.3][self.rng.below(4) as usize];
+                self.say(format!("loss {:.2}", self.loss));
+            }
+            15..=24 => {
+                self.dup = [0.0, 0.05, 0.2][self.rng.below(3) as usize];
+                self.jitter_ms = [2, 20, 200][self.rng.below(3) as usize];
+                self.say(format!("dup {:.2} jitter {} ms", self.dup, self.jitter_ms));
+            }
+            25..=44 => {
+                self.blocked.insert((a, b));
+                self.blocked.insert((b, a));
+                self.say(format!("partition {a} <-> {b}"));
+            }
+            45..=54 => {
+                self.blocked.insert((a, b));
+                self.say(format!("one-way cut {a} -> {b}"));
+            }
+            55..=69 if !self.blocked.is_empty() => {
+                self.blocked.clear();
+                self.say("network heals".into());
+            }
+            70..=79 => {
+                self.crash_or_restart();
+                return;
+            }
+            85..=89 => {
+                // SIGSTOP and SIGCONT: the node does nothing for a while, then carries on
+                // with its clock jumped.
+                if self.running(a) {
+                    let pause = [2_000, 8_000, 15_000][self.rng.below(3) as usize];
+                    self.nodes[a].paused_until_ms = self.now_ms + pause;
+                    self.say(format!("node {a} paused for {pause} ms"));
+                    // The disturbance lasts until the node is back.
+                    self.last_disturbance_ms = self.now_ms + pause;
+                }
+                return;
+            }
+            90..=93 => {
+                // A quick restart (a rolling restart): back while its clients move.
+                if self.nodes[a].alive && !self.scenario.late.contains(&a) {
+                    let back = self.now_ms + self.rng.range(200, 2_500);
+                    self.crash_node(a);
+                    self.restarts.push((back, a));
+                    self.say(format!("node {a} restarts at {back} ms"));
+                }
+                // Like a crash, not a disturbance of the network (see `crash_or_restart`).
+                return;
+            }
+            80..=84 => {
+                // Clock skew: the wall clock of a node jumps (it only feeds revisions and
+                // lastRefTime; timeouts run on the monotonic clock).
+                let skew = [-600_000i64, -5_000, 0, 5_000, 600_000][self.rng.below(5) as usize];
+                self.nodes[a].skew_ms = skew;
+                self.say(format!("node {a} wall clock skew {skew} ms"));
+            }
+            _ => {}
+        }
+        self.last_disturbance_ms = self.now_ms;
+    }
+
+    /// Crashes a running node or restarts a crashed one. Not a disturbance of the network:
+    /// I3 keeps being checked while a crashed node is being declared DOWN and its clients
+    /// move (a restarted node is judged once it has run for a grace period, and the others
+    /// once they have seen it UP for one).
+    pub(super) fn crash_or_restart(&mut self) {
+        let count = self.nodes.len();
+        let a = self.rng.below(count as u64) as usize;
+        if self.scenario.late.contains(&a) && self.now_ms < self.scenario.join_at_ms {
+            return;
+        }
+        if self.nodes[a].alive {
+            self.crash_node(a);
+        } else {
+            self.start_node(a);
+        }
+    }
+
+    pub(super) fn heal(&mut self) {
+        self.blocked.clear();
+        self.loss = 0.0;
+        self.dup = 0.0;
+        self.jitter_ms = 2;
+        self.restarts.clear();
+        for i in 0..self.nodes.len() {
+            self.nodes[i].paused_until_ms = self.nodes[i].paused_until_ms.min(self.now_ms);
+            if !self.nodes[i].alive {
+                self.start_node(i);
+            }
+        }
+        self.last_disturbance_ms = self.now_ms;
+        self.say("faults end: network healed, every node running".into());
+    }
+}

@@ -1,0 +1,329 @@
+//! The invariants of `DISTRO.md`, checked on the world: safety while the faults happen
+//! (I2, I3, I5; I6 is checked as messages are sent, in `network.rs`), convergence (I1) and
+//! quiet verify rounds (I7) once they are over; and what a failing check describes, the
+//! stand-in deregistrations I1 excuses, and the summary of a run.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use engine::distro::{Health, NodeId};
+use engine::shard::client_shard;
+use engine::{ClientId, ClientOp, Host};
+
+use super::clients::TruthClient;
+use super::nodes::Waiter;
+use super::World;
+
+/// The owner association (node, epoch) and revision a node last showed for a publish.
+pub(super) type SeenRev = (Option<(NodeId, u64)>, u64);
+
+impl World {
+    /// DISTRO.md's known gap: a deregistration applied at a stand-in once it waited its
+    /// patience for a SUSPICIOUS owner (or came forwarded and the receiver could not reach
+    /// the owner either) may be undone by the owner's or a taker-over's copy until that
+    /// copy's heartbeat timeout. Such a client is listed, and I1 does not count it; one
+    /// applied at a stand-in before its patience ran out is not excused.
+    pub(super) fn note_stand_in_deregistration(
+        &mut self,
+        i: usize,
+        token: u64,
+        client: &ClientId,
+        op: &ClientOp,
+    ) {
+        if !matches!(op, ClientOp::Deregister { .. }) || self.nodes[i].members.is_mine(client) {
+            return;
+        }
+        let waited = match self.nodes[i].waiters.get(&token) {
+            Some(Waiter::Peer { .. }) => true,
+            _ => self.http_pending.get(&(i, token)).is_some_and(|(_, sent)| {
+                sent + engine::distro::route::DEREGISTER_PATIENCE_MS <= self.now_ms
+            }),
+        };
+        if waited {
+            self.say(format!(
+                "{client}: deregistration applied at stand-in node {i} (known gap)"
+            ));
+            self.stand_in_deregistrations.insert(client.clone());
+        }
+    }
+
+    /// What a node answers: (service, ip, port, weight) for every instance it shows.
+    fn visible(&self, i: usize) -> BTreeSet<(String, String, u16, u64)> {
+        let mut out = BTreeSet::new();
+        self.nodes[i].index.for_each(|view| {
+            for inst in view.instances() {
+                out.insert((
+                    view.key.grouped_name(),
+                    inst.host.to_string(),
+                    inst.port,
+                    inst.weight as u64,
+                ));
+            }
+        });
+        out
+    }
+
+    fn truth_set(
+        &self,
+        filter: impl Fn(&ClientId, &TruthClient, u64) -> bool,
+    ) -> BTreeSet<(String, String, u16, u64)> {
+        let mut out = BTreeSet::new();
+        for (c, t) in &self.truth {
+            for (s, (inst, at)) in &t.publishes {
+                if filter(c, t, *at) {
+                    out.insert((
+                        s.grouped_name(),
+                        inst.host.to_string(),
+                        inst.port,
+                        inst.weight as u64,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Safety, checked while faults happen:
+    /// - I2: a publish's revision never goes down on any node;
+    /// - I3: a gRPC instance registered a while ago is visible on every node that has been
+    ///   able to reach its owner throughout (no loss, no expiry of live instances); a live
+    ///   HTTP instance is visible on every running node whenever the running nodes have seen
+    ///   each other UP for a while — also while a crashed node is still being declared DOWN
+    ///   and its clients move;
+    /// - I5: in-flight sync batches per peer (per shard) stay within the window.
+    pub fn check_safety(&mut self) {
+        let max_inflight = self.scenario.distro.max_inflight_batches;
+        let grace =
+            self.scenario.distro.verify_interval_ms + self.scenario.distro.sync_timeout_ms + 2_000;
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            let mut revs = Vec::new();
+            for s in &self.nodes[i].shards {
+                s.visit_entries(|c, svc, rev, origin| {
+                    revs.push((
+                        c.clone(),
+                        svc.clone(),
+                        rev,
+                        origin.map(|(n, e)| (n.clone(), e)),
+                    ))
+                });
+                if s.max_inflight_batches() > max_inflight {
+                    self.violations.push(format!(
+                        "I5: node {i} has {} batches in flight (limit {max_inflight})",
+                        s.max_inflight_batches()
+                    ));
+                }
+            }
+            for (c, svc, rev, origin) in revs {
+                if rev == 0 {
+                    // A copy handed to a new owner, waiting for its state (DISTRO.md, I2).
+                    continue;
+                }
+                let prev = self
+                    .seen_revs
+                    .entry((i, c.clone(), svc.clone()))
+                    .or_insert((origin.clone(), 0));
+                // Revisions are compared per owner: a client handed to another owner takes
+                // that owner's state (DISTRO.md, I2).
+                if prev.0 == origin && rev < prev.1 {
+                    self.violations.push(format!(
+                        "I2: node {i} went back from revision {} to {rev} for {c} in {svc:?} (owner {origin:?})",
+                        prev.1
+                    ));
+                }
+                *prev = (origin, rev);
+            }
+        }
+        // I3 applies only on a lossless network (loss makes "reachable" a matter of luck).
+        if self.loss > 0.0 || self.now_ms < self.last_disturbance_ms.saturating_add(grace) {
+            return;
+        }
+        for i in 0..self.nodes.len() {
+            if !self.running(i) || self.now_ms < self.nodes[i].started_ms + grace {
+                continue;
+            }
+            let visible = self.visible(i);
+            let now = self.now_ms;
+            let nodes = &self.nodes;
+            // Every running node has seen every running peer UP for a while. Stopped nodes
+            // may still be SUSPICIOUS for some and DOWN for others: their heartbeat clients
+            // move meanwhile, and must stay visible while they do.
+            let calm_cluster = (0..nodes.len()).filter(|k| nodes[*k].alive).all(|k| {
+                nodes[k].seen.iter().enumerate().all(|(j, (h, since, _))| {
+                    j == k || !nodes[j].alive || (*h == Health::Up && since + grace <= now)
+                })
+            });
+            let expected = self.truth_set(|c, t, at| {
+                // Heartbeat clients: on a cluster where every node has seen every other UP
+                // for a while, they are everywhere (their beats reach their owner).
+                let Some(owner) = t.node else {
+                    return c.is_heartbeat() && calm_cluster && at + grace <= now;
+                };
+                !c.is_heartbeat()
+                    && at + grace <= now
+                    && nodes[owner].alive
+                    && (owner == i
+                        || (nodes[i].seen[owner].0 == Health::Up
+                            && nodes[i].seen[owner].1 + grace <= now
+                            && nodes[owner].seen[i].0 == Health::Up))
+            });
+            let missing: Vec<_> = expected.difference(&visible).take(3).cloned().collect();
+            if !missing.is_empty() {
+                let text = format!("I3: node {i} misses");
+                if !self.violations.iter().any(|v| v.starts_with(&text)) {
+                    self.log
+                        .push(format!("I3 at node {i} at {} ms:", self.now_ms));
+                    self.describe(&missing);
+                }
+                if self.violations.iter().any(|v| v.starts_with(&text)) {
+                    continue;
+                }
+                self.violations.push(format!(
+                    "I3: node {i} misses live instances of reachable owners, e.g. {missing:?}"
+                ));
+            }
+        }
+    }
+
+    fn describe(&mut self, tuples: &[(String, String, u16, u64)]) {
+        for (svc, host, port, _) in tuples {
+            let owner = self.truth.iter().find(|(_, t)| {
+                t.publishes.iter().any(|(s, (inst, _))| {
+                    &s.grouped_name() == svc && &inst.host.to_string() == host && inst.port == *port
+                })
+            });
+            if let Some((c, t)) = owner {
+                let mut lines = vec![format!("  {c} (connection on {:?}) {svc}:", t.node)];
+                for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+                    let shard = client_shard(c, n.shard_count);
+                    lines.push(format!(
+                        "    node {k} (loaded {}, expired {}, pruned {}): {}",
+                        n.shards.iter().all(|s| s.is_loaded()),
+                        n.shards[shard]
+                            .stats()
+                            .distro
+                            .replicas_expired
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        n.shards[shard]
+                            .stats()
+                            .distro
+                            .replicas_pruned
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        n.shards[shard].describe_client(c)
+                    ));
+                }
+                self.log.push(lines.join("\n"));
+            }
+        }
+    }
+
+    /// I1: every node shows exactly the live instances.
+    pub fn check_converged(&mut self) {
+        let truth = self.truth_set(|_, _, _| true);
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            let excused = &self.stand_in_deregistrations;
+            let visible: BTreeSet<_> = self
+                .visible(i)
+                .into_iter()
+                .filter(|(_, host, port, _)| {
+                    let ip: Ipv4Addr = host.parse().expect("simulated hosts are v4");
+                    !excused.contains(&ClientId::for_address(&Host::V4(ip), *port))
+                })
+                .collect();
+            let missing: Vec<_> = truth.difference(&visible).take(3).cloned().collect();
+            let extra: Vec<_> = visible.difference(&truth).take(3).cloned().collect();
+            if !missing.is_empty() || !extra.is_empty() {
+                let all: Vec<_> = missing.iter().chain(extra.iter()).cloned().collect();
+                self.describe(&all);
+                self.violations.push(format!(
+                    "I1: node {i} did not converge: {} missing (e.g. {missing:?}), {} extra (e.g. {extra:?})",
+                    truth.difference(&visible).count(),
+                    visible.difference(&truth).count()
+                ));
+            }
+        }
+    }
+
+    /// I7: once nodes agree, a verify round is one digest per partition and peer, and
+    /// nothing else.
+    pub fn check_quiet_verify(&mut self) {
+        let before = self.traffic;
+        // Two whole intervals: every node's verify timer fires exactly twice.
+        let until = self.now_ms + 2 * self.scenario.distro.verify_interval_ms;
+        self.run_until(until);
+        let after = self.traffic;
+        let extra = (after.slice_digests - before.slice_digests)
+            + (after.slice_clients - before.slice_clients)
+            + (after.resync - before.resync)
+            + (after.sync - before.sync);
+        if extra > 0 {
+            self.violations.push(format!(
+                "I7: agreeing nodes exchanged more than digests in a verify round: {:?} -> {:?}",
+                before, after
+            ));
+        }
+        if let Ok(wanted) = std::env::var("DISTRO_CLIENT") {
+            let ids: Vec<ClientId> = self
+                .truth
+                .keys()
+                .filter(|c| c.to_string().starts_with(&wanted))
+                .cloned()
+                .collect();
+            for c in ids {
+                eprintln!("{c}:");
+                for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+                    let shard = client_shard(&c, n.shard_count);
+                    eprintln!(
+                        "  node {k} sees responsible {:?}: {}",
+                        n.members.responsible_for(&c),
+                        n.shards[shard].describe_client(&c)
+                    );
+                }
+            }
+        }
+        if let Ok(addr) = std::env::var("DISTRO_ADDR") {
+            // A client the truth no longer knows (a deregistered one that stayed).
+            if let Some((ip, port)) = addr.split_once(':') {
+                let ip: Ipv4Addr = ip.parse().expect("DISTRO_ADDR=ip:port");
+                let port: u16 = port.parse().expect("DISTRO_ADDR=ip:port");
+                let c = ClientId::for_address(&Host::V4(ip), port);
+                for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+                    let shard = client_shard(&c, n.shard_count);
+                    eprintln!(
+                        "  node {k} sees responsible {:?}: {}",
+                        n.members.responsible_for(&c),
+                        n.shards[shard].describe_client(&c)
+                    );
+                }
+            }
+        }
+        let digests = after.digest - before.digest;
+        let alive = self.alive_nodes().len() as u64;
+        let expected = 2 * alive * (alive - 1) * u64::from(engine::distro::PARTITIONS);
+        if digests != expected {
+            self.violations.push(format!(
+                "I7: expected {expected} digests in one round, saw {digests}"
+            ));
+        }
+    }
+
+    /// Counts of what every node holds, for reports.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.alive {
+                parts.push(format!("node {i}: {} instances", self.visible(i).len()));
+            }
+        }
+        format!(
+            "truth {} instances; {}",
+            self.truth_set(|_, _, _| true).len(),
+            parts.join(", ")
+        )
+    }
+}
