@@ -11,11 +11,11 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Atomic, Owned};
 
-use crate::model::{stable_hash, Instance, ServiceKey, StableHasher};
+use crate::model::{stable_hash, warm_refcounts, Instance, ServiceKey, StableHasher};
 
-/// The instances one client publishes in one service: one for a single registration, several
-/// for a batch. Shared by the client's owner, the service's owner and the views.
-pub type Publish = Arc<[Instance]>;
+/// Re-exported from [`crate::model`], where it lives so that Distro messages and shards can
+/// name it without depending on the views.
+pub use crate::model::Publish;
 
 /// Publishers per run a view is cut into when it is built from scratch or a run is split.
 pub const RUN_TARGET: usize = 64;
@@ -58,7 +58,7 @@ impl PublishRun {
 impl Drop for PublishRun {
     fn drop(&mut self) {
         // The publishes are released right after this; see `warm_refcounts` for why.
-        crate::shard::warm_refcounts(&self.publishes);
+        warm_refcounts(&self.publishes);
     }
 }
 
