@@ -6,9 +6,11 @@
 //! feeds it inputs with the current time and executes the commands it emits.
 //!
 //! # Layout
-//! - [`model`]: services, instances, clients, metadata, validation — the Nacos vocabulary.
+//! - [`model`]: services, instances, clients, metadata, validation, publishes
+//!   ([`model::Publish`]) — the Nacos vocabulary.
 //! - [`view`]: [`view::ServiceView`] snapshots, query selection (clusters, health, protect
-//!   threshold) and the [`view::ReadIndex`] directory published with crossbeam-epoch.
+//!   threshold) and the [`view::ReadIndex`] directory published with crossbeam-epoch, with the
+//!   read queries the gRPC and HTTP front ends share (service list, instance query).
 //! - [`shard`]: [`shard::Shard`], the per-core state machine: client ops in, service ops
 //!   between shards, views out, pushes to subscribers, heartbeat expiry on timers. Split by
 //!   concern: `shard/mod.rs` (types, driver interface), `shard/ops.rs` (client ops),

@@ -11,11 +11,11 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Atomic, Owned};
 
-use crate::model::{stable_hash, Instance, ServiceKey, StableHasher};
+use crate::model::{stable_hash, warm_refcounts, Instance, ServiceKey, StableHasher};
 
-/// The instances one client publishes in one service: one for a single registration, several
-/// for a batch. Shared by the client's owner, the service's owner and the views.
-pub type Publish = Arc<[Instance]>;
+/// Re-exported from [`crate::model`], where it lives so that Distro messages and shards can
+/// name it without depending on the views.
+pub use crate::model::Publish;
 
 /// Publishers per run a view is cut into when it is built from scratch or a run is split.
 pub const RUN_TARGET: usize = 64;
@@ -58,7 +58,7 @@ impl PublishRun {
 impl Drop for PublishRun {
     fn drop(&mut self) {
         // The publishes are released right after this; see `warm_refcounts` for why.
-        crate::shard::warm_refcounts(&self.publishes);
+        warm_refcounts(&self.publishes);
     }
 }
 
@@ -272,6 +272,19 @@ impl ServiceView {
             instances,
             reach_protection,
         }
+    }
+
+    /// The instances an instance query (`QueryServiceRequest`, `/instance/list`, a
+    /// subscription) answers: `clusters` is Nacos's comma-separated cluster list (names trimmed,
+    /// blank ones ignored; none at all = every cluster), only enabled instances, only healthy
+    /// ones if `healthy_only`, with the health protection of [`ServiceView::select`].
+    pub fn select_query(&self, clusters: &str, healthy_only: bool) -> Selection<'_> {
+        let clusters: Vec<&str> = clusters
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        self.select(&clusters, healthy_only, true)
     }
 
     /// The encoded answer in `slot`, encoding it with `encode` the first time. Kept only while
@@ -496,6 +509,53 @@ impl ReadIndex {
         }
     }
 
+    /// Reads `key` to answer an instance query: `f` gets the current view (None if the service
+    /// does not exist) and the `lastRefTime` to answer when it does not
+    /// ([`ReadIndex::absent_stamp`] at `now_unix_ms`, taken before the read). What the gRPC
+    /// `QueryServiceRequest` / `SubscribeServiceRequest` and HTTP `/instance/list` answers are
+    /// built from; the instances themselves are [`ServiceView::select_query`].
+    pub fn read_instances<R>(
+        &self,
+        key: &ServiceKey,
+        now_unix_ms: u64,
+        f: impl FnOnce(Option<&ServiceView>, u64) -> R,
+    ) -> R {
+        let absent_ms = self.absent_stamp(key, now_unix_ms);
+        self.read(key, |view| f(view, absent_ms))
+    }
+
+    /// Nacos's service list (gRPC `ServiceListRequest`, HTTP `/service/list`): the services of
+    /// `namespace` (and of `group`, when given) sorted by the name answered, the total count of
+    /// them and page `page_no` (1-based; 0 counts as 1) of `page_size` names — empty past the
+    /// end. `grouped` names them `group@@name`, otherwise by their bare name.
+    pub fn list_services(
+        &self,
+        namespace: &str,
+        group: Option<&str>,
+        page_no: usize,
+        page_size: usize,
+        grouped: bool,
+    ) -> (usize, Vec<String>) {
+        let mut names = Vec::new();
+        self.for_each(|view| {
+            let k = &view.key;
+            if k.namespace() == namespace && group.is_none_or(|g| k.group() == g) {
+                names.push(if grouped {
+                    k.grouped_name()
+                } else {
+                    k.name().to_owned()
+                });
+            }
+        });
+        names.sort_unstable();
+        let count = names.len();
+        let start = (page_no.saturating_sub(1))
+            .saturating_mul(page_size)
+            .min(count);
+        let end = start.saturating_add(page_size).min(count);
+        (count, names[start..end].to_vec())
+    }
+
     /// Applies inserts (`Some`) and removals (`None`) to the buckets; called by the owner shard
     /// only, once per flush, so a burst of new services copies each bucket once.
     pub(crate) fn update_directory(&self, changes: Vec<DirectoryChange>) {
@@ -537,4 +597,129 @@ impl ReadIndex {
 /// The shard that owns a service, out of `shard_count`.
 pub fn service_shard(key: &ServiceKey, shard_count: usize) -> usize {
     (stable_hash(key) % shard_count.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::Host;
+
+    fn key(namespace: &str, group: &str, name: &str) -> ServiceKey {
+        ServiceKey::new(namespace, group, name).unwrap()
+    }
+
+    fn index_of(keys: &[ServiceKey]) -> Arc<ReadIndex> {
+        let index = ReadIndex::new(2, 0);
+        for k in keys {
+            let cell = ServiceCell::new(Arc::new(ServiceView::empty(k.clone(), 0)));
+            index.update_directory(vec![(k.clone(), Some(cell))]);
+        }
+        index
+    }
+
+    fn inst(ip: &str, cluster: &str, healthy: bool, enabled: bool) -> Instance {
+        let mut i = Instance::new(Host::parse(ip).unwrap(), 80, cluster.into());
+        i.healthy = healthy;
+        i.enabled = enabled;
+        i
+    }
+
+    #[test]
+    fn list_services_filters_sorts_and_pages() {
+        let index = index_of(&[
+            key("public", "DEFAULT_GROUP", "c"),
+            key("public", "DEFAULT_GROUP", "a"),
+            key("public", "DEFAULT_GROUP", "b"),
+            key("public", "other", "a"),
+            key("dev", "DEFAULT_GROUP", "z"),
+        ]);
+        let grouped = |page_no, page_size| {
+            index.list_services("public", Some("DEFAULT_GROUP"), page_no, page_size, true)
+        };
+        assert_eq!(
+            grouped(1, 10),
+            (
+                3,
+                vec![
+                    "DEFAULT_GROUP@@a".to_owned(),
+                    "DEFAULT_GROUP@@b".to_owned(),
+                    "DEFAULT_GROUP@@c".to_owned()
+                ]
+            )
+        );
+        assert_eq!(grouped(2, 2), (3, vec!["DEFAULT_GROUP@@c".to_owned()]));
+        assert_eq!(grouped(0, 1), (3, vec!["DEFAULT_GROUP@@a".to_owned()]));
+        assert_eq!(grouped(3, 2), (3, Vec::<String>::new()));
+        assert_eq!(
+            index.list_services("public", Some("other"), 1, 10, false),
+            (1, vec!["a".to_owned()])
+        );
+        assert_eq!(
+            index.list_services("public", None, 1, 10, false),
+            (
+                4,
+                vec![
+                    "a".to_owned(),
+                    "a".to_owned(),
+                    "b".to_owned(),
+                    "c".to_owned()
+                ]
+            )
+        );
+        assert_eq!(
+            index.list_services("nowhere", None, 1, 10, true),
+            (0, Vec::<String>::new())
+        );
+    }
+
+    #[test]
+    fn select_query_parses_the_cluster_list_and_keeps_enabled_instances() {
+        let k = key("public", "DEFAULT_GROUP", "s");
+        let publishes: Vec<Publish> = vec![
+            vec![
+                inst("10.0.0.1", "A", true, true),
+                inst("10.0.0.2", "A", false, true),
+            ]
+            .into(),
+            vec![inst("10.0.0.3", "B", true, true)].into(),
+            vec![inst("10.0.0.4", "C", true, false)].into(),
+        ];
+        let view = ServiceView::new(k, 1, 5, 0.0, Default::default(), publishes, None);
+        let hosts = |clusters: &str, healthy_only: bool| {
+            let mut h: Vec<String> = view
+                .select_query(clusters, healthy_only)
+                .instances
+                .iter()
+                .map(|i| i.host.to_string())
+                .collect();
+            h.sort();
+            h
+        };
+        assert_eq!(hosts("", false), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(hosts(" , ", false), hosts("", false));
+        assert_eq!(hosts(" A , ,B", true), ["10.0.0.1", "10.0.0.3"]);
+        assert_eq!(hosts("A", false), ["10.0.0.1", "10.0.0.2"]);
+        assert!(hosts("C", false).is_empty());
+        // Same selection and protection as `select` with the parsed list, enabled only.
+        let direct = view.select(&["A", "B"], false, true);
+        let parsed = view.select_query("A,B", false);
+        assert_eq!(direct.instances, parsed.instances);
+        assert_eq!(direct.reach_protection, parsed.reach_protection);
+    }
+
+    #[test]
+    fn read_instances_gives_the_view_or_the_absent_stamp() {
+        let present = key("public", "DEFAULT_GROUP", "present");
+        let index = index_of(std::slice::from_ref(&present));
+        let absent = key("public", "DEFAULT_GROUP", "absent");
+        index.raise_stamp(index.owner_of(&absent), 9_000);
+        let (found, stamp) = index.read_instances(&absent, 1_000, |v, ms| (v.is_some(), ms));
+        assert!(!found);
+        assert_eq!(stamp, 9_000);
+        let (found, stamp) =
+            index.read_instances(&present, 20_000, |v, ms| (v.map(|v| v.key.clone()), ms));
+        assert_eq!(found, Some(present.clone()));
+        assert_eq!(stamp, index.absent_stamp(&present, 20_000));
+    }
 }

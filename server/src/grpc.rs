@@ -370,12 +370,11 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8], arrived: Instant) -> Pa
 
 fn service_info_response(kind: &str, key: &ServiceKey, query: Query<'_>) -> Payload {
     let index = with_core(|c| c.shared.index.clone());
-    let now = index.absent_stamp(key, unix_ms());
     let mut json = Vec::with_capacity(1024);
     json.extend_from_slice(
         b"{\"resultCode\":200,\"errorCode\":0,\"message\":\"success\",\"serviceInfo\":",
     );
-    index.read(key, |view| {
+    index.read_instances(key, unix_ms(), |view, now| {
         service_info::with_service_info(key, view, NameStyle::Bare, query, now, |b| {
             json.extend_from_slice(b)
         })
@@ -445,8 +444,8 @@ fn service_list(body: &[u8]) -> Payload {
         Err(e) => return payload::error(code::INVALID_PARAM, &e.0),
     };
     let (namespace, group, page_no, page_size) = req.service_page();
-    let (count, page) =
-        crate::http::list_services(namespace, Some(group), page_no, page_size, true);
+    let index = with_core(|c| c.shared.index.clone());
+    let (count, page) = index.list_services(namespace, Some(group), page_no, page_size, true);
     let names: Vec<String> = page.iter().map(|n| json_str(n)).collect();
     let fields = format!(
         "\"message\":\"success\",\"count\":{count},\"serviceNames\":[{}]",

@@ -416,8 +416,7 @@ fn instance_list(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
         healthy_only,
     };
     let index = with_core(|c| c.shared.index.clone());
-    let now = index.absent_stamp(&key, unix_ms());
-    let bytes = index.read(&key, |view| {
+    let bytes = index.read_instances(&key, unix_ms(), |view, now| {
         service_info::with_service_info(&key, view, NameStyle::Grouped, query, now, |b| match api {
             Api::V1 => Bytes::copy_from_slice(b),
             Api::V2 => {
@@ -468,39 +467,10 @@ fn instance_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     })
 }
 
-/// Services of a namespace (and group), sorted, one page of them, plus the total count.
-/// `grouped` names them `group@@name`.
-pub fn list_services(
-    namespace: &str,
-    group: Option<&str>,
-    page_no: usize,
-    page_size: usize,
-    grouped: bool,
-) -> (usize, Vec<String>) {
-    let index = with_core(|c| c.shared.index.clone());
-    let mut names = Vec::new();
-    index.for_each(|view| {
-        let k = &view.key;
-        if k.namespace() == namespace && group.is_none_or(|g| k.group() == g) {
-            names.push(if grouped {
-                k.grouped_name()
-            } else {
-                k.name().to_owned()
-            });
-        }
-    });
-    names.sort_unstable();
-    let count = names.len();
-    let start = (page_no.saturating_sub(1))
-        .saturating_mul(page_size)
-        .min(count);
-    let end = start.saturating_add(page_size).min(count);
-    (count, names[start..end].to_vec())
-}
-
 fn service_list(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let page = p.service_page(api)?;
-    let (count, names) = list_services(
+    let index = with_core(|c| c.shared.index.clone());
+    let (count, names) = index.list_services(
         page.namespace,
         Some(page.group),
         page.page_no,

@@ -68,13 +68,7 @@ pub fn encode(
     query: Query<'_>,
     now_unix_ms: u64,
 ) -> Vec<u8> {
-    let clusters: Vec<&str> = query
-        .clusters
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    let selection = view.map(|v| v.select(&clusters, query.healthy_only, true));
+    let selection = view.map(|v| v.select_query(query.clusters, query.healthy_only));
     let count = selection.as_ref().map_or(0, |s| s.instances.len());
     let mut out = Vec::with_capacity(256 + count * 360);
     out.extend_from_slice(b"{\"name\":");

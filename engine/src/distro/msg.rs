@@ -5,8 +5,7 @@
 //! [`super::partition_of`]); the transport routes it to the shard that owns the partition on
 //! the receiving node, so the whole exchange of one partition stays on one core per node.
 
-use crate::model::{ClientId, ServiceKey};
-use crate::view::Publish;
+use crate::model::{ClientId, Publish, ServiceKey};
 
 /// A node of the cluster, named by its member address `ip:httpPort` as in `cluster.conf`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

@@ -5,8 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{next_rev, ServiceOp, Shard};
-use crate::model::{ClientId, ServiceKey};
-use crate::view::Publish;
+use crate::model::{ClientId, Publish, ServiceKey};
 
 impl Shard {
     pub(super) fn set_health(&mut self, client_id: &ClientId, service: &ServiceKey, healthy: bool) {

@@ -30,8 +30,10 @@ use indexmap::IndexMap;
 use smallvec::SmallVec;
 
 use crate::distro::{DistroConfig, NodeId, PeerMsg};
-use crate::model::{ClientId, Host, Instance, Interner, Metadata, ServiceKey, StableHasher, Str};
-use crate::view::{DirectoryChange, Publish, ReadIndex, ServiceView};
+use crate::model::{
+    ClientId, Host, Instance, Interner, Metadata, Publish, ServiceKey, StableHasher, Str,
+};
+use crate::view::{DirectoryChange, ReadIndex, ServiceView};
 
 mod heartbeat;
 mod ops;
@@ -39,7 +41,6 @@ mod replication;
 mod service;
 
 pub use replication::DistroStats;
-pub(crate) use service::warm_refcounts;
 
 /// The time as the driver sees it. Both clocks are inputs so the shard stays deterministic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

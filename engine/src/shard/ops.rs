@@ -9,8 +9,7 @@ use super::{
     next_rev, Client, ClientOp, InstancePatch, OpError, OpOutcome, OpResult, PublishEntry,
     ServiceOp, Shard,
 };
-use crate::model::{ClientId, Host, Instance, ServiceKey, Str};
-use crate::view::Publish;
+use crate::model::{ClientId, Host, Instance, Publish, ServiceKey, Str};
 
 impl Shard {
     pub(super) fn intern_instance(&mut self, mut instance: Instance) -> Instance {

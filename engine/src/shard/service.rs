@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Command, Now, OpError, OpOutcome, OpResult, ServiceOp, Shard, Timer};
-use crate::model::{ClientId, Metadata, ServiceKey, StableHasher, Str};
-use crate::view::{Publish, PublishRun, ServiceCell, ServiceView, RUN_MAX, RUN_TARGET};
+use crate::model::{warm_refcounts, ClientId, Metadata, Publish, ServiceKey, StableHasher, Str};
+use crate::view::{PublishRun, ServiceCell, ServiceView, RUN_MAX, RUN_TARGET};
 
 pub(super) struct ServiceState {
     cell: Arc<ServiceCell>,
@@ -185,20 +185,6 @@ impl RunMerger {
     fn finish(self) -> (Vec<Box<[ClientId]>>, Vec<Arc<PublishRun>>) {
         (self.clients, self.runs)
     }
-}
-
-/// Touches the reference counts of `publishes` with plain loads before they are cloned.
-///
-/// Why: each publish is its own allocation, so cloning a view's publishes is one cache miss
-/// per instance, and an atomic increment cannot overlap its miss with the next one. Plain
-/// loads can, so this pass pulls the lines in parallel and the increments then hit the cache
-/// (it was most of the cost of republishing a 100-instance service).
-pub(crate) fn warm_refcounts(publishes: &[Publish]) {
-    let mut sum = 0usize;
-    for p in publishes {
-        sum = sum.wrapping_add(Arc::strong_count(p));
-    }
-    std::hint::black_box(sum);
 }
 
 impl Shard {

@@ -10,8 +10,8 @@ use smallvec::SmallVec;
 
 use super::{bump, ReplicaInfo, SyncKey};
 use crate::distro::{ClientState, EntryState, Health, NodeId, SyncItem};
+use crate::model::Publish;
 use crate::shard::{next_rev, Client, ClientId, PublishEntry, ServiceKey, ServiceOp, Shard};
-use crate::view::Publish;
 
 impl Shard {
     pub(super) fn apply_sync_item(&mut self, from: &NodeId, item: SyncItem) {
