@@ -22,10 +22,9 @@ use bytes::Bytes;
 use engine::distro::membership::{MemberView, Membership, DEAF_RESET_MS, REACHABLE_EVERY_MS};
 use engine::distro::{Health, NodeId};
 use tracing::{info, warn};
-use wire::peer::{encode_frame, Frame};
+use wire::peer::{encode_body, Frame};
 
 use crate::config::ClusterArgs;
-use crate::core::with_core;
 use crate::peer::members::{find_self, read_cluster_conf, Member};
 use crate::peer::transport::{self, Event, Transport, TransportConfig};
 use crate::peer::{ClusterConfWatcher, TlsMode};
@@ -133,11 +132,14 @@ fn engine_health(h: transport::Health) -> Health {
     }
 }
 
-/// Encodes a frame body (without the length prefix the transport adds).
-pub fn encode_body(frame: &Frame) -> Bytes {
-    let mut out = Vec::with_capacity(256);
-    encode_frame(frame, &mut out);
-    Bytes::from(out).slice(4..)
+/// Where the peer layer hands what it learns: the membership views it computes and the
+/// frames members send. The cores implement it (`core::CorePeerEvents`); this layer does not
+/// know them.
+pub trait PeerEvents: Clone + 'static {
+    /// The membership view changed: every core gets the new one.
+    fn members_changed(&self, view: MemberView);
+    /// Member `from` sent a frame body.
+    fn frame(&self, from: NodeId, body: Bytes);
 }
 
 /// Core 0's side of the cluster: the transport and the address book.
@@ -309,8 +311,12 @@ impl PeerIo {
 
 /// Starts the peer layer on this core (core 0): the transport, the event loop, the
 /// `cluster.conf` watcher. Returns the handle the core keeps; the caller installs it and
-/// then broadcasts the first view (events only arrive after that).
-pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, String> {
+/// then broadcasts the first view (events only arrive after that). Later views and every
+/// frame go to `sink`.
+pub fn start(
+    info: Arc<ClusterInfo>,
+    sink: impl PeerEvents,
+) -> Result<Rc<std::cell::RefCell<PeerIo>>, String> {
     let cfg = TransportConfig::new(info.peer_bind, info.tls.clone());
     let transport = Transport::start(cfg)
         .map_err(|e| format!("peer transport on udp {}: {e}", info.peer_bind))?;
@@ -336,6 +342,7 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
 
     // Tell every member we reach whom we reach, and let reports that went stale expire.
     let reporter = io.clone();
+    let reporter_sink = sink.clone();
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(REACHABLE_EVERY).await;
@@ -349,13 +356,14 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                 io.changed_view()
             };
             if let Some(view) = view {
-                with_core(|c| c.broadcast_members(view));
+                reporter_sink.members_changed(view);
             }
         }
     })
     .detach();
 
     let events = io.clone();
+    let events_sink = sink.clone();
     glommio::spawn_local(async move {
         loop {
             let transport = events.borrow().transport.clone();
@@ -383,7 +391,7 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                     let Some(node) = node else {
                         continue;
                     };
-                    with_core(|c| c.route_peer_frame(node, body));
+                    events_sink.frame(node, body);
                 }
                 Event::Health { peer, health } => {
                     let view = {
@@ -399,7 +407,7 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                         io.changed_view()
                     };
                     if let Some(view) = view {
-                        with_core(|c| c.broadcast_members(view));
+                        events_sink.members_changed(view);
                     }
                 }
             }
@@ -436,7 +444,7 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                     io.changed_view()
                 };
                 if let Some(view) = view {
-                    with_core(|c| c.broadcast_members(view));
+                    sink.members_changed(view);
                 }
             }
         })

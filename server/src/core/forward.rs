@@ -4,12 +4,12 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::cluster::encode_body;
 use engine::distro::route::{Route, RouteCommand};
 use engine::distro::NodeId;
 use engine::model::ClientId;
 use engine::shard::{client_shard, ClientOp, OpResult, ReplyTo, ShardMsg};
 use futures_channel::oneshot;
+use wire::peer::encode_body;
 
 use super::{Core, Overloaded};
 

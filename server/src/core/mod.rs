@@ -15,6 +15,7 @@ mod forward;
 mod peer;
 
 pub use conns::ConnState;
+pub use peer::CorePeerEvents;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -37,9 +38,10 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use tracing::{debug, info, warn};
+use wire::peer::encode_body;
 
 use crate::admission::{thread_cpu_time, Admission, Class, Via};
-use crate::cluster::{encode_body, ClusterInfo, PeerIo};
+use crate::cluster::{ClusterInfo, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
 use crate::trace::Traces;
@@ -158,6 +160,16 @@ impl Shared {
             .filter_map(|s| s.get())
             .map(|s| get(s))
             .sum()
+    }
+}
+
+impl crate::metrics::ClusterSource for Shared {
+    fn cluster(&self) -> Option<&ClusterInfo> {
+        self.cluster.as_deref()
+    }
+
+    fn shard_stats(&self) -> &[OnceLock<Arc<ShardStats>>] {
+        &self.shard_stats
     }
 }
 

@@ -5,11 +5,28 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use engine::distro::membership::MemberView;
 use engine::distro::NodeId;
 use engine::shard::{client_shard, ShardMsg};
 use tracing::warn;
 
-use super::{Core, CoreMsg};
+use super::{with_core, Core, CoreMsg};
+use crate::cluster::PeerEvents;
+
+/// The peer layer's events as core 0 takes them: views go to every core, frames are routed
+/// ([`Core::route_peer_frame`]).
+#[derive(Clone, Copy)]
+pub struct CorePeerEvents;
+
+impl PeerEvents for CorePeerEvents {
+    fn members_changed(&self, view: MemberView) {
+        with_core(|c| c.broadcast_members(view));
+    }
+
+    fn frame(&self, from: NodeId, body: Bytes) {
+        with_core(|c| c.route_peer_frame(from, body));
+    }
+}
 
 impl Core {
     /// Core 0: a frame arrived from `from`. Distro frames go to the core owning their
