@@ -340,9 +340,16 @@ pub fn start(
     );
     let io = Rc::new(std::cell::RefCell::new(io));
 
-    // Tell every member we reach whom we reach, and let reports that went stale expire.
-    let reporter = io.clone();
-    let reporter_sink = sink.clone();
+    spawn_reporter(io.clone(), sink.clone());
+    spawn_events(io.clone(), sink.clone());
+    if let Some(path) = info.conf.clone() {
+        spawn_conf_watcher(io.clone(), path, sink);
+    }
+    Ok(io)
+}
+
+/// Tells every member we reach whom we reach, and lets reports that went stale expire.
+fn spawn_reporter(reporter: Rc<std::cell::RefCell<PeerIo>>, sink: impl PeerEvents) {
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(REACHABLE_EVERY).await;
@@ -356,14 +363,15 @@ pub fn start(
                 io.changed_view()
             };
             if let Some(view) = view {
-                reporter_sink.members_changed(view);
+                sink.members_changed(view);
             }
         }
     })
     .detach();
+}
 
-    let events = io.clone();
-    let events_sink = sink.clone();
+/// Takes the transport's events: frames go to `sink`, link health changes the view.
+fn spawn_events(events: Rc<std::cell::RefCell<PeerIo>>, sink: impl PeerEvents) {
     glommio::spawn_local(async move {
         loop {
             let transport = events.borrow().transport.clone();
@@ -391,7 +399,7 @@ pub fn start(
                     let Some(node) = node else {
                         continue;
                     };
-                    events_sink.frame(node, body);
+                    sink.frame(node, body);
                 }
                 Event::Health { peer, health } => {
                     let view = {
@@ -407,7 +415,7 @@ pub fn start(
                         io.changed_view()
                     };
                     if let Some(view) = view {
-                        events_sink.members_changed(view);
+                        sink.members_changed(view);
                     }
                 }
             }
@@ -415,40 +423,41 @@ pub fn start(
         }
     })
     .detach();
+}
 
-    if let Some(path) = info.conf.clone() {
-        let io = io.clone();
-        glommio::spawn_local(async move {
-            let mut watcher = match ClusterConfWatcher::new(path.clone()) {
-                Ok(w) => w.with_interval(Duration::from_secs(1)),
-                Err(e) => {
-                    warn!("cannot follow {}: {e}", path.display());
-                    return;
-                }
-            };
-            loop {
-                let members = watcher.next().await;
-                info!(
-                    members = %members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
-                    "cluster.conf changed"
-                );
-                let view = {
-                    let mut io = io.borrow_mut();
-                    if !members.iter().any(|m| node_id(m) == io.me) {
-                        warn!(
-                            "cluster.conf no longer lists this node; keeping the old member list"
-                        );
-                        continue;
-                    }
-                    io.set_members(members);
-                    io.changed_view()
-                };
-                if let Some(view) = view {
-                    sink.members_changed(view);
-                }
+/// Follows `cluster.conf`: a changed member list changes the view.
+fn spawn_conf_watcher(
+    io: Rc<std::cell::RefCell<PeerIo>>,
+    path: std::path::PathBuf,
+    sink: impl PeerEvents,
+) {
+    glommio::spawn_local(async move {
+        let mut watcher = match ClusterConfWatcher::new(path.clone()) {
+            Ok(w) => w.with_interval(Duration::from_secs(1)),
+            Err(e) => {
+                warn!("cannot follow {}: {e}", path.display());
+                return;
             }
-        })
-        .detach();
-    }
-    Ok(io)
+        };
+        loop {
+            let members = watcher.next().await;
+            info!(
+                members = %members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
+                "cluster.conf changed"
+            );
+            let view = {
+                let mut io = io.borrow_mut();
+                if !members.iter().any(|m| node_id(m) == io.me) {
+                    warn!("cluster.conf no longer lists this node; keeping the old member list");
+                    continue;
+                }
+                io.set_members(members);
+                io.changed_view()
+            };
+            if let Some(view) = view {
+                sink.members_changed(view);
+            }
+        }
+    })
+    .detach();
 }
