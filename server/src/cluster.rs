@@ -22,10 +22,9 @@ use bytes::Bytes;
 use engine::distro::membership::{MemberView, Membership, DEAF_RESET_MS, REACHABLE_EVERY_MS};
 use engine::distro::{Health, NodeId};
 use tracing::{info, warn};
-use wire::peer::{encode_frame, Frame};
+use wire::peer::{encode_body, Frame};
 
 use crate::config::ClusterArgs;
-use crate::core::with_core;
 use crate::peer::members::{find_self, read_cluster_conf, Member};
 use crate::peer::transport::{self, Event, Transport, TransportConfig};
 use crate::peer::{ClusterConfWatcher, TlsMode};
@@ -133,11 +132,14 @@ fn engine_health(h: transport::Health) -> Health {
     }
 }
 
-/// Encodes a frame body (without the length prefix the transport adds).
-pub fn encode_body(frame: &Frame) -> Bytes {
-    let mut out = Vec::with_capacity(256);
-    encode_frame(frame, &mut out);
-    Bytes::from(out).slice(4..)
+/// Where the peer layer hands what it learns: the membership views it computes and the
+/// frames members send. The cores implement it (`core::CorePeerEvents`); this layer does not
+/// know them.
+pub trait PeerEvents: Clone + 'static {
+    /// The membership view changed: every core gets the new one.
+    fn members_changed(&self, view: MemberView);
+    /// Member `from` sent a frame body.
+    fn frame(&self, from: NodeId, body: Bytes);
 }
 
 /// Core 0's side of the cluster: the transport and the address book.
@@ -309,8 +311,12 @@ impl PeerIo {
 
 /// Starts the peer layer on this core (core 0): the transport, the event loop, the
 /// `cluster.conf` watcher. Returns the handle the core keeps; the caller installs it and
-/// then broadcasts the first view (events only arrive after that).
-pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, String> {
+/// then broadcasts the first view (events only arrive after that). Later views and every
+/// frame go to `sink`.
+pub fn start(
+    info: Arc<ClusterInfo>,
+    sink: impl PeerEvents,
+) -> Result<Rc<std::cell::RefCell<PeerIo>>, String> {
     let cfg = TransportConfig::new(info.peer_bind, info.tls.clone());
     let transport = Transport::start(cfg)
         .map_err(|e| format!("peer transport on udp {}: {e}", info.peer_bind))?;
@@ -334,8 +340,16 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
     );
     let io = Rc::new(std::cell::RefCell::new(io));
 
-    // Tell every member we reach whom we reach, and let reports that went stale expire.
-    let reporter = io.clone();
+    spawn_reporter(io.clone(), sink.clone());
+    spawn_events(io.clone(), sink.clone());
+    if let Some(path) = info.conf.clone() {
+        spawn_conf_watcher(io.clone(), path, sink);
+    }
+    Ok(io)
+}
+
+/// Tells every member we reach whom we reach, and lets reports that went stale expire.
+fn spawn_reporter(reporter: Rc<std::cell::RefCell<PeerIo>>, sink: impl PeerEvents) {
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(REACHABLE_EVERY).await;
@@ -349,13 +363,15 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                 io.changed_view()
             };
             if let Some(view) = view {
-                with_core(|c| c.broadcast_members(view));
+                sink.members_changed(view);
             }
         }
     })
     .detach();
+}
 
-    let events = io.clone();
+/// Takes the transport's events: frames go to `sink`, link health changes the view.
+fn spawn_events(events: Rc<std::cell::RefCell<PeerIo>>, sink: impl PeerEvents) {
     glommio::spawn_local(async move {
         loop {
             let transport = events.borrow().transport.clone();
@@ -383,7 +399,7 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                     let Some(node) = node else {
                         continue;
                     };
-                    with_core(|c| c.route_peer_frame(node, body));
+                    sink.frame(node, body);
                 }
                 Event::Health { peer, health } => {
                     let view = {
@@ -399,7 +415,7 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
                         io.changed_view()
                     };
                     if let Some(view) = view {
-                        with_core(|c| c.broadcast_members(view));
+                        sink.members_changed(view);
                     }
                 }
             }
@@ -407,40 +423,41 @@ pub fn start(info: Arc<ClusterInfo>) -> Result<Rc<std::cell::RefCell<PeerIo>>, S
         }
     })
     .detach();
+}
 
-    if let Some(path) = info.conf.clone() {
-        let io = io.clone();
-        glommio::spawn_local(async move {
-            let mut watcher = match ClusterConfWatcher::new(path.clone()) {
-                Ok(w) => w.with_interval(Duration::from_secs(1)),
-                Err(e) => {
-                    warn!("cannot follow {}: {e}", path.display());
-                    return;
-                }
-            };
-            loop {
-                let members = watcher.next().await;
-                info!(
-                    members = %members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
-                    "cluster.conf changed"
-                );
-                let view = {
-                    let mut io = io.borrow_mut();
-                    if !members.iter().any(|m| node_id(m) == io.me) {
-                        warn!(
-                            "cluster.conf no longer lists this node; keeping the old member list"
-                        );
-                        continue;
-                    }
-                    io.set_members(members);
-                    io.changed_view()
-                };
-                if let Some(view) = view {
-                    with_core(|c| c.broadcast_members(view));
-                }
+/// Follows `cluster.conf`: a changed member list changes the view.
+fn spawn_conf_watcher(
+    io: Rc<std::cell::RefCell<PeerIo>>,
+    path: std::path::PathBuf,
+    sink: impl PeerEvents,
+) {
+    glommio::spawn_local(async move {
+        let mut watcher = match ClusterConfWatcher::new(path.clone()) {
+            Ok(w) => w.with_interval(Duration::from_secs(1)),
+            Err(e) => {
+                warn!("cannot follow {}: {e}", path.display());
+                return;
             }
-        })
-        .detach();
-    }
-    Ok(io)
+        };
+        loop {
+            let members = watcher.next().await;
+            info!(
+                members = %members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
+                "cluster.conf changed"
+            );
+            let view = {
+                let mut io = io.borrow_mut();
+                if !members.iter().any(|m| node_id(m) == io.me) {
+                    warn!("cluster.conf no longer lists this node; keeping the old member list");
+                    continue;
+                }
+                io.set_members(members);
+                io.changed_view()
+            };
+            if let Some(view) = view {
+                sink.members_changed(view);
+            }
+        }
+    })
+    .detach();
 }

@@ -183,7 +183,7 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
                 let grpc = listen(grpc_addr).map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
                 if id == 0 {
                     if let Some(info) = shared.cluster.clone() {
-                        let io = cluster::start(info)?;
+                        let io = cluster::start(info, core::CorePeerEvents)?;
                         let view = io.borrow_mut().initial_view();
                         core::with_core(|c| {
                             c.set_peer_io(io);

@@ -3,8 +3,12 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use engine::shard::ShardStats;
+
+use crate::cluster::ClusterInfo;
 
 /// Kinds of requests we count and time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,15 +184,35 @@ pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
     let _ = writeln!(out, "# HELP nacelle_connections gRPC connections open.\n# TYPE nacelle_connections gauge\nnacelle_connections {conns}");
 }
 
+/// What [`render_cluster`] reads of the node: the cluster's counters and the shards'. The
+/// cores' shared state implements it (`core::Shared`), so this module needs no core.
+pub trait ClusterSource {
+    /// The cluster, if this node is in one.
+    fn cluster(&self) -> Option<&ClusterInfo>;
+    /// Each core's shard counters, set once the core started.
+    fn shard_stats(&self) -> &[OnceLock<Arc<ShardStats>>];
+}
+
+/// The shared state is held in an `Arc`: callers pass that.
+impl<T: ClusterSource + ?Sized> ClusterSource for Arc<T> {
+    fn cluster(&self) -> Option<&ClusterInfo> {
+        (**self).cluster()
+    }
+
+    fn shard_stats(&self) -> &[OnceLock<Arc<ShardStats>>] {
+        (**self).shard_stats()
+    }
+}
+
 /// Writes the cluster series: Distro counters summed over the shards, peer traffic and
 /// member health.
-pub fn render_cluster(out: &mut String, shared: &crate::core::Shared, loaded: bool) {
-    let Some(info) = &shared.cluster else {
+pub fn render_cluster(out: &mut String, shared: &impl ClusterSource, loaded: bool) {
+    let Some(info) = shared.cluster() else {
         return;
     };
     let d = |f: fn(&engine::shard::DistroStats) -> u64| {
         shared
-            .shard_stats
+            .shard_stats()
             .iter()
             .filter_map(|s| s.get())
             .map(|s| f(&s.distro))

@@ -636,6 +636,14 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
     }
 }
 
+/// Encodes one frame's body alone, without the length prefix (what the peer transport takes:
+/// it adds the prefix itself).
+pub fn encode_body(frame: &Frame) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(256);
+    encode_frame(frame, &mut out);
+    bytes::Bytes::from(out).slice(LENGTH_PREFIX..)
+}
+
 /// Writes the canonical dotted quad of `a` into `buf`; returns its length.
 pub(super) fn write_ipv4(a: Ipv4Addr, buf: &mut [u8; 15]) -> usize {
     let mut n = 0;

@@ -42,7 +42,7 @@ mod peek;
 
 pub use decode::decode_frame;
 
-pub use encode::{encode_frame, Encoder};
+pub use encode::{encode_body, encode_frame, Encoder};
 pub use framing::FrameReader;
 pub use peek::peek_partition;
 

@@ -5,10 +5,20 @@
 //! or service owned elsewhere travel to the owner as batched mesh messages; replies come back the
 //! same way. Commands the shard emits are executed after each flush, which runs once per burst
 //! (it is scheduled behind the tasks already queued on the core).
+//!
+//! This file holds the core itself and its shard driver (the mesh, flushes, the shard's
+//! commands, timers); [`conns`] the gRPC connections, [`forward`] client writes and the
+//! router's commands, [`peer`] frames to and from peer nodes.
+
+mod conns;
+mod forward;
+mod peer;
+
+pub use conns::ConnState;
+pub use peer::CorePeerEvents;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -16,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use engine::distro::membership::MemberView;
-use engine::distro::route::{Route, RouteCommand, Router};
+use engine::distro::route::Router;
 use engine::distro::NodeId;
 use engine::model::{ClientId, Interner, ServiceKey, Str};
 use engine::shard::{
@@ -24,15 +34,14 @@ use engine::shard::{
     ShardMsg, ShardStats,
 };
 use engine::view::{ReadIndex, ServiceView};
-use futures_channel::{mpsc, oneshot};
+use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use tracing::{debug, info, warn};
-use wire::proto::Payload;
-use wire::service_info::{self, NameStyle, Query};
+use wire::peer::encode_body;
 
 use crate::admission::{thread_cpu_time, Admission, Class, Via};
-use crate::cluster::{encode_body, ClusterInfo, PeerIo};
+use crate::cluster::{ClusterInfo, PeerIo};
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
 use crate::trace::Traces;
@@ -154,6 +163,16 @@ impl Shared {
     }
 }
 
+impl crate::metrics::ClusterSource for Shared {
+    fn cluster(&self) -> Option<&ClusterInfo> {
+        self.cluster.as_deref()
+    }
+
+    fn shard_stats(&self) -> &[OnceLock<Arc<ShardStats>>] {
+        &self.shard_stats
+    }
+}
+
 /// Wall-clock unix milliseconds.
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -165,28 +184,6 @@ pub fn unix_ms() -> u64 {
 /// Returned when a core refuses work because its queues to other cores are full.
 #[derive(Debug)]
 pub struct Overloaded;
-
-/// A gRPC connection as the core tracks it.
-pub struct ConnState {
-    /// The id Nacos clients see (`<epochMs>_<ip>_<port>`).
-    pub nacos_id: String,
-    /// Peer address.
-    pub remote: SocketAddr,
-    /// ConnectionSetupRequest received: naming requests are accepted.
-    pub registered: bool,
-    /// Labels of the setup (`module=naming` for naming SDKs).
-    pub labels: HashMap<String, String>,
-    /// The bi-stream towards the client, once opened.
-    pub stream_tx: Option<mpsc::Sender<Result<Payload, tonic::Status>>>,
-    /// Last time the client sent anything (mono ms).
-    pub last_active_ms: u64,
-    /// Closes the TCP connection when fired.
-    pub kill: Option<oneshot::Sender<()>>,
-    /// Next id of a server-to-client request.
-    pub next_request_id: u64,
-    /// An unanswered ClientDetectionRequest: (request id, sent at mono ms).
-    pub detection: Option<(String, u64)>,
-}
 
 /// A core's state. See the module docs.
 pub struct Core {
@@ -335,7 +332,6 @@ impl Core {
         glommio::spawn_local(timer_loop()).detach();
     }
 
-    /// Installs the peer transport handle (core 0).
     /// Starts shutting down: pending changes go to peers now, not at the end of the merge
     /// window. Returns how many changes peers have yet to acknowledge.
     pub fn begin_drain(&mut self) -> usize {
@@ -365,6 +361,7 @@ impl Core {
         self.peer_io.as_ref().map(|io| io.borrow().transport())
     }
 
+    /// Installs the peer transport handle (core 0).
     pub fn set_peer_io(&mut self, io: Rc<RefCell<PeerIo>>) {
         self.peer_io = Some(io);
     }
@@ -400,272 +397,9 @@ impl Core {
         self.execute_commands();
     }
 
-    /// Core 0: a frame arrived from `from`. Distro frames go to the core owning their
-    /// partition undecoded; the rest is small and handled here.
-    pub fn route_peer_frame(&mut self, from: NodeId, body: Bytes) {
-        if let Some(p) = wire::peer::peek_partition(&body) {
-            let core = usize::from(p) % self.n;
-            if core == self.id {
-                self.on_peer_body(from, body);
-                self.schedule_flush();
-            } else {
-                self.send_core(core, CoreMsg::PeerIn { from, body });
-            }
-            return;
-        }
-        match wire::peer::decode_frame(&body) {
-            Ok(wire::peer::Frame::Forward { id, client, op }) => {
-                let core = client_shard(&client, self.n);
-                if core == self.id {
-                    self.accept_forward(from, id, client, op);
-                } else {
-                    self.send_core(
-                        core,
-                        CoreMsg::ForwardIn {
-                            from,
-                            id,
-                            client,
-                            op,
-                        },
-                    );
-                }
-            }
-            Ok(wire::peer::Frame::RelayedBeat { client, op }) => {
-                // A beat relayed to us as a claimant of its client (`Command::RelayBeat`).
-                if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
-                    t.event(format_args!("relayed beat from {from}: {op:?}"));
-                }
-                let owner = client_shard(&client, self.n);
-                let to_claimants = false;
-                self.route(
-                    owner,
-                    ShardMsg::BeatRelayed {
-                        client,
-                        op,
-                        to_claimants,
-                    },
-                );
-            }
-            Ok(wire::peer::Frame::ForwardReply { id, result }) => {
-                let (core, token) = (usize::from(id.core), id.token);
-                if core == self.id {
-                    self.complete(token, result);
-                } else if core < self.n {
-                    self.send_core(core, CoreMsg::Reply { token, result });
-                }
-            }
-            Ok(wire::peer::Frame::Reachable { up }) => {
-                let view = self
-                    .peer_io
-                    .as_ref()
-                    .and_then(|io| io.borrow_mut().record_reachable(from, up));
-                if let Some(view) = view {
-                    self.broadcast_members(view);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => self.refuse_peer_frame(&from, &e.to_string()),
-        }
-    }
-
-    fn refuse_peer_frame(&self, from: &NodeId, why: &str) {
-        if let Some(info) = &self.shared.cluster {
-            let n = info.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
-            // Logged sparingly: a broken peer sends many.
-            if n.is_power_of_two() {
-                warn!(peer = %from, refused = n + 1, "refused a peer frame: {why}");
-            }
-        }
-    }
-
-    fn on_peer_body(&mut self, from: NodeId, body: Bytes) {
-        match wire::peer::decode_frame(&body) {
-            Ok(wire::peer::Frame::Partition { partition, msg }) => {
-                let now = self.now();
-                if let Some(t) = &self.trace {
-                    t.peer_message("from", &from, partition, &msg);
-                }
-                let label = self
-                    .trace
-                    .as_ref()
-                    .map(|_| format!("{} from {from}", msg_kind(&msg)));
-                self.shard.handle_peer(now, from, partition, msg);
-                self.trace_step(|| label.unwrap_or_default());
-            }
-            Ok(_) => self.refuse_peer_frame(&from, "not a partition frame"),
-            Err(e) => self.refuse_peer_frame(&from, &e.to_string()),
-        }
-    }
-
-    /// Sends a frame body to a peer node (through core 0).
-    fn send_peer(&mut self, to: NodeId, body: Bytes) {
-        if let Some(io) = &self.peer_io {
-            io.borrow().send(&to, body);
-        } else if self.id != 0 {
-            self.send_core(0, CoreMsg::PeerOut { to, body });
-        }
-    }
-
-    /// A write forwarded by a peer: apply it here (never forward it again: the sender's
-    /// view made us responsible) and answer once it is readable.
-    fn accept_forward(
-        &mut self,
-        from: NodeId,
-        id: wire::peer::ForwardId,
-        client: ClientId,
-        op: ClientOp,
-    ) {
-        if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
-            t.event(format_args!("forwarded write from {from}: {op:?}"));
-        }
-        // Our view decides whether the write goes on (`route_forwarded_write`); the answer
-        // reaches the sender through `remote_waiters` whichever way the write goes.
-        self.next_token += 1;
-        let token = self.next_token;
-        self.remote_waiters.insert(token, (from.clone(), id));
-        let now = self.now();
-        let route = self
-            .router
-            .handle_forwarded_write(now.mono_ms, token, &from, client, op);
-        self.count_route(&route);
-        self.execute_route_commands();
-    }
-
-    /// Counts a routing decision in the cluster metrics.
-    fn count_route(&self, route: &Route) {
-        let Some(info) = &self.shared.cluster else {
-            return;
-        };
-        let stats = &info.stats;
-        match route {
-            Route::Local => {}
-            Route::Forward(_) => {
-                stats.forwards.fetch_add(1, Ordering::Relaxed);
-            }
-            Route::Detour(_) => {
-                stats.forwards.fetch_add(1, Ordering::Relaxed);
-                stats.detours.fetch_add(1, Ordering::Relaxed);
-            }
-            Route::Defer { .. } => {
-                stats
-                    .deferred_deregistrations
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Executes what the router decided.
-    fn execute_route_commands(&mut self) {
-        while let Some(cmd) = self.router.poll_command() {
-            match cmd {
-                RouteCommand::Apply {
-                    token,
-                    client,
-                    op,
-                    fallback,
-                } => {
-                    if fallback {
-                        if let Some(info) = &self.shared.cluster {
-                            info.stats.forward_fallbacks.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    let owner = client_shard(&client, self.n);
-                    let reply = Some(ReplyTo {
-                        shard: self.id,
-                        token,
-                    });
-                    self.route(owner, ShardMsg::Client { client, op, reply });
-                }
-                RouteCommand::Forward {
-                    to,
-                    token,
-                    client,
-                    op,
-                } => {
-                    if let Some(t) = self.trace.as_ref().and_then(|t| t.get(&client)) {
-                        t.event(format_args!("forward {op:?} to {to}"));
-                    }
-                    // Cores are fewer than 256 (`ForwardId`): `Config` uses at most one per partition.
-                    let core = self.id as u8;
-                    let id = wire::peer::ForwardId { core, token };
-                    let body = encode_body(&wire::peer::Frame::Forward { id, client, op });
-                    self.send_peer(to, body);
-                }
-                RouteCommand::RelayBeat { client, op } => {
-                    // A beat forwarded through this node tells the client's shard here that
-                    // it is alive (see `ShardMsg::BeatRelayed`).
-                    let owner = client_shard(&client, self.n);
-                    self.route(
-                        owner,
-                        ShardMsg::BeatRelayed {
-                            client,
-                            op,
-                            to_claimants: true,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
     /// Current time for the shard.
     pub fn now(&self) -> Now {
         self.shared.now()
-    }
-
-    /// Allocates a connection id whose client lives on this core.
-    pub fn open_conn(&mut self, remote: SocketAddr, kill: oneshot::Sender<()>) -> u64 {
-        self.next_conn_seq += 1;
-        let id =
-            engine::shard::conn_id(self.shared.conn_prefix, self.id, self.n, self.next_conn_seq);
-        let now = self.now();
-        self.conns.insert(
-            id,
-            ConnState {
-                nacos_id: format!("{}_{}_{}", now.unix_ms, remote.ip(), remote.port()),
-                remote,
-                registered: false,
-                labels: HashMap::new(),
-                stream_tx: None,
-                last_active_ms: now.mono_ms,
-                kill: Some(kill),
-                next_request_id: 0,
-                detection: None,
-            },
-        );
-        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        id
-    }
-
-    /// Forgets a connection and withdraws everything it published or subscribed.
-    pub fn close_conn(&mut self, id: u64, why: &str) {
-        let Some(mut conn) = self.conns.remove(&id) else {
-            return;
-        };
-        if let Some(kill) = conn.kill.take() {
-            let _ = kill.send(());
-        }
-        self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-        debug!(conn = %conn.nacos_id, remote = %conn.remote, why, "connection closed");
-        let msg = ShardMsg::Client {
-            client: ClientId::Conn(id),
-            op: ClientOp::Disconnect,
-            reply: None,
-        };
-        let now = self.now();
-        self.shard_handle(now, msg);
-        self.schedule_flush();
-    }
-
-    /// Closes a connection from the server side (idle, slow reader, bad input).
-    pub fn kill_conn(&mut self, id: u64, why: &str) {
-        if self.conns.contains_key(&id) {
-            info!(conn = id, why, "closing connection");
-            self.metrics
-                .connections_closed_by_server
-                .fetch_add(1, Ordering::Relaxed);
-            self.close_conn(id, why);
-        }
     }
 
     fn admit(&self, owner: usize) -> Result<(), Overloaded> {
@@ -674,27 +408,6 @@ impl Core {
             return Err(Overloaded);
         }
         Ok(())
-    }
-
-    /// Sends a client op where the router says (this node's shard for the client, or the
-    /// member responsible for it); the receiver completes once the change is readable (see
-    /// `Shard::handle`) or the responsible member answered.
-    pub fn submit_client(
-        &mut self,
-        client: ClientId,
-        op: ClientOp,
-    ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
-        let now = self.now();
-        if self.router.route_of(now.mono_ms, &client, &op) == Route::Local {
-            self.admit(client_shard(&client, self.n))?;
-        }
-        let (reply, rx) = self.waiter();
-        let route = self
-            .router
-            .handle_client_write(now.mono_ms, reply.token, client, op);
-        self.count_route(&route);
-        self.execute_route_commands();
-        Ok(rx)
     }
 
     /// Sends a service op to the service's owner.
@@ -769,20 +482,6 @@ impl Core {
                 client,
                 op,
             } => self.accept_forward(from, id, client, op),
-        }
-    }
-
-    fn complete(&mut self, token: u64, result: OpResult) {
-        // A forward's answer (or the shard's, after the fallback): whichever comes first.
-        self.router.handle_forward_reply(token);
-        if let Some((node, id)) = self.remote_waiters.remove(&token) {
-            let body = encode_body(&wire::peer::Frame::ForwardReply { id, result });
-            self.send_peer(node, body);
-            return;
-        }
-        if let Some(tx) = self.replies.remove(&token) {
-            // The requester may have gone (client hung up): nothing to do then.
-            let _ = tx.send(result);
         }
     }
 
@@ -910,77 +609,6 @@ impl Core {
         }
     }
 
-    /// Sends a server-to-client request on a connection's stream; closes the connection if
-    /// its queue is full (a client that does not read cannot make the server buffer forever).
-    pub fn send_to_client(
-        &mut self,
-        conn_id: u64,
-        kind: &str,
-        body_fields: &[u8],
-    ) -> Option<String> {
-        let conn = self.conns.get_mut(&conn_id)?;
-        let tx = conn.stream_tx.as_mut()?;
-        conn.next_request_id += 1;
-        let request_id = conn.next_request_id.to_string();
-        let mut json = Vec::with_capacity(64 + body_fields.len());
-        json.extend_from_slice(b"{\"headers\":{},\"requestId\":");
-        wire::payload::push_str(&mut json, &request_id);
-        if !body_fields.is_empty() {
-            json.push(b',');
-            json.extend_from_slice(body_fields);
-        }
-        json.extend_from_slice(b"}");
-        match tx.try_send(Ok(wire::payload::seal(kind, json))) {
-            Ok(()) => Some(request_id),
-            Err(e) if e.is_full() => {
-                self.metrics.pushes_dropped.fetch_add(1, Ordering::Relaxed);
-                self.kill_conn(
-                    conn_id,
-                    "send queue full: the client does not read its stream",
-                );
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    fn deliver_push(&mut self, subscriber: u64, clusters: &str, view: &ServiceView) {
-        if self
-            .conns
-            .get(&subscriber)
-            .is_none_or(|c| c.stream_tx.is_none())
-        {
-            return;
-        }
-        let mut fields = Vec::with_capacity(256 + view.instance_count * 360);
-        fields.extend_from_slice(b"\"namespace\":");
-        wire::payload::push_str(&mut fields, view.key.namespace());
-        fields.extend_from_slice(b",\"serviceName\":");
-        wire::payload::push_str(&mut fields, view.key.name());
-        fields.extend_from_slice(b",\"groupName\":");
-        wire::payload::push_str(&mut fields, view.key.group());
-        fields.extend_from_slice(b",\"serviceInfo\":");
-        let query = Query {
-            clusters,
-            healthy_only: false,
-        };
-        service_info::with_service_info(
-            &view.key,
-            Some(view),
-            NameStyle::Bare,
-            query,
-            view.last_ref_ms,
-            |b| fields.extend_from_slice(b),
-        );
-        fields.extend_from_slice(b",\"module\":\"naming\"");
-        if self
-            .send_to_client(subscriber, "NotifySubscriberRequest", &fields)
-            .is_some()
-        {
-            self.metrics.pushes_sent.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     fn on_timer(&mut self) {
         let now = self.now();
         if self
@@ -1026,54 +654,6 @@ impl Core {
                     clients = stats.distro.snapshot_received.load(Ordering::Relaxed),
                     "startup snapshot loaded"
                 );
-            }
-        }
-    }
-
-    /// Nacos's ClientDetection: ask idle connections whether they are alive; close those that
-    /// did not answer the previous question in time.
-    fn detect_idle_clients(&mut self) {
-        let now = self.now().mono_ms;
-        let idle_ms = self.shared.cfg.client_idle_ms;
-        let wait_ms = self.shared.cfg.client_detect_wait_ms;
-        let mut dead = Vec::new();
-        let mut ask = Vec::new();
-        for (id, conn) in &self.conns {
-            match &conn.detection {
-                Some((_, sent)) if now.saturating_sub(*sent) >= wait_ms => dead.push(*id),
-                Some(_) => {}
-                None if now.saturating_sub(conn.last_active_ms) >= idle_ms => ask.push(*id),
-                None => {}
-            }
-        }
-        for id in dead {
-            self.kill_conn(id, "no answer to ClientDetectionRequest");
-        }
-        for id in ask {
-            let has_stream = self.conns.get(&id).is_some_and(|c| c.stream_tx.is_some());
-            if !has_stream {
-                // A connection that never opened its stream and stays silent is half-open.
-                self.kill_conn(id, "idle without a bi-stream");
-                continue;
-            }
-            if let Some(rid) =
-                self.send_to_client(id, "ClientDetectionRequest", b"\"module\":\"internal\"")
-            {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.detection = Some((rid, now));
-                }
-            }
-        }
-    }
-
-    /// Notes that a connection showed life; `answered` is the request id it acknowledged.
-    pub fn touch_conn(&mut self, id: u64, answered: Option<&str>) {
-        let now = self.now().mono_ms;
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.last_active_ms = now;
-            if answered.is_some() || conn.detection.is_some() {
-                // Any traffic proves the client alive, not only the matching answer.
-                conn.detection = None;
             }
         }
     }
@@ -1166,21 +746,5 @@ async fn timer_loop() {
             since_gc = Duration::ZERO;
             with_core(|c| c.collect_garbage());
         }
-    }
-}
-
-/// A peer message's name, for traces.
-fn msg_kind(msg: &engine::distro::PeerMsg) -> &'static str {
-    use engine::distro::PeerMsg as M;
-    match msg {
-        M::Sync { .. } => "Sync",
-        M::SyncAck { .. } => "SyncAck",
-        M::Digest { .. } => "Digest",
-        M::SliceDigests { .. } => "SliceDigests",
-        M::SliceClients { .. } => "SliceClients",
-        M::Resync { .. } => "Resync",
-        M::SnapshotRequest { .. } => "SnapshotRequest",
-        M::SnapshotChunk { .. } => "SnapshotChunk",
-        M::SnapshotAck { .. } => "SnapshotAck",
     }
 }
