@@ -41,11 +41,6 @@ pub struct MemberView {
 }
 
 impl MemberView {
-    /// A standalone node's view (no peers).
-    pub fn standalone() -> MemberView {
-        MemberView::default()
-    }
-
     /// The member that reaches `node` for us, if only another member reaches it.
     pub fn voucher_of(&self, node: &NodeId) -> Option<&NodeId> {
         self.vouched.iter().find(|(n, _)| n == node).map(|(_, v)| v)
@@ -101,11 +96,6 @@ impl Membership {
     pub fn with_reverted(mut self, reverted: Reverted) -> Membership {
         self.reverted = reverted;
         self
-    }
-
-    /// This node.
-    pub fn me(&self) -> &NodeId {
-        &self.me
     }
 
     /// The member list changed: forgets removed peers; new ones start SUSPICIOUS (not

@@ -276,14 +276,7 @@ impl World {
                 .collect();
             for c in ids {
                 eprintln!("{c}:");
-                for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
-                    let shard = client_shard(&c, n.shard_count);
-                    eprintln!(
-                        "  node {k} sees responsible {:?}: {}",
-                        n.members.responsible_for(&c),
-                        n.shards[shard].describe_client(&c)
-                    );
-                }
+                self.print_client_on_every_node(&c);
             }
         }
         if let Ok(addr) = std::env::var("DISTRO_ADDR") {
@@ -291,15 +284,7 @@ impl World {
             if let Some((ip, port)) = addr.split_once(':') {
                 let ip: Ipv4Addr = ip.parse().expect("DISTRO_ADDR=ip:port");
                 let port: u16 = port.parse().expect("DISTRO_ADDR=ip:port");
-                let c = ClientId::for_address(&Host::V4(ip), port);
-                for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
-                    let shard = client_shard(&c, n.shard_count);
-                    eprintln!(
-                        "  node {k} sees responsible {:?}: {}",
-                        n.members.responsible_for(&c),
-                        n.shards[shard].describe_client(&c)
-                    );
-                }
+                self.print_client_on_every_node(&ClientId::for_address(&Host::V4(ip), port));
             }
         }
         let digests = after.digest - before.digest;
@@ -309,6 +294,18 @@ impl World {
             self.violations.push(format!(
                 "I7: expected {expected} digests in one round, saw {digests}"
             ));
+        }
+    }
+
+    /// What each running node holds of `c` and whom it makes responsible (for replays).
+    fn print_client_on_every_node(&self, c: &ClientId) {
+        for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+            let shard = client_shard(c, n.shard_count);
+            eprintln!(
+                "  node {k} sees responsible {:?}: {}",
+                n.members.responsible_for(c),
+                n.shards[shard].describe_client(c)
+            );
         }
     }
 
