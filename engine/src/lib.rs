@@ -19,6 +19,9 @@
 //!   (our changes to peers), `inbound` (peers' changes to our copies), `claims`,
 //!   `membership`, `verify`, `housekeeping` (retries, leases), `snapshot` (startup load and
 //!   serving), `status` (introspection); `mod.rs` holds the shared state.
+//! - [`store`]: the replicated state machine of the CP half (persistent instances, service
+//!   and cluster definitions), applied in Raft log order on every node; its effects feed the
+//!   shards.
 //! - [`distro`]: the pure parts of Distro (`PeerMsg`, partitions, digests, the membership
 //!   view, settings); `DISTRO.md` at the repository root is the specification.
 //!
@@ -33,6 +36,7 @@
 pub mod distro;
 pub mod model;
 pub mod shard;
+pub mod store;
 pub mod view;
 
 pub use model::{ClientId, Host, Instance, InstanceSpec, Interner, Metadata, ServiceKey, Str};
