@@ -44,4 +44,4 @@ pub use shard::{
     ClientOp, Command, Now, OpError, OpOutcome, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
     ShardMsg,
 };
-pub use view::{ReadIndex, ServiceView};
+pub use view::{InstanceKind, ReadIndex, ServiceView};

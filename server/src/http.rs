@@ -302,6 +302,11 @@ async fn register(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let spec = p.instance_spec()?;
     let instance = with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?;
+    if !instance.ephemeral {
+        return Err(bad(
+            "persistent instances (ephemeral=false) are not supported yet",
+        ));
+    }
     let client = ClientId::for_address(&instance.host, instance.port);
     submit(
         client,
@@ -440,7 +445,7 @@ fn instance_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
         let mut out = String::with_capacity(256);
         let _ = write!(
             out,
-            "{{\"service\":{},\"ip\":{},\"port\":{},\"clusterName\":{},\"weight\":{},\"healthy\":{},\"enabled\":{},\"ephemeral\":true,\"instanceId\":{},\"metadata\":{}}}",
+            "{{\"service\":{},\"ip\":{},\"port\":{},\"clusterName\":{},\"weight\":{},\"healthy\":{},\"enabled\":{},\"ephemeral\":{},\"instanceId\":{},\"metadata\":{}}}",
             json_str(&key.grouped_name()),
             json_str(&inst.host.to_string()),
             inst.port,
@@ -448,6 +453,7 @@ fn instance_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
             serde_json::to_string(&inst.weight).unwrap_or_else(|_| "1.0".into()),
             inst.healthy,
             inst.enabled,
+            inst.ephemeral,
             json_str(&inst.id_for(&key)),
             inst.metadata().json()
         );

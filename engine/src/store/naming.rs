@@ -641,4 +641,5 @@ impl NamingSpace {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -465,6 +465,19 @@ impl Encoder {
                 name: Some(self.fbb.create_string(name)),
                 ..Default::default()
             },
+            // Never sent: the shards keep persistent clients out of every Distro message
+            // (they travel through Raft). Should one slip through, the peer sees an HTTP
+            // client named `host#false` that nobody beats and that expires; no real client
+            // has that name, so nothing real is shadowed.
+            ClientId::Persistent(host, port) => {
+                debug_assert!(false, "a persistent client in a Distro message");
+                fb::ClientArgs {
+                    kind: fb::ClientKind::Named,
+                    port: *port,
+                    name: Some(self.fbb.create_string(&format!("{host}#false"))),
+                    ..Default::default()
+                }
+            }
         };
         fb::Client::create(&mut self.fbb, &args)
     }
