@@ -21,6 +21,9 @@
 //!   serving), `status` (introspection); `mod.rs` holds the shared state.
 //! - [`distro`]: the pure parts of Distro (`PeerMsg`, partitions, digests, the membership
 //!   view, settings); `DISTRO.md` at the repository root is the specification.
+//! - [`health`]: server-side health checks of persistent instances: the per-core
+//!   [`health::HealthChecker`] scheduler (probes, thresholds, flips) and the Nacos
+//!   `healthChecker` specs ([`health::spec`]).
 //!
 //! # Why this shape
 //! A core owns a hash slice of clients and a hash slice of services, so no write needs a lock:
@@ -31,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod distro;
+pub mod health;
 pub mod model;
 pub mod shard;
 pub mod view;
