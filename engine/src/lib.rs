@@ -24,6 +24,9 @@
 //!   shards.
 //! - [`distro`]: the pure parts of Distro (`PeerMsg`, partitions, digests, the membership
 //!   view, settings); `DISTRO.md` at the repository root is the specification.
+//! - [`health`]: server-side health checks of persistent instances: the per-core
+//!   [`health::HealthChecker`] scheduler (probes, thresholds, flips) and the Nacos
+//!   `healthChecker` specs ([`health::spec`]).
 //!
 //! # Why this shape
 //! A core owns a hash slice of clients and a hash slice of services, so no write needs a lock:
@@ -34,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod distro;
+pub mod health;
 pub mod model;
 pub mod shard;
 pub mod store;

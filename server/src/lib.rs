@@ -17,6 +17,8 @@
 //! - `admission`: overload shedding: which requests a busy core still serves.
 //! - `grpc`: the Nacos SDK protocol (9848): unary requests and the bi-stream; `grpc_unary`:
 //!   the unary request route.
+//! - `health_probe`: the TCP and HTTP probes of persistent instances' health checks (the
+//!   engine's `health::HealthChecker` decides when and what they mean).
 //! - `http`: the Nacos OpenAPI v1/v2 (8848) and Prometheus `/metrics`.
 //! - `metrics`: per-core counters and latency histograms.
 //! - `rt`: hyper/tonic on glommio (executor, timer, IO).
@@ -32,6 +34,9 @@ pub mod config;
 mod core;
 mod grpc;
 mod grpc_unary;
+// Not wired into the cores yet: the lead integrates it with the engine's HealthChecker.
+#[allow(dead_code)]
+mod health_probe;
 mod http;
 mod metrics;
 pub mod peer;
