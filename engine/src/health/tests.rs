@@ -497,3 +497,100 @@ fn probe_latencies_are_summed_and_bucketed() {
     assert_eq!(s.latency, expect);
     assert_eq!((s.probes, s.ok), (4, 4));
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Add(u16, bool),
+        Remove(u16),
+        Advance(u64),
+        Answer(usize, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u16..6, any::<bool>()).prop_map(|(p, h)| Op::Add(p, h)),
+            (0u16..6).prop_map(Op::Remove),
+            (0u64..4_000).prop_map(Op::Advance),
+            (0usize..8, 0u8..5).prop_map(|(i, r)| Op::Answer(i, r)),
+        ]
+    }
+
+    const KEYS: [&str; 6] = ["k0", "k1", "k2", "k3", "k4", "k5"];
+
+    proptest! {
+        /// Whatever the order of inputs: never more than `max_in_flight` probes out, never two
+        /// for one target, and every flip changes the flag the driver knows.
+        #[test]
+        fn bounds_and_flips_hold_for_any_input(ops in proptest::collection::vec(op(), 1..200)) {
+            let max = 3;
+            let mut hc = Checker::new(HealthConfig { max_in_flight: max, ..cfg() });
+            let deadline = hc.config().probe_deadline_ms;
+            let mut now = 0u64;
+            // Per target: the flag the driver knows, and its probe out (id, start).
+            let mut flag: HashMap<u16, bool> = HashMap::new();
+            let mut live: HashMap<u16, (u64, u64)> = HashMap::new();
+            // Every probe not answered yet (removed targets' ones included).
+            let mut out: Vec<(u64, u16)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Add(p, h) => {
+                        hc.handle_add(now, KEYS[p as usize], addr(p), tcp(), h).expect("room");
+                        flag.insert(p, h);
+                    }
+                    Op::Remove(p) => {
+                        hc.handle_remove(&KEYS[p as usize]);
+                        flag.remove(&p);
+                        live.remove(&p);
+                    }
+                    Op::Advance(dt) => {
+                        now += dt;
+                        hc.handle_timeout(now);
+                    }
+                    Op::Answer(i, r) => {
+                        if !out.is_empty() {
+                            let (id, p) = out.remove(i % out.len());
+                            if live.get(&p).is_some_and(|(l, _)| *l == id) {
+                                live.remove(&p);
+                            }
+                            let result = [
+                                ProbeResult::Connected,
+                                ProbeResult::Timeout,
+                                ProbeResult::Refused,
+                                ProbeResult::Status(503),
+                                ProbeResult::Status(200),
+                            ][r as usize];
+                            hc.handle_result(now, id, result);
+                        }
+                    }
+                }
+                // Probes past their deadline are over for the checker.
+                live.retain(|_, (_, at)| now < *at + deadline);
+                while let Some(cmd) = hc.poll_command() {
+                    match cmd {
+                        HealthCommand::Probe { id, addr, .. } => {
+                            let p = addr.port();
+                            prop_assert!(flag.contains_key(&p), "probe for a removed target");
+                            prop_assert!(!live.contains_key(&p), "two probes out for {}", p);
+                            live.insert(p, (id, now));
+                            out.push((id, p));
+                        }
+                        HealthCommand::Flip { target, healthy } => {
+                            let p = KEYS.iter().position(|k| *k == target).expect("key") as u16;
+                            prop_assert_eq!(flag.get(&p).copied(), Some(!healthy));
+                            flag.insert(p, healthy);
+                        }
+                    }
+                }
+                prop_assert!(hc.in_flight() <= max);
+                for (p, h) in &flag {
+                    prop_assert_eq!(hc.healthy(&KEYS[*p as usize]), Some(*h));
+                }
+            }
+        }
+    }
+}
