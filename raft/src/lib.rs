@@ -6,7 +6,12 @@
 
 pub mod files;
 pub mod log_store;
+pub mod network;
+mod node;
 pub mod state_machine;
+
+pub use network::{ForwardError, Forwarded, RaftMessage, Reply, Request, Transport};
+pub use node::{Metrics, RaftConfig, RaftHandle, RaftNode, Role, StartError, WriteError, Written};
 
 use engine::store::StoreCommand;
 use serde::{Deserialize, Serialize};
