@@ -103,6 +103,9 @@ pub struct LogShared {
     pub fsyncs: AtomicU64,
 }
 
+/// A record's postcard bytes, and the entry it holds (for the index and the cache).
+type EncodedRecord = (Vec<u8>, Option<(LogId<NodeId>, Entry)>);
+
 struct FlushReq {
     files: Vec<Arc<File>>,
     done: LogFlushed<TypeConfig>,
@@ -329,7 +332,7 @@ impl Inner {
                 }
                 Record::Entry(entry) => {
                     let log_id = entry.log_id;
-                    if !self.purged.is_some_and(|p| log_id.index <= p.index) {
+                    if self.purged.is_none_or(|p| log_id.index > p.index) {
                         let pos = Pos {
                             log_id,
                             seg: seq,
@@ -398,7 +401,7 @@ impl Inner {
     /// Appends encoded records to the tail segment; returns the files written.
     fn write_records(
         &mut self,
-        records: &[(Vec<u8>, Option<(LogId<NodeId>, Entry)>)],
+        records: &[EncodedRecord],
         files: &mut Vec<Arc<File>>,
     ) -> Result<(), FileError> {
         for (payload, entry) in records {

@@ -6,14 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{no_tweak, register, rt, sink, Cluster, Model};
+use common::{no_tweak, register, rt, sink, Cluster, NoNet};
 use engine::store::StoreResponse;
 use nacelle_raft::{RaftConfig, RaftNode, Role, StartError, WriteError};
-
-struct NoNet;
-impl nacelle_raft::Transport for NoNet {
-    fn send(&self, _: u64, _: nacelle_raft::RaftMessage) {}
-}
 
 #[test]
 fn standalone_writes_are_applied_before_they_resolve_and_survive_restart() {
@@ -304,5 +299,4 @@ fn a_new_member_joins_as_learner_gets_a_snapshot_is_promoted_and_can_be_removed(
         std::thread::sleep(Duration::from_millis(50));
     }
     c.stop_all();
-    let _ = Model::default();
 }

@@ -306,9 +306,7 @@ fn segments_rotate_truncate_and_purge() {
 fn a_locked_directory_is_refused_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _held = nacelle_raft::files::DirLock::acquire(dir.path()).expect("first lock");
-    let err = nacelle_raft::files::DirLock::acquire(dir.path())
-        .err()
-        .expect("second lock must fail");
+    let err = nacelle_raft::files::DirLock::acquire(dir.path()).expect_err("second lock must fail");
     assert_eq!(err.path, dir.path());
     assert!(err.what.contains("locked"), "{err}");
 }

@@ -12,6 +12,13 @@ use engine::store::naming::{NamingCommand, NamingEffect, PersistentInstance, Ser
 use engine::store::{StoreCommand, StoreEffect};
 use nacelle_raft::{NodeId, RaftConfig, RaftHandle, RaftMessage, RaftNode, Role, Transport};
 
+/// A transport for a node alone.
+pub struct NoNet;
+
+impl Transport for NoNet {
+    fn send(&self, _: NodeId, _: RaftMessage) {}
+}
+
 #[derive(Default)]
 pub struct Net {
     nodes: Mutex<HashMap<NodeId, RaftHandle>>,
