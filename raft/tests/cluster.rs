@@ -229,6 +229,32 @@ fn small_snapshots(c: &mut RaftConfig) {
 }
 
 #[test]
+fn restart_after_snapshots_and_purges_keeps_every_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut c = Cluster::new(dir.path(), &[1], small_snapshots);
+    c.wait_leader(Duration::from_secs(5));
+    let mut want = BTreeSet::new();
+    rt.block_on(async {
+        for port in 0..120u16 {
+            c.h(1).write(register("r", port)).await.expect("write");
+            want.insert(("r".to_string(), port));
+        }
+    });
+    let t = Instant::now();
+    while c.h(1).metrics().snapshots_built < 3 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", c.h(1).metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(c.h(1).metrics().log_entries < 120, "{:?}", c.h(1).metrics());
+    c.stop(1);
+    c.start(1);
+    c.wait_leader(Duration::from_secs(5));
+    c.wait_converged(&want, Duration::from_secs(5));
+    c.stop_all();
+}
+
+#[test]
 fn a_new_member_joins_as_learner_gets_a_snapshot_is_promoted_and_can_be_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
