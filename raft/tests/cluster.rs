@@ -243,7 +243,11 @@ fn restart_after_snapshots_and_purges_keeps_every_write() {
     });
     let t = Instant::now();
     while c.h(1).metrics().snapshots_built < 3 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", c.h(1).metrics());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            c.h(1).metrics()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(c.h(1).metrics().log_entries < 120, "{:?}", c.h(1).metrics());

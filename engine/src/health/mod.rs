@@ -596,3 +596,11 @@ impl<K: Clone + Eq + Hash> HealthChecker<K> {
         self.schedule_next(now_ms, target);
     }
 }
+
+/// Whether this member checks the persistent instance at `host:port`: the member the
+/// responsibility ring names for that address, as for a heartbeat client at it (Nacos's
+/// `HealthCheckResponsibleInterceptor` hashes the client's `ip:port` over the same ring as
+/// Distro). A standalone node checks everything.
+pub fn checks_here(members: &crate::distro::Members, host: &crate::model::Host, port: u16) -> bool {
+    members.is_mine(&crate::model::ClientId::for_address(host, port))
+}

@@ -300,6 +300,43 @@ impl ProbeResult {
     }
 }
 
+/// A stored checker (the Raft store's cluster definition) as the check it runs.
+impl From<&crate::store::naming::HealthChecker> for CheckSpec {
+    fn from(stored: &crate::store::naming::HealthChecker) -> CheckSpec {
+        use crate::store::naming::HealthChecker as Stored;
+        match stored {
+            Stored::Tcp => CheckSpec::Tcp,
+            Stored::Http { path, headers } => CheckSpec::Http(HttpCheck {
+                path: path.as_str().into(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                    .collect(),
+            }),
+            Stored::None => CheckSpec::None,
+        }
+    }
+}
+
+/// A parsed check in the store's form.
+impl From<&CheckSpec> for crate::store::naming::HealthChecker {
+    fn from(spec: &CheckSpec) -> crate::store::naming::HealthChecker {
+        use crate::store::naming::HealthChecker as Stored;
+        match spec {
+            CheckSpec::Tcp => Stored::Tcp,
+            CheckSpec::Http(h) => Stored::Http {
+                path: h.path.to_string(),
+                headers: h
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            CheckSpec::None => Stored::None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -186,8 +186,8 @@ pub enum NamingCommand {
         /// Service.
         service: ServiceRef,
     },
-    /// Creates or replaces a cluster definition of a service that exists (defined, or with
-    /// persistent instances).
+    /// Creates or replaces a cluster definition. The front end refuses it for a service it
+    /// does not know; the store cannot tell (a service of ephemeral instances is not in it).
     DefineCluster {
         /// Service.
         service: ServiceRef,
@@ -474,7 +474,7 @@ impl NamingSpace {
             }
             Some(false) if defined => {
                 return StoreResponse::refused(
-                    409,
+                    400,
                     format!(
                         "specified service {} already exists",
                         service.grouped_name()
@@ -556,12 +556,7 @@ impl NamingSpace {
         definition: &ClusterDefinition,
         effect: &mut dyn FnMut(NamingEffect),
     ) -> StoreResponse {
-        let Some(record) = self.services.get_mut(service) else {
-            return StoreResponse::refused(
-                404,
-                format!("service not found:{}", service.grouped_name()),
-            );
-        };
+        let record = self.services.entry(service.clone()).or_default();
         if record.clusters.get(cluster) == Some(definition) {
             return StoreResponse::done(false);
         }

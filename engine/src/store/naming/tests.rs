@@ -234,7 +234,7 @@ fn service_definitions_honour_post_and_put_existence_rules() {
     );
     assert!(matches!(
         apply(&mut store, post).0,
-        StoreResponse::Refused { code: 409, .. }
+        StoreResponse::Refused { code: 400, .. }
     ));
     assert_eq!(apply(&mut store, put), (StoreResponse::done(false), vec![]));
 }
@@ -291,17 +291,22 @@ fn deleting_a_service_reports_its_definitions_gone() {
 }
 
 #[test]
-fn a_cluster_of_an_unknown_service_is_refused() {
+fn a_cluster_definition_may_come_before_any_instance() {
     let mut store = Store::default();
     let cluster = NamingCommand::DefineCluster {
-        service: svc("nope"),
+        service: svc("later"),
         cluster: "DEFAULT".into(),
         definition: ClusterDefinition::default(),
     };
-    assert!(matches!(
-        apply(&mut store, cluster).0,
-        StoreResponse::Refused { code: 404, .. }
-    ));
+    assert_eq!(
+        apply(&mut store, cluster.clone()).0,
+        StoreResponse::done(true)
+    );
+    assert_eq!(
+        apply(&mut store, cluster),
+        (StoreResponse::done(false), vec![])
+    );
+    assert_eq!(store.len(), 1);
 }
 
 #[test]
