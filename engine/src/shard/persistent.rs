@@ -8,7 +8,10 @@
 //! same messages to its own shards; Distro skips these clients.
 
 use crate::model::{ClientId, Host, Instance, InvalidInput, Metadata, ServiceKey, Str};
-use crate::store::naming::{ClusterDefinition, NamingEffect, PersistentInstance, ServiceRef};
+use crate::store::naming::{
+    ClusterDefinition, NamingCommand, NamingEffect, PersistentInstance, ServiceRef,
+};
+use crate::store::StoreCommand;
 
 use super::{ClientOp, ServiceOp, ShardMsg};
 
@@ -53,6 +56,53 @@ pub fn instance_of(stored: &PersistentInstance) -> Result<Instance, InvalidInput
     )?;
     instance.ephemeral = false;
     Ok(instance)
+}
+
+/// Whether `cmd` holds only what the registry accepts from a client: the check a node makes
+/// before it proposes a command that another node sent it (a follower's forwarded writes), so
+/// a peer cannot put into the log what a client could not. Committed entries are not checked
+/// this way: refusing one would stop replication for good, and [`action_for`] already keeps
+/// an invalid record out of the views.
+pub fn check_command(cmd: &StoreCommand) -> Result<(), InvalidInput> {
+    let StoreCommand::Naming(cmd) = cmd;
+    match cmd {
+        NamingCommand::Register { service, instance } => {
+            service_key(service)?;
+            instance_of(instance).map(drop)
+        }
+        NamingCommand::Update {
+            service,
+            ip,
+            change,
+            ..
+        } => {
+            service_key(service)?;
+            Host::parse(ip)?;
+            match &change.metadata {
+                Some(m) => Metadata::from_map(m).map(drop),
+                None => Ok(()),
+            }
+        }
+        NamingCommand::Deregister { service, ip, .. }
+        | NamingCommand::SetHealth { service, ip, .. } => {
+            service_key(service)?;
+            Host::parse(ip).map(drop)
+        }
+        NamingCommand::DefineService { service, .. } | NamingCommand::DeleteService { service } => {
+            service_key(service).map(drop)
+        }
+        NamingCommand::DefineCluster {
+            service, cluster, ..
+        } => {
+            service_key(service)?;
+            if cluster.is_empty() || cluster.len() > 256 {
+                return Err(InvalidInput(format!(
+                    "cluster name {cluster:?} is not valid"
+                )));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The action for `effect`. An error means the store holds a record the registry would not

@@ -149,6 +149,16 @@ impl Encoder {
                 let t = fb::Reachable::create(&mut self.fbb, &fb::ReachableArgs { up: Some(up) });
                 (fb::FrameBody::Reachable, t.as_union_value())
             }
+            Frame::Raft { payload } => {
+                let payload = self.fbb.create_vector(payload);
+                let t = fb::Raft::create(
+                    &mut self.fbb,
+                    &fb::RaftArgs {
+                        payload: Some(payload),
+                    },
+                );
+                (fb::FrameBody::Raft, t.as_union_value())
+            }
         };
         let root = fb::Frame::create(
             &mut self.fbb,
