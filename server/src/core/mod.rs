@@ -31,8 +31,8 @@ use engine::distro::route::Router;
 use engine::distro::NodeId;
 use engine::model::{ClientId, Interner, ServiceKey, Str};
 use engine::shard::{
-    client_shard, ClientOp, Command, Now, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
-    ShardMsg, ShardStats,
+    client_shard, ClientOp, Command, Now, OpResult, ReplyTo, Shard, ShardConfig, ShardMsg,
+    ShardStats,
 };
 use engine::view::{ReadIndex, ServiceView};
 use futures_channel::oneshot;
@@ -118,7 +118,7 @@ pub struct Shared {
     pub cluster: Option<Arc<ClusterInfo>>,
     /// The CP half (Raft store of persistent instances and definitions); `None` only in
     /// tests of the AP half alone.
-    pub cp: Option<Arc<crate::cp::Cp>>,
+    pub cp: Arc<crate::cp::Cp>,
     /// Set on SIGTERM/SIGINT: the node refuses client writes (they fail over to another
     /// node) while it delivers what it already accepted to its peers.
     pub draining: std::sync::atomic::AtomicBool,
@@ -138,7 +138,7 @@ impl Shared {
     pub fn new(
         cfg: Config,
         cluster: Option<Arc<ClusterInfo>>,
-        cp: Option<Arc<crate::cp::Cp>>,
+        cp: Arc<crate::cp::Cp>,
     ) -> Arc<Shared> {
         let n = cfg.cores;
         Arc::new(Shared {
@@ -392,6 +392,14 @@ impl Core {
 
     /// Gives every core (this one included) a new membership view.
     pub fn broadcast_members(&mut self, view: MemberView) {
+        // The Raft group follows the configured member list, whatever their health.
+        if let Some(me) = &view.members.me {
+            let peers = view.members.peers.iter().map(|(n, _)| n);
+            self.shared
+                .cp
+                .raft()
+                .set_members(crate::cp::peers::raft_ids(me, peers));
+        }
         for core in 0..self.n {
             if core != self.id {
                 self.send_core(core, CoreMsg::Members(view.clone()));
@@ -425,26 +433,6 @@ impl Core {
             return Err(Overloaded);
         }
         Ok(())
-    }
-
-    /// Sends a service op to the service's owner.
-    pub fn submit_service(
-        &mut self,
-        service: ServiceKey,
-        op: ServiceOp,
-    ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
-        let owner = self.shared.index.owner_of(&service);
-        self.admit(owner)?;
-        let (to, rx) = self.waiter();
-        self.route(
-            owner,
-            ShardMsg::Service {
-                service,
-                op,
-                reply: Some(to),
-            },
-        );
-        Ok(rx)
     }
 
     /// A waiter for a CP barrier: completes when the barrier's reply reaches this core.

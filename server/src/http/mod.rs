@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use engine::model::{ClientId, ServiceKey};
-use engine::shard::{ClientOp, OpError, OpOutcome, ServiceOp};
+use engine::model::ClientId;
+use engine::shard::{ClientOp, OpError, OpOutcome};
 use glommio::net::TcpListener;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -281,10 +281,6 @@ fn ok_answer(api: Api) -> Resp {
 
 async fn submit(client: ClientId, op: ClientOp) -> Result<OpOutcome, Failure> {
     outcome(with_core(|c| c.submit_client(client, op))).await
-}
-
-async fn service_op(service: ServiceKey, op: ServiceOp) -> Result<OpOutcome, Failure> {
-    outcome(with_core(|c| c.submit_service(service, op))).await
 }
 
 /// Waits for the owner shard's answer to a submitted op.
@@ -563,9 +559,7 @@ fn prometheus() -> Resp {
         let _ = writeln!(out, "# HELP nacelle_answer_cache_bytes Bytes of cached encoded answers.\n# TYPE nacelle_answer_cache_bytes gauge\nnacelle_answer_cache_bytes {cache}");
         crate::metrics::render_requests(&mut out, &s.metrics);
         crate::metrics::render_cluster(&mut out, s, c.all_loaded());
-        if let Some(cp) = &s.cp {
-            crate::metrics::render_raft(&mut out, &cp.raft().metrics());
-        }
+        crate::metrics::render_raft(&mut out, &s.cp.raft().metrics());
     });
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(
