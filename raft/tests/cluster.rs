@@ -80,6 +80,38 @@ fn a_second_node_on_the_same_directory_is_refused() {
 }
 
 #[test]
+fn a_directory_written_by_another_node_id_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut c = Cluster::new(dir.path(), &[1], no_tweak);
+    c.wait_leader(Duration::from_secs(5));
+    rt.block_on(c.h(1).write(register("s", 1))).expect("write");
+    c.stop(1);
+    // Node 1's directory under another id (a standalone node's data started as a member).
+    let other = RaftNode::start(
+        RaftConfig::new(7, [7, 8, 9].into(), c.dir(1)),
+        NoNet,
+        sink(Default::default()),
+    );
+    match other {
+        Err(StartError::Storage(e)) => {
+            assert_eq!(e.path, c.dir(1).join("raft").join("NODE"));
+            assert!(
+                e.what.contains("belongs to node 1, not to this node (7)"),
+                "{e}"
+            );
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("started on another node's directory"),
+    }
+    // Its owner still starts, with its data.
+    c.start(1);
+    c.wait_leader(Duration::from_secs(5));
+    c.wait_converged(&[("s".to_string(), 1)].into(), Duration::from_secs(5));
+    c.stop_all();
+}
+
+#[test]
 fn three_nodes_write_anywhere_survive_leader_loss_and_full_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
