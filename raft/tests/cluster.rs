@@ -255,6 +255,58 @@ fn a_cut_off_node_fails_its_writes_in_bounded_time_and_converges_after_heal() {
     c.stop_all();
 }
 
+#[test]
+fn a_cut_off_leader_acknowledges_nothing_and_its_uncommitted_write_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut c = Cluster::new(dir.path(), &[1, 2, 3], no_tweak);
+    let old = c.wait_leader(Duration::from_secs(10));
+    let mut want = BTreeSet::new();
+    rt.block_on(async {
+        c.h(old)
+            .write(register("q", 1))
+            .await
+            .expect("write before the cut");
+    });
+    want.insert(("q".to_string(), 1));
+    c.wait_converged(&want, Duration::from_secs(5));
+
+    // The leader is alone: it appends the write to its own log but no majority has it, so it
+    // must not answer success — an error within the bound, whatever it still believes.
+    c.net.cut(old);
+    rt.block_on(async {
+        let t = Instant::now();
+        let r = c.h(old).write(register("q", 2)).await;
+        assert!(
+            r.is_err(),
+            "a leader without a majority acknowledged a write: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(3500),
+            "took {:?}",
+            t.elapsed()
+        );
+    });
+    // The other two elect a leader and go on.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    rt.block_on(async {
+        let t = Instant::now();
+        loop {
+            match c.h(others[0]).write(register("q", 3)).await {
+                Ok(_) => break,
+                Err(e) => assert!(t.elapsed() < Duration::from_secs(8), "majority: {e}"),
+            }
+        }
+    });
+    want.insert(("q".to_string(), 3));
+    // Healed, the old leader takes the new leader's log: its unacknowledged entry is cut off
+    // its log and never applied anywhere.
+    c.net.heal(old);
+    c.wait_converged(&want, Duration::from_secs(10));
+    assert_ne!(c.h(old).metrics().leader, Some(old));
+    c.stop_all();
+}
+
 fn small_snapshots(c: &mut RaftConfig) {
     c.snapshot_every = 20;
     c.keep_after_snapshot = 0;

@@ -2,6 +2,14 @@
 //!
 //! HTTP instances belong to `ip:port` heartbeat clients: their writes go to the core owning
 //! that client; reads come from the published views of whatever core accepted the request.
+//!
+//! # Layout
+//! - this file: the router, the reads (instance list and detail, service list and detail),
+//!   beats, `/metrics`;
+//! - `writes`: registrations, updates, deregistrations, service and cluster definitions
+//!   (ephemeral through the shards, persistent through Raft);
+//! - `status`: `/nacos/v1/core/cluster/nodes` (v2: `/core/cluster/node/list`) and
+//!   `/operator/metrics`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -24,6 +32,7 @@ use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
 use crate::rt::{GlommioIo, LocalTimer};
 
+mod status;
 mod writes;
 
 type Resp = Response<Full<Bytes>>;
@@ -159,6 +168,8 @@ async fn handle(
     let Some((api, route)) = naming_route(&path) else {
         let resp = match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => prometheus(),
+            (&Method::GET, "/nacos/v1/core/cluster/nodes") => status::cluster_nodes_v1(&params),
+            (&Method::GET, "/nacos/v2/core/cluster/node/list") => status::cluster_nodes_v2(&params),
             (&Method::GET, "/nacos/v1/console/health/liveness") => text(StatusCode::OK, "OK"),
             (&Method::GET, "/nacos/v1/console/health/readiness") if draining => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
@@ -236,7 +247,7 @@ async fn route_naming(
         (&Method::PUT, "/service") => writes::configure_service(api, p, Some(true)).await,
         (&Method::DELETE, "/service") => writes::delete_service(api, p).await,
         (&Method::PUT, "/cluster") => writes::update_cluster(api, p).await,
-        (&Method::GET, "/operator/metrics") => Ok(operator_metrics(api)),
+        (&Method::GET, "/operator/metrics") => Ok(status::operator_metrics(api)),
         _ => Err(Failure {
             status: StatusCode::NOT_FOUND,
             code: 20004,
@@ -475,51 +486,6 @@ fn service_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
         Api::V1 => json(StatusCode::OK, body),
         Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
     })
-}
-
-fn operator_metrics(api: Api) -> Resp {
-    let body = with_core(|c| {
-        let s = &c.shared;
-        let conns: i64 = s
-            .metrics
-            .iter()
-            .map(|m| m.connections.load(Ordering::Relaxed) as i64)
-            .sum();
-        let http_clients = s.stat(|x| x.heartbeat_clients.load(Ordering::Relaxed));
-        let all_clients = s.stat(|x| x.clients.load(Ordering::Relaxed));
-        let replicas = s.stat(|x| x.replica_clients.load(Ordering::Relaxed));
-        // As Nacos counts them: every SDK connection is a client, plus every ip:port client.
-        let clients = conns + http_clients;
-        let responsible = (all_clients - replicas).max(0);
-        // UP once the startup snapshot is loaded (Nacos: ServerStatusManager).
-        let status = if c.all_loaded() { "UP" } else { "DOWN" };
-        let mut members = String::new();
-        if let Some(info) = &s.cluster {
-            members.push_str(",\"members\":[");
-            let _ = write!(
-                members,
-                "{{\"address\":\"{}\",\"state\":\"UP\",\"self\":true}}",
-                info.me
-            );
-            if let Ok(h) = info.stats.health.lock() {
-                for (node, code) in h.iter() {
-                    let state = ["UP", "SUSPICIOUS", "DOWN"][usize::from(*code).min(2)];
-                    let _ = write!(members, ",{{\"address\":\"{node}\",\"state\":\"{state}\"}}");
-                }
-            }
-            members.push(']');
-        }
-        format!(
-            "{{\"status\":\"{status}\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{clients},\"connectionBasedClientCount\":{conns},\"ephemeralIpPortClientCount\":{http_clients},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{responsible},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0{members}}}",
-            s.stat(|x| x.services.load(Ordering::Relaxed)),
-            s.stat(|x| x.instances.load(Ordering::Relaxed)),
-            s.stat(|x| x.subscriptions.load(Ordering::Relaxed)),
-        )
-    });
-    match api {
-        Api::V1 => json(StatusCode::OK, body),
-        Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
-    }
 }
 
 fn prometheus() -> Resp {
