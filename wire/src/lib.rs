@@ -19,6 +19,8 @@
 //!   writes and their replies) as length-prefixed flatbuffers (`schemas/peer.fbs`, generated
 //!   code checked in, `wire/regen.sh` regenerates and diffs it too); decoding verifies the
 //!   buffer and every value, since the bytes come from the network.
+//! - [`udp_push`]: Nacos 1.x UDP push packets (gzip from 1 KiB), their acks (the decoder of
+//!   datagrams anyone can send, fuzzed) and the User-Agent rule of who gets pushes.
 //! - [`fuzzing`]: the properties of the fuzz targets (`fuzz/`) and their seeds, shared with
 //!   the stable mirrors in `tests/fuzz.rs`.
 
@@ -65,3 +67,4 @@ pub mod naming;
 pub mod payload;
 pub mod peer;
 pub mod service_info;
+pub mod udp_push;
