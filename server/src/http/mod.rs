@@ -125,9 +125,11 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let user_agent = req
-        .headers()
-        .get(http::header::USER_AGENT)
+    // Only list calls use it (UDP push eligibility): no copy for the other requests.
+    let user_agent = path
+        .ends_with("/instance/list")
+        .then(|| req.headers().get(http::header::USER_AGENT))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if !with_core(|c| c.admit_request(class_of(&method, &path), arrived)) {
