@@ -33,6 +33,7 @@ use crate::metrics::Kind;
 use crate::rt::{GlommioIo, LocalTimer};
 
 mod status;
+mod udp_push;
 mod writes;
 
 type Resp = Response<Full<Bytes>>;
@@ -49,9 +50,11 @@ pub async fn serve(listener: TcpListener, max_body: usize) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
         glommio::spawn_local(async move {
             let (io, last_read) = GlommioIo::stamped(stream);
-            let svc = hyper::service::service_fn(move |req| handle(req, max_body, last_read.get()));
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, max_body, last_read.get(), peer));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(LocalTimer)
                 .header_read_timeout(Duration::from_secs(30))
@@ -120,16 +123,24 @@ impl From<Overloaded> for Failure {
     }
 }
 
-/// Serves one request whose bytes were read at `arrived`.
+/// Serves one request whose bytes were read at `arrived`, from `peer`.
 async fn handle(
     req: http::Request<hyper::body::Incoming>,
     max_body: usize,
     arrived: Instant,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    // Only list calls use it (UDP push eligibility): no copy for the other requests.
+    let user_agent = path
+        .ends_with("/instance/list")
+        .then(|| req.headers().get(http::header::USER_AGENT))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if !with_core(|c| c.admit_request(class_of(&method, &path), arrived)) {
         // Refused before reading the body: shedding must cost far less than serving.
         let route = naming_route(&path).map_or("", |(_, r)| r);
@@ -183,8 +194,14 @@ async fn handle(
         return Ok(resp);
     };
     let kind = kind_of(&method, route);
+    let udp_target = (method == Method::GET && route == "/instance/list")
+        .then(|| udp_push::before_list(&params, user_agent.as_deref(), peer))
+        .flatten();
     let result = route_naming(api, &method, route, &params).await;
     let ok = result.is_ok();
+    if let (true, Some(sub)) = (ok, udp_target) {
+        udp_push::after_list(sub);
+    }
     let resp = match result {
         Ok(resp) => resp,
         Err(f) => match api {
@@ -525,6 +542,7 @@ fn prometheus() -> Resp {
         let _ = writeln!(out, "# HELP nacelle_answer_cache_bytes Bytes of cached encoded answers.\n# TYPE nacelle_answer_cache_bytes gauge\nnacelle_answer_cache_bytes {cache}");
         crate::metrics::render_requests(&mut out, &s.metrics);
         crate::metrics::render_cluster(&mut out, s, c.all_loaded());
+        crate::core::render_udp_metrics(&mut out, s);
         crate::metrics::render_raft(&mut out, &s.cp.raft().metrics());
     });
     let mut r = Response::new(Full::new(Bytes::from(out)));

@@ -183,6 +183,57 @@ test('subscribe listener sees instances added and removed (poll / UDP push)', as
   b.unSubscribe({ serviceName: svc, groupName: GROUP });
 });
 
+// Without UDP push the listener hears of a change only at the next poll (cacheMillis, 10 s).
+// Writes go through another node when the suite runs against a cluster, so the push is of a
+// replicated change.
+test('UDP push: the listener sees each change within the push window (p50 <= 100 ms)',
+  rnacosDeviation('r-nacos sends no UDP push'), async () => {
+  const svc = uniqueService('udp');
+  const writeHost = (process.env.NACOS_CLUSTER_HOSTS || '').split(',').filter(h => h && h !== HOST)[0] || HOST;
+  const writeBase = `http://${writeHost}:${HTTP_PORT}/nacos/v1/ns`;
+  const write = async (method, ip, port) => {
+    const qs = new URLSearchParams({ serviceName: `${GROUP}@@${svc}`, ip, port: String(port) }).toString();
+    const res = await fetch(`${writeBase}/instance?${qs}`, { method, signal: AbortSignal.timeout(5000) });
+    assert.equal(res.status, 200, `${method} /instance on ${writeHost}: ${await res.text()}`);
+  };
+  const b = await newClient();
+  const current = new Set(['10.14.0.1:1']);
+  await write('POST', '10.14.0.1', 1);
+  let waiter = null;
+  const seen = [];
+  b.subscribe({ serviceName: svc, groupName: GROUP }, hosts => {
+    const s = addrs(hosts).join();
+    seen.push(s);
+    if (waiter && waiter.want === s) waiter.resolve(Date.now());
+  });
+  await waitUntil(() => seen.includes('10.14.0.1:1'), CHANGE_TIMEOUT_MS, 'listener called with the first instance');
+  await sleep(300);
+  const latencies = [];
+  for (let i = 0; i < 10; i++) {
+    const port = 100 + Math.floor(i / 2);
+    const method = i % 2 === 0 ? 'POST' : 'DELETE';
+    if (method === 'POST') current.add(`10.14.0.2:${port}`); else current.delete(`10.14.0.2:${port}`);
+    const want = [...current].sort().join();
+    let timer;
+    const heard = new Promise((resolve, reject) => {
+      waiter = { want, resolve };
+      timer = setTimeout(() => reject(new Error(`change ${i} (${method} ${port}) not heard within 2 s; seen ${JSON.stringify(seen.slice(-3))}`)), 2000);
+    });
+    const started = Date.now();
+    await write(method, '10.14.0.2', port);
+    const at = await heard;
+    clearTimeout(timer);
+    latencies.push(at - started);
+    await sleep(100);
+  }
+  b.unSubscribe({ serviceName: svc, groupName: GROUP });
+  const sorted = [...latencies].sort((x, y) => x - y);
+  const p50 = sorted[Math.floor(sorted.length / 2)];
+  console.log(`UDP push latency (write sent -> listener), ms: ${JSON.stringify(latencies)}; p50 ${p50}, max ${sorted[sorted.length - 1]}`);
+  assert.ok(p50 <= 100, `p50 ${p50} ms > 100 ms: ${JSON.stringify(latencies)}`);
+  assert.ok(sorted[sorted.length - 1] < 1000, `max ${sorted[sorted.length - 1]} ms: ${JSON.stringify(latencies)}`);
+});
+
 test('deregisterInstance removes the instance', async () => {
   const svc = uniqueService('dereg');
   const a = await newClient();
