@@ -41,11 +41,6 @@ GROUP = "DEFAULT_GROUP"
 # and waits about as long before the first probe of a new instance.
 FLIP_TIMEOUT = float(os.environ.get("SDK_FLIP_TIMEOUT", "20"))
 
-cluster_pending = pytest.mark.xfail(
-    SERVER_KIND == "nacelle-cluster", strict=False,
-    reason="a cluster refuses persistent writes (503) until its Raft group runs over the peer transport (issue 15)")
-
-
 class Listener:
     """A TCP listener on 127.0.0.1 that accepts and closes every connection (what the
     server's TCP check needs), until close()."""
@@ -99,7 +94,6 @@ async def listed(client, svc):
     return sorted((h.ip, h.port, h.healthy, h.ephemeral) for h in (info.hosts if info else []))
 
 
-@cluster_pending
 @rnacos_deviation("no gRPC PersistentInstanceRequest (persistent instances over HTTP only)")
 @async_test
 async def test_persistent_register_health_flip_and_deregister():
