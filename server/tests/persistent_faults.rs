@@ -198,9 +198,9 @@ fn an_unreadable_vote_file_stops_the_node_naming_it() {
 
 #[test]
 fn a_persistent_write_without_a_raft_leader_is_refused_with_503_within_the_bound() {
-    // One member of three running: no majority, so no leader can be elected (and, until
-    // cluster mode carries Raft over the peer transport, a cluster node refuses persistent
-    // writes outright): either way a refusal within the 3 s bound, never a success.
+    // One member of three running: no majority, so no group can be formed and no leader
+    // elected. The write waits out the bound (3 s) for a leader and is refused with 503,
+    // never a success.
     let mut members = Vec::new();
     while members.len() < 3 {
         let http = TcpListener::bind("127.0.0.1:0")

@@ -45,13 +45,16 @@ def unique_service(tag):
     return f"py-{tag}-{uuid.uuid4().hex[:10]}"
 
 
-def async_test(fn):
-    """Run an async test body in a fresh event loop with an overall time cap."""
+def async_test(fn=None, *, timeout=60):
+    """Run an async test body in a fresh event loop with an overall time cap (`timeout`
+    seconds: `@async_test` or `@async_test(timeout=...)`)."""
+    if fn is None:
+        return functools.partial(async_test, timeout=timeout)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         async def capped():
-            return await asyncio.wait_for(fn(*args, **kwargs), timeout=60)
+            return await asyncio.wait_for(fn(*args, **kwargs), timeout=timeout)
 
         return asyncio.run(capped())
 

@@ -90,12 +90,7 @@ async fn state(ns: &nacos_sdk::api::naming::NamingService, svc: &str) -> Vec<(i3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_instance_outlives_its_client_flips_unhealthy_when_its_port_closes_and_is_deregistered(
 ) {
-    known_gap(
-        &["rnacos", "nacelle-cluster"],
-        "r-nacos: no PersistentInstanceRequest; a Nacelle cluster refuses persistent writes (503) until its Raft group runs over the peer transport",
-        body(),
-    )
-    .await;
+    rnacos_deviation("no PersistentInstanceRequest", body()).await;
 }
 
 async fn body() {
