@@ -275,6 +275,40 @@ fn a_cluster_member_lists_every_member_with_the_state_its_failure_detector_gives
             (ip, port.to_owned())
         );
     }
+    // This node's Raft state names the members by address (raft ids are derived from them):
+    // both voters, and a leader that is one of them, under every Nacos naming group.
+    let me = format!("127.0.0.1:{}", ports[0].0);
+    let sorted = |v: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let named = wait_until(Duration::from_secs(20), || {
+        let data = nodes(&a, "")["data"].clone();
+        let Some(mine) = data
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["address"] == me.as_str()).cloned())
+        else {
+            return false;
+        };
+        let g = &mine["extendInfo"]["raftMetaData"]["metaDataMap"]["naming_persistent_service_v2"];
+        let leader = g["leader"].as_str().unwrap_or("").to_owned();
+        sorted(&g["raftGroupMember"]) == expected
+            && expected.contains(&leader)
+            && sorted(&mine["extendInfo"]["raft"]["voters"]) == expected
+    });
+    assert!(
+        named,
+        "raft members not named by address: {}",
+        nodes(&a, "")
+    );
     // keyword narrows to one member.
     let one = nodes(&a, &format!("?keyword=127.0.0.1:{}", ports[1].0));
     assert_eq!(one["data"].as_array().unwrap().len(), 1, "{one}");
