@@ -237,6 +237,8 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
                 let requests =
                     ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "requests");
                 rt::set_request_queue(requests);
+                // Nothing is answered before the persistent data is back in the views.
+                shared.cp.replayed().await;
                 glommio::spawn_local(http::serve(http, shared.cfg.max_message_bytes)).detach();
                 glommio::spawn_local_into(grpc::serve(grpc, shared.cfg.max_message_bytes), grpc_io)
                     .map_err(|e| format!("core {id}: cannot start the gRPC listener: {e}"))?

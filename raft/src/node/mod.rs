@@ -298,6 +298,7 @@ struct HandleShared {
     metrics: watch::Receiver<openraft::RaftMetrics<NodeId, EmptyNode>>,
     log: Arc<LogShared>,
     sm: Arc<SmShared>,
+    committed_at_open: Option<u64>,
     inbound_dropped: std::sync::atomic::AtomicU64,
     stop: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 }
@@ -416,6 +417,10 @@ impl RaftNode {
                 return Err(e);
             }
         };
+        let committed_at_open = log
+            .committed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .checked_sub(1);
         Ok(RaftHandle {
             shared: Arc::new(HandleShared {
                 id: config.node_id,
@@ -427,6 +432,7 @@ impl RaftNode {
                 metrics,
                 log,
                 sm,
+                committed_at_open,
                 inbound_dropped: Default::default(),
                 stop: Mutex::new(Some((stop_tx, thread))),
             }),
@@ -579,6 +585,13 @@ impl RaftHandle {
     /// The member list changed: the leader makes the Raft membership follow it.
     pub fn set_members(&self, members: BTreeSet<NodeId>) {
         self.shared.members.send_replace(members);
+    }
+
+    /// The highest index this node knew committed when its store opened (`None`: nothing).
+    /// Until it is applied, this node's views show less than it had acknowledged before it
+    /// stopped, so the server waits for it before it answers clients.
+    pub fn committed_at_open(&self) -> Option<u64> {
+        self.shared.committed_at_open
     }
 
     /// A snapshot of the node's state.

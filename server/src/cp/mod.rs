@@ -60,6 +60,8 @@ const BATCH_EFFECTS: usize = 4096;
 pub struct Cp {
     raft: raft::RaftHandle,
     inboxes: Vec<flume::Sender<CpMsg>>,
+    /// The log index the views must show before clients are answered (see [`Cp::replayed`]).
+    replay_target: Option<u64>,
 }
 
 /// What a CP write can end in besides the store's own answer.
@@ -115,6 +117,7 @@ pub fn start(cfg: CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), St
         inboxes: senders.clone(),
     };
     let sink = move |index, effects| dispatch.deliver(index, effects);
+    let standalone = matches!(cfg.group, Group::Standalone);
     let started = match cfg.group {
         Group::Standalone => {
             let raft_cfg = raft::RaftConfig::new(
@@ -139,10 +142,19 @@ pub fn start(cfg: CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), St
         )
     })?;
     info!(data_dir = %cfg.data_dir.display(), "Raft store open");
+    // A one-voter group commits its whole log once it leads again, and its committed index
+    // on disk may lag (written without an fsync): its target is the last entry. A member of
+    // a cluster shows what it knew committed; the rest arrives as replication.
+    let replay_target = if standalone {
+        raft.committed_at_open().max(raft.metrics().last_log)
+    } else {
+        raft.committed_at_open()
+    };
     Ok((
         Arc::new(Cp {
             raft,
             inboxes: senders,
+            replay_target,
         }),
         receivers,
     ))
@@ -261,8 +273,67 @@ impl Cp {
         Ok(written.response)
     }
 
+    /// Resolves once this node's views show everything it knew committed when its store
+    /// opened: the replay applied up to that index, and every effect it produced published
+    /// by every core. Until then a client would see instances vanish across a restart (an
+    /// empty list, pushed to subscribers as such), so the front ends wait for this before
+    /// answering (their sockets are bound: connections queue in the backlog).
+    pub async fn replayed(&self) {
+        let Some(target) = self.replay_target else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut reported = started;
+        while self.raft.metrics().applied.is_none_or(|a| a < target) {
+            if reported.elapsed() >= std::time::Duration::from_secs(5) {
+                reported = std::time::Instant::now();
+                info!(
+                    applied = ?self.raft.metrics().applied,
+                    target,
+                    "replaying the Raft log before answering clients"
+                );
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Effects go from the inbox of the core owning the client to the core owning the
+        // service: a barrier from every inbox to every core follows all of them.
+        let cores = self.inboxes.len();
+        for inbox in &self.inboxes {
+            for owner in 0..cores {
+                let Some(service) = service_owned_by(owner, cores) else {
+                    continue;
+                };
+                let (reply, rx) = with_core(|c| c.cp_waiter());
+                if inbox
+                    .send_async(CpMsg::Barrier { service, reply })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = rx.await;
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if ms >= 100 {
+            info!(
+                index = target,
+                after_ms = ms,
+                "Raft log replayed into the views"
+            );
+        }
+    }
+
     /// The Raft node's metrics.
     pub fn raft(&self) -> &raft::RaftHandle {
         &self.raft
     }
+}
+
+/// A service name owned by core `owner` of `cores` (for barriers; never stored).
+fn service_owned_by(owner: usize, cores: usize) -> Option<ServiceKey> {
+    (0..10_000u32).find_map(|i| {
+        let key = ServiceKey::new("", "", &format!("nacelle-barrier-{i}")).ok()?;
+        (service_shard(&key, cores) == owner).then_some(key)
+    })
 }
