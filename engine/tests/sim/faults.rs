@@ -42,6 +42,7 @@ impl World {
                 if self.running(a) {
                     let pause = [2_000, 8_000, 15_000][self.rng.below(3) as usize];
                     self.nodes[a].paused_until_ms = self.now_ms + pause;
+                    self.nodes[a].parked.clear();
                     self.say(format!("node {a} paused for {pause} ms"));
                     // The disturbance lasts until the node is back.
                     self.last_disturbance_ms = self.now_ms + pause;
@@ -95,6 +96,13 @@ impl World {
         self.jitter_ms = 2;
         self.restarts.clear();
         for i in 0..self.nodes.len() {
+            if self.nodes[i].paused_until_ms > self.now_ms {
+                // SIGCONT now: what waits in its socket is read now, in order, not when the
+                // pause would have ended (the node runs meanwhile).
+                for seq in std::mem::take(&mut self.nodes[i].parked) {
+                    self.net.push(std::cmp::Reverse((self.now_ms + 1, seq)));
+                }
+            }
             self.nodes[i].paused_until_ms = self.nodes[i].paused_until_ms.min(self.now_ms);
             if !self.nodes[i].alive {
                 self.start_node(i);

@@ -38,7 +38,7 @@ mod network;
 mod nodes;
 
 use clients::{TruthClient, BEAT_MS};
-use invariants::SeenRev;
+use invariants::{DeadClient, SeenRev};
 use network::Flight;
 pub use network::Traffic;
 use nodes::Node;
@@ -104,6 +104,9 @@ pub struct Scenario {
     /// a deregistration undone by a copy, more often than `note_stand_in_deregistration`
     /// can excuse; see the closing note of the session that added it).
     pub http_deregistrations: bool,
+    /// HTTP clients also die silently now and then: they stop beating, with no
+    /// deregistration (a killed process), whatever the network is doing (I8).
+    pub http_deaths: bool,
 }
 
 impl Scenario {
@@ -125,6 +128,7 @@ impl Scenario {
             reverted: Reverted::default(),
             // `DISTRO_HTTP_DEREGISTER=1` turns them on to replay what they find.
             http_deregistrations: std::env::var_os("DISTRO_HTTP_DEREGISTER").is_some(),
+            http_deaths: true,
         }
     }
 
@@ -192,6 +196,13 @@ pub struct World {
     /// Clients whose deregistration hit DISTRO.md's known gap (see
     /// `note_stand_in_deregistration`).
     stand_in_deregistrations: BTreeSet<ClientId>,
+    /// HTTP clients that deregistered or died silently (I8), by client.
+    dead: BTreeMap<ClientId, DeadClient>,
+    /// Since when every alive node runs, sees every other alive node UP and every other
+    /// node DOWN, and which nodes were alive then (I8).
+    settled_since_ms: Option<(u64, Vec<usize>)>,
+    /// What each node last held of the client `DISTRO_WATCH` names.
+    watched: BTreeMap<usize, String>,
 }
 
 const VIEW_EVERY_MS: u64 = 100;
@@ -224,6 +235,9 @@ impl World {
             http_busy: BTreeMap::new(),
             link_fifo: BTreeMap::new(),
             stand_in_deregistrations: BTreeSet::new(),
+            dead: BTreeMap::new(),
+            settled_since_ms: None,
+            watched: BTreeMap::new(),
             log: Vec::new(),
             verbose: false,
             traffic: Traffic::default(),

@@ -47,6 +47,9 @@ pub(super) struct Node {
     /// SIGSTOP: until then the node does nothing (what is sent to it waits in its socket),
     /// and then its clock has jumped.
     pub(super) paused_until_ms: u64,
+    /// What arrived while it was paused (flights waiting in its socket until
+    /// `paused_until_ms`): delivered at once if the pause is cut short.
+    pub(super) parked: Vec<u64>,
 }
 
 /// Who waits for the outcome of a write on a node.
@@ -84,6 +87,7 @@ impl World {
             next_token: 0,
             incarnation: 0,
             paused_until_ms: 0,
+            parked: Vec::new(),
             id: Self::node_name(i),
             shard_count,
             shards: Vec::new(),
