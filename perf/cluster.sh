@@ -19,7 +19,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; pkill
 trap cleanup EXIT
 mkdir -p perf/results
 MEMBERS="127.0.0.1:$PORT,127.0.0.2:$PORT,127.0.0.3:$PORT,127.0.0.4:$PORT"
-start() { target/release/nacelle --bind "127.0.0.$1" --http-port $PORT --members "$MEMBERS" --insecure --cores 1 >"$WORK/n$1.log" 2>&1 & PIDS+=($!); }
+start() { target/release/nacelle --bind "127.0.0.$1" --http-port $PORT --members "$MEMBERS" --insecure --cores 1 --data-dir "$WORK/data-$1" >"$WORK/n$1.log" 2>&1 & PIDS+=($!); }
 metrics() { curl -sf "http://127.0.0.$1:$PORT/nacos/v1/ns/operator/metrics"; }
 is_up() { metrics "$1" 2>/dev/null | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["status"] != "UP")' 2>/dev/null; }
 prom() { curl -sf "http://127.0.0.$1:$PORT/metrics" | awk -v n="$2" '$1==n {print $2}'; }

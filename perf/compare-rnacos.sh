@@ -67,7 +67,7 @@ done
 metrics() { curl -sf "http://127.0.0.1:$PORT/nacos/v1/ns/operator/metrics"; }
 start() {
   case $1 in
-    nacelle) "${PIN_SERVER[@]}" "$NACELLE" --bind 127.0.0.1 --http-port "$PORT" >"$WORK/server.log" 2>&1 & ;;
+    nacelle) "${PIN_SERVER[@]}" "$NACELLE" --bind 127.0.0.1 --http-port "$PORT" --data-dir "$WORK/data-$RANDOM" >"$WORK/server.log" 2>&1 & ;;
     rnacos) rm -rf "$WORK/rn"; mkdir -p "$WORK/rn"
       env RNACOS_HTTP_PORT=$PORT RNACOS_GRPC_PORT=$((PORT + 1000)) RNACOS_HTTP_CONSOLE_PORT=$((PORT + 2000)) \
         RNACOS_CONFIG_DB_DIR="$WORK/rn" RNACOS_DATA_DIR="$WORK/rn" RNACOS_RAFT_NODE_ADDR=127.0.0.1:$((PORT + 1000)) \

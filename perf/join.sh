@@ -14,7 +14,7 @@ WORK=$(mktemp -d); cp target/release/nacelle target/release/loadgen "$WORK/"; PI
 stop_all() { set +e; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; PIDS=(); set -e; }
 trap 'stop_all; rm -rf "$WORK"' EXIT
 MEMBERS="127.0.0.1:$PORT,127.0.0.2:$PORT,127.0.0.3:$PORT,127.0.0.4:$PORT"
-start() { "$WORK/nacelle" --bind "127.0.0.$1" --http-port "$PORT" --members "$MEMBERS" --insecure --cores 1 >"$WORK/n$1.log" 2>&1 & PIDS+=($!); }
+start() { "$WORK/nacelle" --bind "127.0.0.$1" --http-port "$PORT" --members "$MEMBERS" --insecure --cores 1 --data-dir "$WORK/data-$1" >"$WORK/n$1.log" 2>&1 & PIDS+=($!); }
 field() { curl -sf -m 5 "http://127.0.0.$1:$PORT/nacos/v1/ns/operator/metrics" | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])" 2>/dev/null || echo "?"; }
 for run in $(seq "$RUNS"); do
   for i in 1 2 3; do start $i; done

@@ -19,7 +19,7 @@ rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
 results=()
 for server in $SERVERS; do
   case $server in
-    nacelle) target/release/nacelle --bind 127.0.0.1 --http-port $PORT >"$WORK/server.log" 2>&1 & ;;
+    nacelle) target/release/nacelle --bind 127.0.0.1 --http-port $PORT --data-dir "$WORK/data-$RANDOM" >"$WORK/server.log" 2>&1 & ;;
     rnacos) [ -x "$RNACOS" ] || cargo install --locked rnacos
       rm -rf "$WORK/rn"; mkdir -p "$WORK/rn"
       env RNACOS_HTTP_PORT=$PORT RNACOS_GRPC_PORT=$((PORT + 1000)) RNACOS_HTTP_CONSOLE_PORT=$((PORT + 2000)) \

@@ -53,7 +53,7 @@ for p in $PORT $((PORT + 1000)); do
 done
 
 start() {  # start <overload-lag-ms>
-  taskset -c "0-$((CORES - 1))" "$WORK/nacelle" --bind 127.0.0.1 --http-port "$PORT" --cores "$CORES" \
+  taskset -c "0-$((CORES - 1))" "$WORK/nacelle" --bind 127.0.0.1 --http-port "$PORT" --cores "$CORES" --data-dir "$WORK/data-$RANDOM" \
     --overload-lag-ms "$1" $SERVER_FLAGS >"$WORK/server.log" 2>&1 &
   PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/nacos/v1/ns/operator/metrics" >/dev/null && return; sleep 0.1; done

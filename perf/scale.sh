@@ -59,7 +59,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 LOADAVG_START=$(cut -d' ' -f1 /proc/loadavg); export LOADAVG_START
 echo "== 3 nodes ($CORES core(s) each) on ${NODES[*]}, HTTP port $PORT"
 for i in 0 1 2; do
-  "$NACELLE" --bind "${NODES[$i]}" --http-port "$PORT" --members "$MEMBERS" --insecure --cores "$CORES" \
+  "$NACELLE" --bind "${NODES[$i]}" --http-port "$PORT" --members "$MEMBERS" --insecure --cores "$CORES" --data-dir "$WORK/data-$i-$RANDOM" \
     >"$WORK/n$((i + 1)).log" 2>&1 &
   PIDS+=($!)
 done

@@ -19,8 +19,14 @@
 //!   (our changes to peers), `inbound` (peers' changes to our copies), `claims`,
 //!   `membership`, `verify`, `housekeeping` (retries, leases), `snapshot` (startup load and
 //!   serving), `status` (introspection); `mod.rs` holds the shared state.
+//! - [`store`]: the replicated state machine of the CP half (persistent instances, service
+//!   and cluster definitions), applied in Raft log order on every node; its effects feed the
+//!   shards.
 //! - [`distro`]: the pure parts of Distro (`PeerMsg`, partitions, digests, the membership
 //!   view, settings); `DISTRO.md` at the repository root is the specification.
+//! - [`health`]: server-side health checks of persistent instances: the per-core
+//!   [`health::HealthChecker`] scheduler (probes, thresholds, flips) and the Nacos
+//!   `healthChecker` specs ([`health::spec`]).
 //!
 //! # Why this shape
 //! A core owns a hash slice of clients and a hash slice of services, so no write needs a lock:
@@ -31,8 +37,10 @@
 #![deny(missing_docs)]
 
 pub mod distro;
+pub mod health;
 pub mod model;
 pub mod shard;
+pub mod store;
 pub mod view;
 
 pub use model::{ClientId, Host, Instance, InstanceSpec, Interner, Metadata, ServiceKey, Str};
@@ -40,4 +48,4 @@ pub use shard::{
     ClientOp, Command, Now, OpError, OpOutcome, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
     ShardMsg,
 };
-pub use view::{ReadIndex, ServiceView};
+pub use view::{InstanceKind, ReadIndex, ServiceView};

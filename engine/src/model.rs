@@ -466,6 +466,9 @@ pub struct Instance {
     pub healthy: bool,
     /// Whether consumers may route to it.
     pub enabled: bool,
+    /// Ephemeral (a client keeps it alive: Distro) or persistent (stored through Raft,
+    /// probed by the registry). A service holds one kind only (Nacos's rule).
+    pub ephemeral: bool,
     /// Cluster name (`DEFAULT` by default), interned per shard.
     pub cluster: Str,
     /// Metadata, including any preserved keys.
@@ -579,7 +582,7 @@ pub struct InstanceSpec {
     pub healthy: Option<bool>,
     /// `enabled` (default true).
     pub enabled: Option<bool>,
-    /// `ephemeral` (default true); persistent instances are refused.
+    /// `ephemeral` (default true): false is a persistent instance (stored through Raft).
     pub ephemeral: Option<bool>,
     /// `clusterName` (default `DEFAULT`).
     pub cluster: Option<String>,
@@ -598,11 +601,6 @@ impl InstanceSpec {
                 "port {} is out of range 0..65535",
                 self.port
             )));
-        }
-        if self.ephemeral == Some(false) {
-            return Err(invalid(
-                "persistent instances (ephemeral=false) are not supported: Nacelle registers ephemeral instances only",
-            ));
         }
         let weight = self.weight.unwrap_or(1.0);
         if !weight.is_finite() || weight < 0.0 {
@@ -627,6 +625,7 @@ impl InstanceSpec {
         instance.weight = weight.min(MAX_WEIGHT);
         instance.healthy = self.healthy.unwrap_or(true);
         instance.enabled = self.enabled.unwrap_or(true);
+        instance.ephemeral = self.ephemeral.unwrap_or(true);
         instance.metadata = self.metadata;
         instance.set_extras(instance_id, timing);
         Ok(instance)
@@ -642,6 +641,7 @@ impl Instance {
             weight: 1.0,
             healthy: true,
             enabled: true,
+            ephemeral: true,
             cluster,
             metadata: Metadata::default(),
             extras: None,
@@ -753,6 +753,10 @@ pub enum ClientId {
     V4(Ipv4Addr, u16),
     /// An HTTP heartbeat client whose address is a name or IPv6.
     Named(Str, u16),
+    /// The persistent instances at `host:port` (Nacos's `ip:port#false` client): written
+    /// through Raft and applied on every node, so Distro never replicates, expires or hands
+    /// it over; only a deregistration removes its instances.
+    Persistent(Host, u16),
 }
 
 impl ClientId {
@@ -766,7 +770,12 @@ impl ClientId {
 
     /// Whether this client is alive through heartbeats (HTTP) rather than a connection.
     pub fn is_heartbeat(&self) -> bool {
-        !matches!(self, ClientId::Conn(_))
+        matches!(self, ClientId::V4(..) | ClientId::Named(..))
+    }
+
+    /// Whether this is a persistent client (Raft, not Distro).
+    pub fn is_persistent(&self) -> bool {
+        matches!(self, ClientId::Persistent(..))
     }
 }
 
@@ -776,6 +785,7 @@ impl fmt::Display for ClientId {
             ClientId::Conn(id) => write!(f, "conn-{id}"),
             ClientId::V4(a, p) => write!(f, "{a}:{p}#true"),
             ClientId::Named(n, p) => write!(f, "{n}:{p}#true"),
+            ClientId::Persistent(h, p) => write!(f, "{h}:{p}#false"),
         }
     }
 }
@@ -941,10 +951,6 @@ mod tests {
                 weight: Some(f64::NAN),
                 ..ok.clone()
             },
-            InstanceSpec {
-                ephemeral: Some(false),
-                ..ok.clone()
-            },
         ] {
             assert!(bad.build(&mut i).is_err());
         }
@@ -955,6 +961,17 @@ mod tests {
         .build(&mut i)
         .unwrap();
         assert_eq!(heavy.weight, MAX_WEIGHT);
+        let persistent = InstanceSpec {
+            ephemeral: Some(false),
+            ..InstanceSpec {
+                ip: "127.0.0.1".into(),
+                port: 80,
+                ..Default::default()
+            }
+        }
+        .build(&mut i)
+        .unwrap();
+        assert!(!persistent.ephemeral);
     }
 
     #[test]

@@ -30,15 +30,22 @@ pub const RUN_MAX: usize = 2 * RUN_TARGET;
 pub struct PublishRun {
     publishes: Box<[Publish]>,
     instance_count: usize,
+    /// Publishes of persistent instances (a publish holds one kind: one client's).
+    persistent: usize,
 }
 
 impl PublishRun {
     /// A run of `publishes` (not empty).
     pub fn new(publishes: Box<[Publish]>) -> Arc<PublishRun> {
         let instance_count = publishes.iter().map(|p| p.len()).sum();
+        let persistent = publishes
+            .iter()
+            .filter(|p| p.first().is_some_and(|i| !i.ephemeral))
+            .count();
         Arc::new(PublishRun {
             publishes,
             instance_count,
+            persistent,
         })
     }
     /// The run's publishes.
@@ -128,6 +135,8 @@ pub struct ServiceView {
     runs: Box<[Arc<PublishRun>]>,
     /// Total number of instances.
     pub instance_count: usize,
+    /// Publishes of persistent instances: a service holds one kind (see [`ServiceView::kind`]).
+    persistent_publishes: usize,
     cache: [OnceLock<Box<[u8]>>; CACHE_SLOTS],
     budget: Option<Arc<CacheBudget>>,
 }
@@ -162,6 +171,30 @@ pub struct Selection<'a> {
     pub instances: Vec<&'a Instance>,
     /// The protect threshold was reached: every instance is answered as healthy.
     pub reach_protection: bool,
+}
+
+/// The two kinds of Nacos instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceKind {
+    /// Kept alive by a client (Distro).
+    Ephemeral,
+    /// Stored through Raft, probed by the registry.
+    Persistent,
+}
+
+impl InstanceKind {
+    /// Nacos's 400 message when an instance of kind `self` is registered in `grouped_name`,
+    /// a service of the other kind.
+    pub fn refusal(self, grouped_name: &str) -> String {
+        match self {
+            InstanceKind::Ephemeral => format!(
+                "Current service {grouped_name} is persistent service, can't register ephemeral instance."
+            ),
+            InstanceKind::Persistent => format!(
+                "Current service {grouped_name} is ephemeral service, can't register persistent instance."
+            ),
+        }
+    }
 }
 
 impl ServiceView {
@@ -203,7 +236,9 @@ impl ServiceView {
         // No sorting: Nacos gives no order either, SDKs compare sorted copies, and sorting was
         // the largest cost of republishing a busy service.
         let instance_count = runs.iter().map(|r| r.instance_count).sum();
+        let persistent_publishes = runs.iter().map(|r| r.persistent).sum();
         ServiceView {
+            persistent_publishes,
             key,
             revision,
             last_ref_ms,
@@ -213,6 +248,19 @@ impl ServiceView {
             instance_count,
             cache: Default::default(),
             budget,
+        }
+    }
+
+    /// Which kind of instances the service holds (`None`: none). Nacos fixes a service's
+    /// kind with its first instance and refuses the other kind with a 400; Nacelle takes the
+    /// kind from the instances present, so an emptied service accepts either again.
+    pub fn kind(&self) -> Option<InstanceKind> {
+        if self.persistent_publishes > 0 {
+            Some(InstanceKind::Persistent)
+        } else if self.instance_count > 0 {
+            Some(InstanceKind::Ephemeral)
+        } else {
+            None
         }
     }
 

@@ -181,7 +181,9 @@ class Node:
             ["ip", "netns", "exec", f"{NS}n{self.i}", self.binary, "--bind", self.ip, "--http-port", str(HTTP_PORT),
              "--members", self.members, "--insecure", "--cores", "1", "--verify-interval-ms", str(VERIFY_MS),
              "--replica-lease-ms", str(LEASE_MS), "--sync-delay-ms", str(SYNC_DELAY_MS),
-             "--beat-check-interval-ms", str(BEAT_CHECK_MS)],
+             "--beat-check-interval-ms", str(BEAT_CHECK_MS),
+             # Its own data (the Raft store), kept across its restarts within the run.
+             "--data-dir", os.path.join(self.workdir, f"n{self.i}-data")],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         logf.close()
         self.paused = False

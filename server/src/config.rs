@@ -79,6 +79,11 @@ pub struct Args {
     /// Run a cluster without authentication between nodes (local experiments only).
     #[arg(long, env = "NACELLE_INSECURE")]
     pub insecure: bool,
+    /// Where durable state lives (the Raft store of persistent instances and service and
+    /// cluster definitions) [default: $XDG_DATA_HOME/nacelle, else ~/.local/share/nacelle].
+    /// One process per directory: a second one refuses to start.
+    #[arg(long, env = "NACELLE_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
     /// How long changes are merged before they are sent to peers (ms).
     #[arg(long, env = "NACELLE_SYNC_DELAY_MS", default_value_t = 20)]
     pub sync_delay_ms: u64,
@@ -127,6 +132,8 @@ pub struct Config {
     pub overload_lag_ms: u64,
     /// Cluster settings; `None` = standalone.
     pub cluster: Option<ClusterArgs>,
+    /// Durable state directory.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Cluster settings as given (resolved by `cluster::ClusterSetup`).
@@ -232,8 +239,13 @@ impl Args {
                 engine::distro::PARTITIONS
             ));
         }
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
         Ok(Config {
             cluster,
+            data_dir,
             bind: self.bind,
             http_port: self.http_port,
             grpc_port,
@@ -249,5 +261,24 @@ impl Args {
             huge_pages: self.huge_pages,
             overload_lag_ms: self.overload_lag_ms,
         })
+    }
+}
+
+/// `$XDG_DATA_HOME/nacelle`, else `$HOME/.local/share/nacelle` (the XDG base directory rule).
+fn default_data_dir() -> Result<std::path::PathBuf, String> {
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(xdg) = from_env("XDG_DATA_HOME") {
+        return Ok(xdg.join("nacelle"));
+    }
+    match from_env("HOME") {
+        Some(home) => Ok(home.join(".local/share/nacelle")),
+        None => Err(
+            "no data directory: set --data-dir (or NACELLE_DATA_DIR, XDG_DATA_HOME, HOME)".into(),
+        ),
     }
 }

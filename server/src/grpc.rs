@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use engine::model::{ClientId, ServiceKey};
 use engine::shard::{ClientOp, OpError, OpOutcome, OpResult};
+use engine::view::InstanceKind;
 use futures_channel::{mpsc, oneshot};
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;
@@ -219,7 +220,7 @@ fn on_stream_payload(ctx: ConnCtx, p: Payload) {
                     c.send_to_client(
                         ctx.id,
                         "SetupAckRequest",
-                        b"\"abilityTable\":{},\"module\":\"internal\"",
+                        b"\"abilityTable\":{\"supportPersistentInstanceByGrpc\":true},\"module\":\"internal\"",
                     );
                 }
             });
@@ -307,18 +308,33 @@ pub(crate) async fn unary(ctx: ConnCtx, arrived: Instant, p: Payload) -> Payload
         return payload::error(code::UN_REGISTER, "Connection is unregistered.");
     }
     let (kind, response) = match env.kind {
-        "HealthCheckRequest" => (Kind::GrpcInternal, payload::ok("HealthCheckResponse", "", None)),
-        "InstanceRequest" | "BatchInstanceRequest" => (Kind::GrpcInstance, instance(ctx, env.kind, env.body, arrived).await),
+        "HealthCheckRequest" => (
+            Kind::GrpcInternal,
+            payload::ok("HealthCheckResponse", "", None),
+        ),
+        "InstanceRequest" | "BatchInstanceRequest" => (
+            Kind::GrpcInstance,
+            instance(ctx, env.kind, env.body, arrived).await,
+        ),
         "PersistentInstanceRequest" => (
             Kind::GrpcInstance,
-            payload::error(code::INVALID_PARAM, "persistent instances are not supported: Nacelle registers ephemeral instances only"),
+            persistent_instance(env.body, arrived).await,
         ),
-        "ServiceQueryRequest" => (Kind::GrpcQuery, shed(Class::Read, arrived).unwrap_or_else(|| query(env.body))),
+        "ServiceQueryRequest" => (
+            Kind::GrpcQuery,
+            shed(Class::Read, arrived).unwrap_or_else(|| query(env.body)),
+        ),
         "SubscribeServiceRequest" => (Kind::GrpcSubscribe, subscribe(ctx, env.body, arrived).await),
-        "ServiceListRequest" => (Kind::GrpcServiceList, shed(Class::Read, arrived).unwrap_or_else(|| service_list(env.body))),
+        "ServiceListRequest" => (
+            Kind::GrpcServiceList,
+            shed(Class::Read, arrived).unwrap_or_else(|| service_list(env.body)),
+        ),
         other => (
             Kind::GrpcInternal,
-            payload::error(code::NO_HANDLER, &format!("{other} is not supported: Nacelle serves the naming module only")),
+            payload::error(
+                code::NO_HANDLER,
+                &format!("{other} is not supported: Nacelle serves the naming module only"),
+            ),
         ),
     };
     let ok = response
@@ -347,11 +363,19 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8], arrived: Instant) -> Pa
     if let Some(refused) = shed(class, arrived) {
         return refused;
     }
-    let built = with_core(|c| naming::instance_op(kind, req, key, &mut c.interner));
+    let built = with_core(|c| naming::instance_op(kind, req, key.clone(), &mut c.interner));
     let op = match built {
         Ok(op) => op,
         Err(msg) => return payload::error(code::INVALID_PARAM, &msg),
     };
+    if matches!(
+        op,
+        ClientOp::Register { .. } | ClientOp::BatchRegister { .. }
+    ) {
+        if let Err(e) = crate::cp::naming::check_kind(&key, InstanceKind::Ephemeral) {
+            return cp_error(e);
+        }
+    }
     let rx = with_core(|c| c.submit_client(ClientId::Conn(ctx.id), op));
     let response_kind = if kind == "BatchInstanceRequest" {
         "BatchInstanceResponse"
@@ -365,6 +389,87 @@ async fn instance(ctx: ConnCtx, kind: &str, body: &[u8], arrived: Instant) -> Pa
             None,
         ),
         Err(e) => e,
+    }
+}
+
+/// A CP refusal or failure as Nacos answers it over gRPC (an `ErrorResponse` whose error
+/// code is the HTTP-like code: 400 for the service-kind rule, 503 without a leader).
+fn cp_error(e: crate::cp::CpError) -> Payload {
+    match e {
+        // Nacos's `NacosRuntimeException` message carries its code in the text.
+        crate::cp::CpError::KindRule(message) => payload::error(
+            code::INVALID_PARAM,
+            &format!("errCode: 400, errMsg: {message} "),
+        ),
+        crate::cp::CpError::Refused { code, message } => payload::error(i32::from(code), &message),
+        crate::cp::CpError::Unavailable(message) => payload::error(code::OVER_THRESHOLD, &message),
+    }
+}
+
+/// `PersistentInstanceRequest` (Nacos 2.3+): register or deregister a persistent instance
+/// through Raft; answered with `InstanceResponse` once committed and visible here.
+async fn persistent_instance(body: &[u8], arrived: Instant) -> Payload {
+    let (req, key) = match parse(body) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let op_type = req.kind.clone().unwrap_or_default();
+    let class = if op_type == "deregisterInstance" {
+        Class::Essential
+    } else {
+        Class::Write
+    };
+    if let Some(refused) = shed(class, arrived) {
+        return refused;
+    }
+    let Some(instance) = req.instance else {
+        return payload::error(code::INVALID_PARAM, "instance is required");
+    };
+    let spec = match instance.into_spec() {
+        Ok(s) => s,
+        Err(e) => return payload::error(code::INVALID_PARAM, &e.0),
+    };
+    let result = match op_type.as_str() {
+        "registerInstance" => {
+            // The request says what it is: the instance's own `ephemeral` field is the SDK's
+            // default (true) and does not count here.
+            let spec = engine::InstanceSpec {
+                ephemeral: Some(false),
+                ..spec
+            };
+            let built = with_core(|c| spec.build(&mut c.interner));
+            match built {
+                Ok(instance) => crate::cp::naming::register(key, &instance).await,
+                Err(e) => return payload::error(code::INVALID_PARAM, &e.0),
+            }
+        }
+        "deregisterInstance" => {
+            let host = match engine::Host::parse(&spec.ip) {
+                Ok(h) => h,
+                Err(e) => return payload::error(code::INVALID_PARAM, &e.0),
+            };
+            let Ok(port) = u16::try_from(spec.port) else {
+                return payload::error(
+                    code::INVALID_PARAM,
+                    &format!("port {} is out of range", spec.port),
+                );
+            };
+            crate::cp::naming::deregister(key, &host, port).await
+        }
+        other => {
+            return payload::error(
+                code::INVALID_PARAM,
+                &format!("Unsupported request type {other}"),
+            )
+        }
+    };
+    match result {
+        Ok(()) => payload::ok(
+            "InstanceResponse",
+            &format!("\"type\":{}", json_str(&op_type)),
+            None,
+        ),
+        Err(e) => cp_error(e),
     }
 }
 

@@ -14,9 +14,13 @@
 //!   forwarded HTTP writes.
 //! - [`peer`]: the QUIC transport with mutual TLS, member lists; [`certs`]: `nacelle certs`.
 //! - `core`: the per-core context: shard, connections, cross-core mesh, timers.
+//! - `cp`: the CP half — the Raft store (`nacelle-raft`) of persistent instances and service
+//!   and cluster definitions, its effects into the shards, the write path of the front ends.
 //! - `admission`: overload shedding: which requests a busy core still serves.
 //! - `grpc`: the Nacos SDK protocol (9848): unary requests and the bi-stream; `grpc_unary`:
 //!   the unary request route.
+//! - `health_probe`: the TCP and HTTP probes of persistent instances' health checks (the
+//!   engine's `health::HealthChecker` decides when and what they mean).
 //! - `http`: the Nacos OpenAPI v1/v2 (8848) and Prometheus `/metrics`.
 //! - `metrics`: per-core counters and latency histograms.
 //! - `rt`: hyper/tonic on glommio (executor, timer, IO).
@@ -30,8 +34,10 @@ pub mod certs;
 mod cluster;
 pub mod config;
 mod core;
+mod cp;
 mod grpc;
 mod grpc_unary;
+mod health_probe;
 mod http;
 mod metrics;
 pub mod peer;
@@ -154,7 +160,21 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
             "nacelle starting (cluster)"
         ),
     }
-    let shared = Shared::new(cfg.clone(), cluster);
+    // The Raft group of a cluster travels over the peer transport, which is not wired yet:
+    // a cluster node runs without the CP half (persistent writes answer 503) rather than
+    // with a group of its own that would diverge from its peers'.
+    let (cp, inboxes) = if cluster.is_none() {
+        let (cp, inboxes) = cp::start(&cp::CpConfig {
+            data_dir: cfg.data_dir.clone(),
+            cores: n,
+        })?;
+        (Some(cp), inboxes)
+    } else {
+        warn!("cluster mode: persistent instances and durable service definitions are not available yet (single-node only)");
+        (None, Vec::new())
+    };
+    let inboxes = Arc::new(inboxes);
+    let shared = Shared::new(cfg.clone(), cluster, cp);
     let mesh = MeshBuilder::<MeshBatch, _>::full(n, 1024);
     let stop = Arc::new(AtomicBool::new(false));
     let drained = Arc::new(AtomicUsize::new(0));
@@ -172,6 +192,7 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
             let mesh = mesh.clone();
             let stop = stop.clone();
             let drained = drained.clone();
+            let inboxes = inboxes.clone();
             async move {
                 let (senders, receivers) = match mesh.join().await {
                     Ok(v) => v,
@@ -179,6 +200,9 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
                 };
                 let id = senders.peer_id();
                 Core::install(id, shared.clone(), senders, receivers).await;
+                if let Some(inbox) = inboxes.get(id) {
+                    glommio::spawn_local(cp::run_inbox(inbox.clone())).detach();
+                }
                 let http = listen(http_addr).map_err(|e| format!("core {id}: HTTP bind: {e}"))?;
                 let grpc = listen(grpc_addr).map_err(|e| format!("core {id}: gRPC bind: {e}"))?;
                 if id == 0 {

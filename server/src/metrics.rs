@@ -80,6 +80,39 @@ pub struct CoreMetrics {
     pub shed_reads: AtomicU64,
     /// Writes shed by the admission control.
     pub shed_writes: AtomicU64,
+    /// The health checker's counters, copied by the core after each of its steps.
+    pub health: HealthGauges,
+}
+
+/// One core's health-check counters (see `engine::health::HealthStats`).
+#[derive(Default)]
+pub struct HealthGauges {
+    /// Instances checked on this core.
+    pub targets: AtomicU64,
+    /// Results counted.
+    pub checks: AtomicU64,
+    /// Failed results (soft and immediate).
+    pub failures: AtomicU64,
+    /// Flips written (both ways).
+    pub flips: AtomicU64,
+    /// Sum of probe latencies (ms).
+    pub latency_sum_ms: AtomicU64,
+    /// Probes with a reported result.
+    pub probes: AtomicU64,
+}
+
+impl HealthGauges {
+    /// Copies a checker's counters.
+    pub fn set(&self, stats: &engine::health::HealthStats, targets: usize) {
+        let r = Ordering::Relaxed;
+        self.targets.store(targets as u64, r);
+        self.checks.store(stats.checks, r);
+        self.failures.store(stats.failures + stats.failures_now, r);
+        self.flips
+            .store(stats.flips_healthy + stats.flips_unhealthy, r);
+        self.latency_sum_ms.store(stats.latency_sum_ms, r);
+        self.probes.store(stats.probes, r);
+    }
 }
 
 impl CoreMetrics {
@@ -178,6 +211,51 @@ pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}"
+        );
+    }
+    let health: [(&str, &str, &str, Counter); 6] = [
+        (
+            "nacelle_health_checked_instances",
+            "gauge",
+            "Persistent instances health-checked by this node.",
+            |c| &c.health.targets,
+        ),
+        (
+            "nacelle_health_probes_total",
+            "counter",
+            "Health probes started.",
+            |c| &c.health.probes,
+        ),
+        (
+            "nacelle_health_checks_total",
+            "counter",
+            "Health-check results counted.",
+            |c| &c.health.checks,
+        ),
+        (
+            "nacelle_health_failures_total",
+            "counter",
+            "Failed health-check results.",
+            |c| &c.health.failures,
+        ),
+        (
+            "nacelle_health_flips_total",
+            "counter",
+            "Health flips of persistent instances (written through Raft).",
+            |c| &c.health.flips,
+        ),
+        (
+            "nacelle_health_probe_latency_ms_total",
+            "counter",
+            "Sum of health probe latencies (ms); divide by checks for the mean.",
+            |c| &c.health.latency_sum_ms,
+        ),
+    ];
+    for (name, kind, help, get) in health {
+        let n = sum(&|c| get(c).load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {n}"
         );
     }
     let conns = sum(&|c| c.connections.load(Ordering::Relaxed));
@@ -384,5 +462,81 @@ pub fn render_cluster(out: &mut String, shared: &impl ClusterSource, loaded: boo
         for (node, code) in h.iter() {
             let _ = writeln!(out, "nacelle_member_health{{member=\"{node}\"}} {code}");
         }
+    }
+}
+
+/// The Raft node's state: role, term, leader, commit and applied index, log size, last
+/// snapshot, per-peer replication lag (on the leader), records in the store.
+pub fn render_raft(out: &mut String, m: &raft::Metrics) {
+    let role = match m.role {
+        raft::Role::Leader => 0,
+        raft::Role::Follower => 1,
+        raft::Role::Candidate => 2,
+        raft::Role::Learner => 3,
+        raft::Role::Shutdown => 4,
+    };
+    let opt = |v: Option<u64>| v.map_or(-1, |v| v as i64);
+    let gauges: [(&str, &str, i64); 10] = [
+        (
+            "nacelle_raft_role",
+            "This node's Raft role (0 leader, 1 follower, 2 candidate, 3 learner, 4 shut down).",
+            role,
+        ),
+        ("nacelle_raft_term", "Current Raft term.", m.term as i64),
+        (
+            "nacelle_raft_leader",
+            "Raft id of the leader this node knows (-1: none).",
+            opt(m.leader),
+        ),
+        (
+            "nacelle_raft_committed_index",
+            "Highest committed log index known here (-1: none).",
+            opt(m.committed),
+        ),
+        (
+            "nacelle_raft_applied_index",
+            "Highest log index applied to the store here (-1: none).",
+            opt(m.applied),
+        ),
+        (
+            "nacelle_raft_log_entries",
+            "Entries held in the Raft log (behind the last snapshot they are purged).",
+            m.log_entries as i64,
+        ),
+        (
+            "nacelle_raft_snapshot_index",
+            "Last log index covered by the current snapshot (-1: none).",
+            opt(m.snapshot),
+        ),
+        (
+            "nacelle_raft_records",
+            "Records in the CP store (persistent instances, definitions).",
+            m.records as i64,
+        ),
+        (
+            "nacelle_raft_fsyncs_total",
+            "fsyncs of the Raft log.",
+            m.fsyncs as i64,
+        ),
+        (
+            "nacelle_raft_snapshots_built_total",
+            "Snapshots built.",
+            m.snapshots_built as i64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    out.push_str("# HELP nacelle_raft_replication_lag Entries a peer is behind the leader's log (on the leader).\n# TYPE nacelle_raft_replication_lag gauge\n");
+    for (peer, lag) in &m.replication_lag {
+        let _ = writeln!(out, "nacelle_raft_replication_lag{{peer=\"{peer}\"}} {lag}");
     }
 }

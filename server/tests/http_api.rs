@@ -589,11 +589,6 @@ fn missing_or_invalid_parameters_are_answered_with_400() {
         ),
         (
             "POST",
-            "/instance?serviceName=v&ip=10.7.0.1&port=1&ephemeral=false",
-            "ephemeral",
-        ),
-        (
-            "POST",
             "/instance?serviceName=a%40%40b%40%40c&ip=10.7.0.1&port=1",
             "serviceName",
         ),

@@ -258,16 +258,6 @@ async fn invalid_instances_are_refused_with_error_400_and_nothing_is_registered(
         )
         .await;
     assert_error("deregister port over 65535", &k, &v, 400);
-    let (k, v) = c
-        .call(
-            "PersistentInstanceRequest",
-            &naming_body(
-                "strict",
-                json!({"type": "registerInstance", "instance": with(json!({"ephemeral": false}))}),
-            ),
-        )
-        .await;
-    assert_error("PersistentInstanceRequest", &k, &v, 400);
 
     let (_, v) = c.query("strict").await;
     assert!(

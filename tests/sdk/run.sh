@@ -120,12 +120,13 @@ SERVER_LOG="$WORK/server.log"
 log "starting $KIND ($BIN) http=$HTTP_PORT grpc=$GRPC_PORT"
 if [[ "$KIND" == nacelle ]]; then
   "$BIN" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --bind "$HOST" --cores "${NACELLE_CORES:-2}" \
-    >"$SERVER_LOG" 2>&1 &
+    --data-dir "$WORK/nacelle-data" >"$SERVER_LOG" 2>&1 &
 elif [[ "$KIND" == nacelle-cluster ]]; then
   MEMBERS=$(printf "%s:$HTTP_PORT," "${NODES[@]}"); MEMBERS=${MEMBERS%,}
   for i in "${!NODES[@]}"; do
     "$BIN" --http-port "$HTTP_PORT" --bind "${NODES[$i]}" --members "$MEMBERS" --insecure \
-      --cores "${NACELLE_CORES:-1}" >"$WORK/node$((i + 1)).log" 2>&1 &
+      --cores "${NACELLE_CORES:-1}" --data-dir "$WORK/nacelle-data-$((i + 1))" \
+      >"$WORK/node$((i + 1)).log" 2>&1 &
     SERVER_PIDS+=($!)
   done
   # Suites talk to node 2: neither the first member nor the one they were written against.

@@ -37,6 +37,7 @@ fn main() -> std::io::Result<()> {
             Frame::RelayedBeat { .. } => "relayed-beat",
             Frame::ForwardReply { .. } => "reply",
             Frame::Reachable { .. } => "reachable",
+            Frame::Raft { .. } => "raft",
         };
         std::fs::write(dir.join(format!("seed-{i:02}-{kind}.bin")), &out)?;
         written += 1;

@@ -19,6 +19,8 @@
 //!   writes and their replies) as length-prefixed flatbuffers (`schemas/peer.fbs`, generated
 //!   code checked in, `wire/regen.sh` regenerates and diffs it too); decoding verifies the
 //!   buffer and every value, since the bytes come from the network.
+//! - [`raft`]: the CP store's Raft messages inside the peer frames (postcard of the Raft
+//!   crate's types, bounded and checked; see there why not flatbuffers).
 //! - [`fuzzing`]: the properties of the fuzz targets (`fuzz/`) and their seeds, shared with
 //!   the stable mirrors in `tests/fuzz.rs`.
 
@@ -64,4 +66,5 @@ pub mod http_params;
 pub mod naming;
 pub mod payload;
 pub mod peer;
+pub mod raft;
 pub mod service_info;

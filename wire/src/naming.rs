@@ -132,6 +132,19 @@ impl NamingRequest {
     }
 }
 
+/// `InstanceRequest` and `BatchInstanceRequest` carry ephemeral instances only (Nacos: a
+/// persistent one goes through `PersistentInstanceRequest`, batches refuse it).
+fn ephemeral_only(instance: &engine::Instance) -> Result<(), String> {
+    if instance.ephemeral {
+        Ok(())
+    } else {
+        Err(format!(
+            "instance {}:{} is not ephemeral: register persistent instances with PersistentInstanceRequest (batches take ephemeral instances only)",
+            instance.host, instance.port
+        ))
+    }
+}
+
 /// The engine operation of an `InstanceRequest` or `BatchInstanceRequest` (`kind`) whose body
 /// is `req` naming `key`: register, deregister or batch register, by `req.kind`. Cluster names
 /// are interned by `interner`. The error is the message of an `INVALID_PARAM` answer.
@@ -150,6 +163,7 @@ pub fn instance_op(
                 .into_spec()
                 .map_err(|e| e.0)?;
             let instance = spec.build(interner).map_err(|e| e.0)?;
+            ephemeral_only(&instance)?;
             Ok(ClientOp::Register {
                 service: key,
                 instance,
@@ -181,11 +195,12 @@ pub fn instance_op(
             let list = req.instances.ok_or("instances is required")?;
             let mut instances = Vec::with_capacity(list.len());
             for i in list {
-                instances.push(
-                    i.into_spec()
-                        .and_then(|s| s.build(interner))
-                        .map_err(|e| e.0)?,
-                );
+                let instance = i
+                    .into_spec()
+                    .and_then(|s| s.build(interner))
+                    .map_err(|e| e.0)?;
+                ephemeral_only(&instance)?;
+                instances.push(instance);
             }
             Ok(ClientOp::BatchRegister {
                 service: key,

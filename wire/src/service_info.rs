@@ -161,7 +161,11 @@ pub fn write_instance(out: &mut Vec<u8>, grouped_name: &str, inst: &Instance, he
     } else {
         b",\"enabled\":false"
     });
-    out.extend_from_slice(b",\"ephemeral\":true,\"clusterName\":");
+    out.extend_from_slice(if inst.ephemeral {
+        b",\"ephemeral\":true,\"clusterName\":"
+    } else {
+        b",\"ephemeral\":false,\"clusterName\":"
+    });
     push_str(out, &inst.cluster);
     out.extend_from_slice(b",\"serviceName\":");
     push_str(out, grouped_name);

@@ -19,6 +19,7 @@
 //! - `service`: the service side — [`ServiceOp`]s, the runs of publishers, the view rebuild in
 //!   [`Shard::flush`] and the pushes to subscribers;
 //! - `heartbeat`: unhealthy marks and expiry of HTTP heartbeat instances;
+//! - [`persistent`]: applied Raft store effects as shard messages (persistent instances);
 //! - `replication/`: Distro, the replication between nodes (see its module docs for its files).
 
 use std::cmp::Reverse;
@@ -37,6 +38,7 @@ use crate::view::{DirectoryChange, ReadIndex, ServiceView};
 
 mod heartbeat;
 mod ops;
+pub mod persistent;
 mod replication;
 mod service;
 
@@ -211,6 +213,9 @@ pub enum ServiceOp {
     },
     /// Deletes an explicitly created service; refused while it has instances.
     Delete,
+    /// Changes nothing; its reply comes after the flush that publishes every op queued
+    /// before it (see [`Shard::handle_barrier`]).
+    Barrier,
 }
 
 /// A message between shards.
@@ -666,6 +671,25 @@ impl Shard {
         }
     }
 
+    /// Answers `reply` once the views show every change this shard made to `service` so
+    /// far: the reply travels behind the service ops already queued for the service's owner
+    /// and comes after the owner's next flush.
+    ///
+    /// Why: a Raft write's effects reach the client's owner on the Raft thread's channel,
+    /// apart from the request; a barrier sent on the same channel after the write committed
+    /// gives the writer read-your-writes, as an ephemeral write's reply does.
+    pub fn handle_barrier(&mut self, now: Now, service: ServiceKey, reply: ReplyTo) {
+        self.now = now;
+        if self.index.owner_of(&service) == self.id {
+            self.deferred_replies
+                .push((reply, Ok(OpOutcome::Unchanged)));
+        } else {
+            self.reply_slot = Some(reply);
+            self.send_service_op(service, ServiceOp::Barrier);
+            self.reply_slot = None;
+        }
+    }
+
     /// Fires due timers (heartbeat checks, pushes), then flushes.
     pub fn handle_timeout(&mut self, now: Now) {
         self.now = now;
@@ -716,7 +740,8 @@ impl Shard {
             let reply = match op {
                 ServiceOp::Upsert { .. }
                 | ServiceOp::Remove { .. }
-                | ServiceOp::Subscribe { .. } => self.reply_slot.take(),
+                | ServiceOp::Subscribe { .. }
+                | ServiceOp::Barrier => self.reply_slot.take(),
                 _ => None,
             };
             self.out.push_back(Command::Send {

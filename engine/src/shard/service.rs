@@ -342,6 +342,7 @@ impl Shard {
             } => {
                 self.configure_service(&service, exists, protect_threshold, metadata, must_exist)?
             }
+            ServiceOp::Barrier => return Ok(OpOutcome::Unchanged),
             ServiceOp::Delete => {
                 let Some(state) = self.services.get_mut(&service) else {
                     return Err(OpError::NotFound(format!("service {service:?} not found")));

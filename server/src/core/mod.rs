@@ -12,6 +12,7 @@
 
 mod conns;
 mod forward;
+mod health;
 mod peer;
 
 pub use conns::ConnState;
@@ -115,6 +116,9 @@ pub struct Shared {
     pub conn_prefix: u64,
     /// The cluster, if this node is in one.
     pub cluster: Option<Arc<ClusterInfo>>,
+    /// The CP half (Raft store of persistent instances and definitions); `None` only in
+    /// tests of the AP half alone.
+    pub cp: Option<Arc<crate::cp::Cp>>,
     /// Set on SIGTERM/SIGINT: the node refuses client writes (they fail over to another
     /// node) while it delivers what it already accepted to its peers.
     pub draining: std::sync::atomic::AtomicBool,
@@ -131,7 +135,11 @@ fn conn_prefix() -> u64 {
 
 impl Shared {
     /// New shared state for `cfg.cores` cores.
-    pub fn new(cfg: Config, cluster: Option<Arc<ClusterInfo>>) -> Arc<Shared> {
+    pub fn new(
+        cfg: Config,
+        cluster: Option<Arc<ClusterInfo>>,
+        cp: Option<Arc<crate::cp::Cp>>,
+    ) -> Arc<Shared> {
         let n = cfg.cores;
         Arc::new(Shared {
             index: ReadIndex::new(n, cfg.cache_bytes),
@@ -140,6 +148,7 @@ impl Shared {
             mono_origin: Instant::now(),
             conn_prefix: conn_prefix(),
             cluster,
+            cp,
             draining: std::sync::atomic::AtomicBool::new(false),
             cfg,
         })
@@ -223,6 +232,11 @@ pub struct Core {
     was_shedding: bool,
     /// `NACELLE_TRACE_CLIENT`: the one client whose story this core logs (if it owns it).
     trace: Option<Traces>,
+    /// Cluster definitions from the Raft store (health checker settings), by service and
+    /// cluster name; absent = Nacos's defaults (TCP on the instance's port).
+    cluster_defs: HashMap<(ServiceKey, Str), engine::store::naming::ClusterDefinition>,
+    /// Health checks of the persistent instances this core owns.
+    health: health::HealthDriver,
 }
 
 thread_local! {
@@ -311,6 +325,8 @@ impl Core {
             ),
             was_shedding: false,
             trace: Traces::from_env(),
+            cluster_defs: HashMap::new(),
+            health: health::HealthDriver::new(conn_prefix() ^ (id as u64).rotate_left(17)),
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
 
@@ -392,6 +408,7 @@ impl Core {
             .as_ref()
             .map(|_| format!("members {:?}", view.members.peers));
         self.router.handle_members(now.mono_ms, view);
+        self.health_members();
         self.trace_step(|| label.unwrap_or_default());
         self.execute_route_commands();
         self.execute_commands();
@@ -428,6 +445,79 @@ impl Core {
             },
         );
         Ok(rx)
+    }
+
+    /// A waiter for a CP barrier: completes when the barrier's reply reaches this core.
+    pub fn cp_waiter(&mut self) -> (ReplyTo, oneshot::Receiver<OpResult>) {
+        self.waiter()
+    }
+
+    /// The cluster definitions of `service` (name, definition), from the Raft store.
+    pub fn cluster_defs_of(
+        &self,
+        service: &ServiceKey,
+    ) -> Vec<(Str, engine::store::naming::ClusterDefinition)> {
+        self.cluster_defs
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|((_, c), d)| (c.clone(), d.clone()))
+            .collect()
+    }
+
+    /// Applies what the Raft thread (or a front end's barrier) sent this core.
+    pub fn on_cp(&mut self, msg: crate::cp::CpMsg) {
+        let now = self.now();
+        match msg {
+            crate::cp::CpMsg::Apply(actions) => {
+                for action in actions {
+                    match action {
+                        engine::shard::persistent::EffectAction::Shard(msg) => {
+                            if let ShardMsg::Client {
+                                client: ClientId::Persistent(..),
+                                op,
+                                ..
+                            } = &msg
+                            {
+                                match op {
+                                    ClientOp::Register { service, instance } => {
+                                        self.health_instance(service, instance)
+                                    }
+                                    ClientOp::Deregister {
+                                        service,
+                                        host,
+                                        port,
+                                        ..
+                                    } => self.health_removed(service, host, *port),
+                                    _ => {}
+                                }
+                            }
+                            self.shard_handle(now, msg)
+                        }
+                        engine::shard::persistent::EffectAction::Cluster {
+                            service,
+                            cluster,
+                            definition,
+                        } => {
+                            match definition {
+                                Some(d) => {
+                                    self.cluster_defs
+                                        .insert((service.clone(), cluster.clone()), d);
+                                }
+                                None => {
+                                    self.cluster_defs
+                                        .remove(&(service.clone(), cluster.clone()));
+                                }
+                            }
+                            self.health_cluster(&service, &cluster);
+                        }
+                    }
+                }
+            }
+            crate::cp::CpMsg::Barrier { service, reply } => {
+                self.shard.handle_barrier(now, service, reply)
+            }
+        }
+        self.schedule_flush();
     }
 
     fn waiter(&mut self) -> (ReplyTo, oneshot::Receiver<OpResult>) {

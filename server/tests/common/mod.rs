@@ -37,6 +37,8 @@ pub struct Server {
     /// Address it is bound to.
     pub ip: String,
     log: PathBuf,
+    /// Its own data directory when the test gave none (removed on drop).
+    _data: Option<tempfile::TempDir>,
 }
 
 static NEXT_LOG: AtomicU64 = AtomicU64::new(0);
@@ -76,7 +78,18 @@ impl Server {
             NEXT_LOG.fetch_add(1, Ordering::Relaxed)
         ));
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nacelle"))
+        // Every server gets a data directory of its own unless the test chose one (to
+        // restart a node on its data): two processes never share one.
+        let data = if extra.contains(&"--data-dir") {
+            None
+        } else {
+            Some(tempfile::tempdir().unwrap())
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nacelle"));
+        if let Some(d) = &data {
+            cmd.arg("--data-dir").arg(d.path());
+        }
+        let child = cmd
             .args(["--bind", ip, "--cores", "2"])
             .args(["--http-port", &http.to_string()])
             .args(["--grpc-port", &grpc.to_string()])
@@ -93,6 +106,7 @@ impl Server {
             grpc,
             ip: ip.to_string(),
             log,
+            _data: data,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {

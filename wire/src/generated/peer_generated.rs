@@ -529,16 +529,17 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ResultKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_FRAME_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_FRAME_BODY: u8 = 5;
+pub const ENUM_MAX_FRAME_BODY: u8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_FRAME_BODY: [FrameBody; 6] = [
+pub const ENUM_VALUES_FRAME_BODY: [FrameBody; 7] = [
   FrameBody::NONE,
   FrameBody::Hello,
   FrameBody::Partition,
   FrameBody::Forward,
   FrameBody::ForwardReply,
   FrameBody::Reachable,
+  FrameBody::Raft,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -552,9 +553,10 @@ impl FrameBody {
   pub const Forward: Self = Self(3);
   pub const ForwardReply: Self = Self(4);
   pub const Reachable: Self = Self(5);
+  pub const Raft: Self = Self(6);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -562,6 +564,7 @@ impl FrameBody {
     Self::Forward,
     Self::ForwardReply,
     Self::Reachable,
+    Self::Raft,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -572,6 +575,7 @@ impl FrameBody {
       Self::Forward => Some("Forward"),
       Self::ForwardReply => Some("ForwardReply"),
       Self::Reachable => Some("Reachable"),
+      Self::Raft => Some("Raft"),
       _ => None,
     }
   }
@@ -4951,6 +4955,102 @@ impl ::core::fmt::Debug for Reachable<'_> {
       ds.finish()
   }
 }
+pub enum RaftOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Raft<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Raft<'a> {
+  type Inner = Raft<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Raft<'a> {
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Raft { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RaftArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Raft<'bldr>> {
+    let mut builder = RaftBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Raft::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Raft<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RaftArgs<'a> {
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RaftArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RaftArgs {
+      payload: None,
+    }
+  }
+}
+
+pub struct RaftBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RaftBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Raft::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RaftBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RaftBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Raft<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Raft<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Raft");
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5075,6 +5175,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_raft(&self) -> Option<Raft<'a>> {
+    if self.body_type() == FrameBody::Raft {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Raft::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -5090,6 +5205,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           FrameBody::Forward => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forward>>("FrameBody::Forward", pos),
           FrameBody::ForwardReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ForwardReply>>("FrameBody::ForwardReply", pos),
           FrameBody::Reachable => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Reachable>>("FrameBody::Reachable", pos),
+          FrameBody::Raft => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Raft>>("FrameBody::Raft", pos),
           _ => Ok(()),
         }
      })?
@@ -5174,6 +5290,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         FrameBody::Reachable => {
           if let Some(x) = self.body_as_reachable() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        FrameBody::Raft => {
+          if let Some(x) = self.body_as_raft() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -113,6 +113,13 @@ pub fn decode_frame(frame_body: &[u8]) -> Result<Frame, PeerDecodeError> {
             }
             Ok(Frame::Reachable { up })
         }
+        fb::FrameBody::Raft => {
+            let t = root
+                .body_as_raft()
+                .ok_or_else(|| invalid("raft frame without a body"))?;
+            let payload = t.payload().map(|p| p.bytes().to_vec()).unwrap_or_default();
+            Ok(Frame::Raft { payload })
+        }
         other => Err(invalid(format!("unknown frame kind {}", other.0))),
     }
 }

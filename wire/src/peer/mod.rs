@@ -104,6 +104,12 @@ pub enum Frame {
         /// Members the sender reaches (at most [`MAX_REACHABLE`]).
         up: Vec<NodeId>,
     },
+    /// A message of the CP store's Raft runtimes: [`crate::raft`]'s bytes, decoded by
+    /// [`crate::raft::decode_raft`] (opaque to this codec, which only carries them).
+    Raft {
+        /// The encoded message.
+        payload: Vec<u8>,
+    },
 }
 
 /// The waiter of a forwarded write on the node that sent it: the core that holds it and its

@@ -292,6 +292,10 @@ pub fn all_frames() -> Vec<Frame> {
             up: vec![NodeId::new("10.0.0.2:8848"), NodeId::new("10.0.0.3:8848")],
         },
         Frame::Reachable { up: vec![] },
+        Frame::Raft {
+            payload: nacelle_wire::raft::seeds().swap_remove(2).1,
+        },
+        Frame::Raft { payload: vec![] },
     ];
     for (i, msg) in peer_msgs().into_iter().enumerate() {
         frames.push(Frame::Partition {

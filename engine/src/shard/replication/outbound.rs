@@ -45,7 +45,8 @@ impl Shard {
         old: Option<u64>,
         new: Option<u64>,
     ) {
-        if self.distro.is_none() {
+        // Persistent clients reach every node through Raft: Distro never carries them.
+        if self.distro.is_none() || client.is_persistent() {
             return;
         }
         if let Some(rev) = old {
@@ -66,6 +67,9 @@ impl Shard {
         let Some(d) = self.distro.as_ref() else {
             return;
         };
+        if client.is_persistent() {
+            return;
+        }
         let peers: Vec<NodeId> = d.links.keys().cloned().collect();
         for peer in peers {
             self.mark_for(

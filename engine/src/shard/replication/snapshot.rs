@@ -285,7 +285,9 @@ impl Shard {
         let mut pending: Vec<ClientId> = self
             .clients
             .iter()
-            .filter(|(c, state)| partition_of(c) == partition && !state.publishes.is_empty())
+            .filter(|(c, state)| {
+                partition_of(c) == partition && !state.publishes.is_empty() && !c.is_persistent()
+            })
             .map(|(c, _)| c.clone())
             .collect();
         pending.reverse();

@@ -95,7 +95,11 @@ impl Shard {
         }
         if !differ.is_empty() {
             for (id, c) in &self.clients {
-                if c.replica.is_some() || c.publishes.is_empty() || partition_of(id) != partition {
+                if c.replica.is_some()
+                    || c.publishes.is_empty()
+                    || id.is_persistent()
+                    || partition_of(id) != partition
+                {
                     continue;
                 }
                 if let Some(list) = differ.get_mut(&slice_of(id)) {

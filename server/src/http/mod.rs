@@ -24,6 +24,8 @@ use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
 use crate::rt::{GlommioIo, LocalTimer};
 
+mod writes;
+
 type Resp = Response<Full<Bytes>>;
 
 /// Accepts HTTP connections on this core.
@@ -221,18 +223,19 @@ async fn route_naming(
     p: &Params<'_>,
 ) -> Result<Resp, Failure> {
     match (method, route) {
-        (&Method::POST, "/instance") => register(api, p).await,
-        (&Method::PUT, "/instance") => update(api, p).await,
-        (&Method::PATCH, "/instance") => patch(api, p).await,
-        (&Method::DELETE, "/instance") => deregister(api, p).await,
+        (&Method::POST, "/instance") => writes::register(api, p).await,
+        (&Method::PUT, "/instance") => writes::update(api, p).await,
+        (&Method::PATCH, "/instance") => writes::patch(api, p).await,
+        (&Method::DELETE, "/instance") => writes::deregister(api, p).await,
         (&Method::GET, "/instance") => instance_detail(api, p),
         (&Method::PUT, "/instance/beat") => beat(api, p).await,
         (&Method::GET, "/instance/list") => instance_list(api, p),
         (&Method::GET, "/service/list") => service_list(api, p),
         (&Method::GET, "/service") => service_detail(api, p),
-        (&Method::POST, "/service") => configure_service(api, p, Some(false)).await,
-        (&Method::PUT, "/service") => configure_service(api, p, Some(true)).await,
-        (&Method::DELETE, "/service") => delete_service(api, p).await,
+        (&Method::POST, "/service") => writes::configure_service(api, p, Some(false)).await,
+        (&Method::PUT, "/service") => writes::configure_service(api, p, Some(true)).await,
+        (&Method::DELETE, "/service") => writes::delete_service(api, p).await,
+        (&Method::PUT, "/cluster") => writes::update_cluster(api, p).await,
         (&Method::GET, "/operator/metrics") => Ok(operator_metrics(api)),
         _ => Err(Failure {
             status: StatusCode::NOT_FOUND,
@@ -296,72 +299,6 @@ async fn outcome(
             message: "request dropped".into(),
         }),
     }
-}
-
-async fn register(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    let spec = p.instance_spec()?;
-    let instance = with_core(|c| spec.build(&mut c.interner)).map_err(|e| bad(e.0))?;
-    let client = ClientId::for_address(&instance.host, instance.port);
-    submit(
-        client,
-        ClientOp::Register {
-            service: key,
-            instance,
-        },
-    )
-    .await?;
-    Ok(ok_answer(api))
-}
-
-/// PUT: replaces the fields of an existing instance with the request's (Nacos builds the
-/// instance from the parameters, defaults included); an unknown instance is an error.
-async fn update(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
-    let (key, host, port, cluster) = p.address()?;
-    let patch = p.replacement()?;
-    let op = ClientOp::Update {
-        service: key,
-        host: host.clone(),
-        port,
-        cluster,
-        patch,
-    };
-    submit(ClientId::for_address(&host, port), op).await?;
-    Ok(ok_answer(api))
-}
-
-async fn patch(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
-    let (key, host, port, cluster) = p.address()?;
-    let patch = p.patch()?;
-    let client = ClientId::for_address(&host, port);
-    submit(
-        client,
-        ClientOp::Update {
-            service: key,
-            host,
-            port,
-            cluster,
-            patch,
-        },
-    )
-    .await?;
-    Ok(ok_answer(api))
-}
-
-async fn deregister(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
-    let (key, host, port, cluster) = p.address()?;
-    let client = ClientId::for_address(&host, port);
-    submit(
-        client,
-        ClientOp::Deregister {
-            service: key,
-            host,
-            port,
-            cluster,
-        },
-    )
-    .await?;
-    Ok(ok_answer(api))
 }
 
 async fn beat(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
@@ -440,7 +377,7 @@ fn instance_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
         let mut out = String::with_capacity(256);
         let _ = write!(
             out,
-            "{{\"service\":{},\"ip\":{},\"port\":{},\"clusterName\":{},\"weight\":{},\"healthy\":{},\"enabled\":{},\"ephemeral\":true,\"instanceId\":{},\"metadata\":{}}}",
+            "{{\"service\":{},\"ip\":{},\"port\":{},\"clusterName\":{},\"weight\":{},\"healthy\":{},\"enabled\":{},\"ephemeral\":{},\"instanceId\":{},\"metadata\":{}}}",
             json_str(&key.grouped_name()),
             json_str(&inst.host.to_string()),
             inst.port,
@@ -448,6 +385,7 @@ fn instance_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
             serde_json::to_string(&inst.weight).unwrap_or_else(|_| "1.0".into()),
             inst.healthy,
             inst.enabled,
+            inst.ephemeral,
             json_str(&inst.id_for(&key)),
             inst.metadata().json()
         );
@@ -497,17 +435,33 @@ fn service_list(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
 fn service_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let key = p.service_key()?;
     let index = with_core(|c| c.shared.index.clone());
+    let defined = with_core(|c| c.cluster_defs_of(&key));
     let body = index.read(&key, |view| {
         let view = view?;
         let mut clusters: Vec<&str> = view.instances().map(|i| &*i.cluster).collect();
+        clusters.extend(defined.iter().map(|(name, _)| &**name));
         clusters.sort_unstable();
         clusters.dedup();
         let clusters: Vec<String> = clusters
             .iter()
-            .map(|c| format!("{{\"name\":{},\"healthChecker\":{{\"type\":\"TCP\"}},\"metadata\":{{}}}}", json_str(c)))
+            .map(|c| {
+                let def = defined.iter().find(|(name, _)| &**name == *c).map(|(_, d)| d);
+                let checker = def.map_or_else(
+                    || r#"{"type":"TCP"}"#.to_owned(),
+                    |d| crate::http::writes::checker_json(&d.health_checker),
+                );
+                let metadata = def.map_or_else(|| "{}".to_owned(), |d| {
+                    serde_json::to_string(&d.metadata).unwrap_or_else(|_| "{}".into())
+                });
+                format!(
+                    "{{\"name\":{},\"healthChecker\":{checker},\"metadata\":{metadata}}}",
+                    json_str(c)
+                )
+            })
             .collect();
+        let ephemeral = view.kind() != Some(engine::view::InstanceKind::Persistent);
         Some(format!(
-            "{{\"namespaceId\":{},\"groupName\":{},\"name\":{},\"protectThreshold\":{},\"metadata\":{},\"selector\":{{\"type\":\"none\"}},\"clusters\":[{}],\"ephemeral\":true}}",
+            "{{\"namespaceId\":{},\"groupName\":{},\"name\":{},\"protectThreshold\":{},\"metadata\":{},\"selector\":{{\"type\":\"none\"}},\"clusters\":[{}],\"ephemeral\":{ephemeral}}}",
             json_str(key.namespace()),
             json_str(key.group()),
             json_str(key.name()),
@@ -525,34 +479,6 @@ fn service_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
         Api::V1 => json(StatusCode::OK, body),
         Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
     })
-}
-
-async fn configure_service(
-    api: Api,
-    p: &Params<'_>,
-    must_exist: Option<bool>,
-) -> Result<Resp, Failure> {
-    let http_params::ServiceConfig {
-        key,
-        protect_threshold,
-        metadata,
-    } = p.service_config()?;
-    service_op(
-        key,
-        ServiceOp::Configure {
-            protect_threshold,
-            metadata,
-            must_exist,
-        },
-    )
-    .await?;
-    Ok(ok_answer(api))
-}
-
-async fn delete_service(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
-    let key = p.service_key()?;
-    service_op(key, ServiceOp::Delete).await?;
-    Ok(ok_answer(api))
 }
 
 fn operator_metrics(api: Api) -> Resp {
@@ -637,6 +563,9 @@ fn prometheus() -> Resp {
         let _ = writeln!(out, "# HELP nacelle_answer_cache_bytes Bytes of cached encoded answers.\n# TYPE nacelle_answer_cache_bytes gauge\nnacelle_answer_cache_bytes {cache}");
         crate::metrics::render_requests(&mut out, &s.metrics);
         crate::metrics::render_cluster(&mut out, s, c.all_loaded());
+        if let Some(cp) = &s.cp {
+            crate::metrics::render_raft(&mut out, &cp.raft().metrics());
+        }
     });
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(

@@ -1,0 +1,239 @@
+//! The CP half on this node: the Raft node that stores persistent instances and service and
+//! cluster definitions (`nacelle-raft`), the road from its applied effects into the cores'
+//! shards, and the write path the HTTP and gRPC front ends share.
+//!
+//! ```text
+//!  front end (core k) ── write(cmd) ──▶ Raft thread ── commit (fsync on a majority) ──┐
+//!        ▲                                                                          apply
+//!        │                       effects, in log order, per owning core ◀───────────┘
+//!        │                                   │ (bounded channel per core)
+//!        └── reply after the views show it ◀─┴── Barrier on the same channel (read-your-writes)
+//! ```
+//!
+//! Every node applies the log, so every node feeds the same effects to its own shards: the
+//! persistent instances are in every node's views, served like ephemeral ones. A write is
+//! answered once it is committed *and* this node's views show it: its effects reached the
+//! owning core's channel before the Raft write resolved, and the barrier that follows them on
+//! that channel travels behind them through the shards (`Shard::handle_barrier`).
+//!
+//! # Layout
+//! - this file: startup ([`start`]), the effect dispatch on the Raft thread, the per-core
+//!   inbox, [`write`];
+//! - [`naming`]: the naming commands the front ends build, and the service-kind rule.
+
+pub mod naming;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use engine::model::ServiceKey;
+use engine::shard::persistent::{action_for, EffectAction};
+use engine::shard::{client_shard, ReplyTo, ShardMsg};
+use engine::store::{StoreCommand, StoreEffect, StoreResponse};
+use engine::view::service_shard;
+use tracing::{error, info, warn};
+
+use crate::core::with_core;
+
+/// Messages from the Raft thread (and the front ends' barriers) to one core.
+pub enum CpMsg {
+    /// Applied effects whose owner is this core, in log order.
+    Apply(Vec<EffectAction>),
+    /// Answer `reply` once everything before this message is in the views (of `service`).
+    Barrier {
+        /// The service the write changed.
+        service: ServiceKey,
+        /// The waiter.
+        reply: ReplyTo,
+    },
+}
+
+/// Largest number of effect batches waiting for one core: past it the Raft thread waits for
+/// the core (backpressure reaches the log's apply, never unbounded memory).
+const INBOX_BATCHES: usize = 4096;
+/// Largest number of effects in one batch to a core (a snapshot install yields millions).
+const BATCH_EFFECTS: usize = 4096;
+
+/// This node's CP handle, shared by every core.
+pub struct Cp {
+    raft: raft::RaftHandle,
+    inboxes: Vec<flume::Sender<CpMsg>>,
+}
+
+/// What a CP write can end in besides the store's own answer.
+#[derive(Debug)]
+pub enum CpError {
+    /// No leader within the bound, or the node is shutting down: Nacos's 503.
+    Unavailable(String),
+    /// Nacos's service-kind rule: an instance of the other kind than the service holds
+    /// (a `NacosRuntimeException` in Nacos, whose text carries its code).
+    KindRule(String),
+    /// The store refused the command (`code`: 400, 404 or 409).
+    Refused {
+        /// HTTP-like code.
+        code: u16,
+        /// Message.
+        message: String,
+    },
+}
+
+/// Where the Raft store lives, and who is in the group.
+pub struct CpConfig {
+    /// `<data-dir>`; the Raft files go to `<data-dir>/raft`.
+    pub data_dir: PathBuf,
+    /// Number of cores.
+    pub cores: usize,
+}
+
+/// Opens the store (replaying it into the cores' inboxes as they start) and starts the Raft
+/// node. Returns the handle and each core's inbox receiver.
+pub fn start(cfg: &CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), String> {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..cfg.cores)
+        .map(|_| flume::bounded(INBOX_BATCHES))
+        .unzip();
+    let dispatch = Dispatch {
+        cores: cfg.cores,
+        inboxes: senders.clone(),
+    };
+    let raft_cfg = raft::RaftConfig::new(
+        STANDALONE_ID,
+        std::collections::BTreeSet::from([STANDALONE_ID]),
+        cfg.data_dir.clone(),
+    );
+    let raft = raft::RaftNode::start(raft_cfg, NoPeers, move |index, effects| {
+        dispatch.deliver(index, effects)
+    })
+    .map_err(|e| {
+        format!(
+            "cannot open the Raft store under {}: {e}",
+            cfg.data_dir.display()
+        )
+    })?;
+    info!(data_dir = %cfg.data_dir.display(), "Raft store open");
+    Ok((
+        Arc::new(Cp {
+            raft,
+            inboxes: senders,
+        }),
+        receivers,
+    ))
+}
+
+/// The Raft id of a standalone node (a one-voter group).
+const STANDALONE_ID: raft::NodeId = 1;
+
+/// The transport of a one-voter group: there is nobody to send to.
+struct NoPeers;
+
+impl raft::Transport for NoPeers {
+    fn send(&self, _to: raft::NodeId, _msg: raft::RaftMessage) {}
+}
+
+/// Sends applied effects to the cores that own them (runs on the Raft thread).
+struct Dispatch {
+    cores: usize,
+    inboxes: Vec<flume::Sender<CpMsg>>,
+}
+
+impl Dispatch {
+    fn deliver(&self, log_index: u64, effects: Vec<StoreEffect>) {
+        let mut per_core: Vec<Vec<EffectAction>> = (0..self.cores).map(|_| Vec::new()).collect();
+        for effect in effects {
+            let StoreEffect::Naming(effect) = effect;
+            let action = match action_for(&effect) {
+                Ok(a) => a,
+                Err(e) => {
+                    error!(log_index, error = %e, ?effect, "stored record refused by the registry; not shown");
+                    continue;
+                }
+            };
+            match &action {
+                EffectAction::Shard(ShardMsg::Client { client, .. }) => {
+                    per_core[client_shard(client, self.cores)].push(action)
+                }
+                EffectAction::Shard(ShardMsg::Service { service, .. }) => {
+                    per_core[service_shard(service, self.cores)].push(action)
+                }
+                EffectAction::Shard(ShardMsg::BeatRelayed { .. }) => {}
+                // Every core probes the instances it owns: each needs the checker settings.
+                EffectAction::Cluster { .. } => {
+                    for batch in per_core.iter_mut() {
+                        batch.push(action.clone());
+                    }
+                }
+            }
+        }
+        for (core, batch) in per_core.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let mut batch = batch;
+            while !batch.is_empty() {
+                let rest = batch.split_off(batch.len().min(BATCH_EFFECTS));
+                // Blocks the Raft thread while the core is BATCH_EFFECTS * INBOX_BATCHES
+                // behind: applying waits rather than queueing without bound.
+                if self.inboxes[core].send(CpMsg::Apply(batch)).is_err() {
+                    warn!(core, "core inbox closed: effects dropped (shutting down)");
+                    return;
+                }
+                batch = rest;
+            }
+        }
+    }
+}
+
+/// The task that feeds core `id`'s inbox into its shard.
+pub async fn run_inbox(rx: flume::Receiver<CpMsg>) {
+    while let Ok(msg) = rx.recv_async().await {
+        with_core(|c| c.on_cp(msg));
+    }
+}
+
+impl Cp {
+    /// Writes `cmd` through Raft; once committed, waits until this node's views show it
+    /// (`barrier`: the core owning the change and the service it changed).
+    pub async fn write(
+        &self,
+        cmd: StoreCommand,
+        barrier: Option<(usize, ServiceKey)>,
+    ) -> Result<StoreResponse, CpError> {
+        use raft::WriteError as W;
+        let written = self.raft.write(cmd).await.map_err(|e| match e {
+            W::NoLeader => CpError::Unavailable(
+                "no Raft leader (an election, or this node is on the minority side of a partition): not written, retry".into(),
+            ),
+            W::Timeout => CpError::Unavailable(
+                "the write was not confirmed in time: it may or may not be applied; retry (writes are idempotent)".into(),
+            ),
+            W::TooLarge { bytes, max } => CpError::Refused {
+                code: 400,
+                message: format!("the request is too large to store ({bytes} bytes, at most {max})"),
+            },
+            W::Busy => CpError::Unavailable("server is over its threshold, retry later".into()),
+            W::Shutdown => CpError::Unavailable("this node is shutting down".into()),
+            W::Failed(m) => CpError::Unavailable(format!("the Raft store failed: {m}")),
+        })?;
+        if let StoreResponse::Refused { code, message } = written.response {
+            return Err(CpError::Refused { code, message });
+        }
+        if let Some((core, service)) = barrier {
+            let (reply, rx) = with_core(|c| c.cp_waiter());
+            if self.inboxes[core]
+                .send_async(CpMsg::Barrier { service, reply })
+                .await
+                .is_err()
+            {
+                return Err(CpError::Unavailable("shutting down".into()));
+            }
+            // As an ephemeral write's reply: it comes once the owner's flush published
+            // the change (a core answers every barrier it is sent).
+            let _ = rx.await;
+        }
+        Ok(written.response)
+    }
+
+    /// The Raft node's metrics.
+    pub fn raft(&self) -> &raft::RaftHandle {
+        &self.raft
+    }
+}
