@@ -182,6 +182,19 @@ impl PeerIo {
         }
     }
 
+    /// The members besides this node (those with a peer address).
+    pub fn peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.by_node.keys()
+    }
+
+    /// Counts a frame that could not be sent.
+    pub fn count_dropped(&self) {
+        self.info
+            .stats
+            .frames_dropped
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     fn set_members(&mut self, members: Vec<Member>) {
         self.by_addr.clear();
         self.by_node.clear();

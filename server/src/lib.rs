@@ -160,19 +160,26 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
             "nacelle starting (cluster)"
         ),
     }
-    // The Raft group of a cluster travels over the peer transport, which is not wired yet:
-    // a cluster node runs without the CP half (persistent writes answer 503) rather than
-    // with a group of its own that would diverge from its peers'.
-    let (cp, inboxes) = if cluster.is_none() {
-        let (cp, inboxes) = cp::start(&cp::CpConfig {
-            data_dir: cfg.data_dir.clone(),
-            cores: n,
-        })?;
-        (Some(cp), inboxes)
-    } else {
-        warn!("cluster mode: persistent instances and durable service definitions are not available yet (single-node only)");
-        (None, Vec::new())
+    // A cluster's Raft messages travel over the peer transport core 0 starts below.
+    let (group, raft_outbox) = match &cluster {
+        None => (cp::Group::Standalone, None),
+        Some(c) => {
+            let (outbox, rx) = cp::peers::PeerOutbox::new();
+            let me = c.me.clone();
+            let peers = c
+                .members
+                .iter()
+                .map(cluster::node_id)
+                .filter(|n| *n != me)
+                .collect();
+            (cp::Group::Cluster { me, peers, outbox }, Some(rx))
+        }
     };
+    let (cp, inboxes) = cp::start(cp::CpConfig {
+        data_dir: cfg.data_dir.clone(),
+        cores: n,
+        group,
+    })?;
     let inboxes = Arc::new(inboxes);
     let shared = Shared::new(cfg.clone(), cluster, cp);
     let mesh = MeshBuilder::<MeshBatch, _>::full(n, 1024);
@@ -193,6 +200,7 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
             let stop = stop.clone();
             let drained = drained.clone();
             let inboxes = inboxes.clone();
+            let raft_outbox = raft_outbox.clone();
             async move {
                 let (senders, receivers) = match mesh.join().await {
                     Ok(v) => v,
@@ -208,6 +216,9 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
                 if id == 0 {
                     if let Some(info) = shared.cluster.clone() {
                         let io = cluster::start(info, core::CorePeerEvents)?;
+                        if let Some(rx) = raft_outbox.clone() {
+                            glommio::spawn_local(cp::peers::run_outbox(rx, io.clone())).detach();
+                        }
                         let view = io.borrow_mut().initial_view();
                         core::with_core(|c| {
                             c.set_peer_io(io);

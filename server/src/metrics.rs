@@ -476,7 +476,17 @@ pub fn render_raft(out: &mut String, m: &raft::Metrics) {
         raft::Role::Shutdown => 4,
     };
     let opt = |v: Option<u64>| v.map_or(-1, |v| v as i64);
-    let gauges: [(&str, &str, i64); 10] = [
+    let gauges: [(&str, &str, i64); 12] = [
+        (
+            "nacelle_raft_voters",
+            "Voters of the Raft membership this node knows.",
+            m.voters.len() as i64,
+        ),
+        (
+            "nacelle_raft_learners",
+            "Learners (catching up, not voting yet) of the Raft membership this node knows.",
+            m.learners.len() as i64,
+        ),
         (
             "nacelle_raft_role",
             "This node's Raft role (0 leader, 1 follower, 2 candidate, 3 learner, 4 shut down).",

@@ -14,9 +14,11 @@ mod conns;
 mod forward;
 mod health;
 mod peer;
+mod udp;
 
 pub use conns::ConnState;
 pub use peer::CorePeerEvents;
+pub use udp::{render_metrics as render_udp_metrics, UDP_SUBSCRIBER};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -31,8 +33,8 @@ use engine::distro::route::Router;
 use engine::distro::NodeId;
 use engine::model::{ClientId, Interner, ServiceKey, Str};
 use engine::shard::{
-    client_shard, ClientOp, Command, Now, OpResult, ReplyTo, ServiceOp, Shard, ShardConfig,
-    ShardMsg, ShardStats,
+    client_shard, ClientOp, Command, Now, OpResult, ReplyTo, Shard, ShardConfig, ShardMsg,
+    ShardStats,
 };
 use engine::view::{ReadIndex, ServiceView};
 use futures_channel::oneshot;
@@ -94,6 +96,8 @@ pub enum CoreMsg {
         /// Operation.
         op: ClientOp,
     },
+    /// A list call's UDP push target, for the core owning the service.
+    UdpSubscribe(Box<engine::udp_push::Subscription>),
 }
 
 /// A batch of messages from one core to another (one wake-up per batch, not per message).
@@ -107,6 +111,8 @@ pub struct Shared {
     pub index: Arc<ReadIndex>,
     /// Each core's shard counters, set when the core starts.
     pub shard_stats: Vec<OnceLock<Arc<ShardStats>>>,
+    /// Each core's UDP push counters, set when its push socket opens.
+    pub udp_stats: Vec<OnceLock<Arc<engine::udp_push::UdpPushStats>>>,
     /// Each core's request metrics.
     pub metrics: Vec<Arc<CoreMetrics>>,
     /// Origin of the monotonic clock given to shards.
@@ -118,7 +124,7 @@ pub struct Shared {
     pub cluster: Option<Arc<ClusterInfo>>,
     /// The CP half (Raft store of persistent instances and definitions); `None` only in
     /// tests of the AP half alone.
-    pub cp: Option<Arc<crate::cp::Cp>>,
+    pub cp: Arc<crate::cp::Cp>,
     /// Set on SIGTERM/SIGINT: the node refuses client writes (they fail over to another
     /// node) while it delivers what it already accepted to its peers.
     pub draining: std::sync::atomic::AtomicBool,
@@ -138,12 +144,13 @@ impl Shared {
     pub fn new(
         cfg: Config,
         cluster: Option<Arc<ClusterInfo>>,
-        cp: Option<Arc<crate::cp::Cp>>,
+        cp: Arc<crate::cp::Cp>,
     ) -> Arc<Shared> {
         let n = cfg.cores;
         Arc::new(Shared {
             index: ReadIndex::new(n, cfg.cache_bytes),
             shard_stats: (0..n).map(|_| OnceLock::new()).collect(),
+            udp_stats: (0..n).map(|_| OnceLock::new()).collect(),
             metrics: (0..n).map(|_| Arc::new(CoreMetrics::default())).collect(),
             mono_origin: Instant::now(),
             conn_prefix: conn_prefix(),
@@ -237,6 +244,8 @@ pub struct Core {
     cluster_defs: HashMap<(ServiceKey, Str), engine::store::naming::ClusterDefinition>,
     /// Health checks of the persistent instances this core owns.
     health: health::HealthDriver,
+    /// UDP push of the services this core owns (`None` if its socket could not open).
+    udp: Option<udp::UdpCore>,
 }
 
 thread_local! {
@@ -327,8 +336,10 @@ impl Core {
             trace: Traces::from_env(),
             cluster_defs: HashMap::new(),
             health: health::HealthDriver::new(conn_prefix() ^ (id as u64).rotate_left(17)),
+            udp: None,
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
+        with_core(|c| c.start_udp());
 
         for (peer, stream) in receivers.streams() {
             glommio::spawn_local(async move {
@@ -392,6 +403,14 @@ impl Core {
 
     /// Gives every core (this one included) a new membership view.
     pub fn broadcast_members(&mut self, view: MemberView) {
+        // The Raft group follows the configured member list, whatever their health.
+        if let Some(me) = &view.members.me {
+            let peers = view.members.peers.iter().map(|(n, _)| n);
+            self.shared
+                .cp
+                .raft()
+                .set_members(crate::cp::peers::raft_ids(me, peers));
+        }
         for core in 0..self.n {
             if core != self.id {
                 self.send_core(core, CoreMsg::Members(view.clone()));
@@ -425,26 +444,6 @@ impl Core {
             return Err(Overloaded);
         }
         Ok(())
-    }
-
-    /// Sends a service op to the service's owner.
-    pub fn submit_service(
-        &mut self,
-        service: ServiceKey,
-        op: ServiceOp,
-    ) -> Result<oneshot::Receiver<OpResult>, Overloaded> {
-        let owner = self.shared.index.owner_of(&service);
-        self.admit(owner)?;
-        let (to, rx) = self.waiter();
-        self.route(
-            owner,
-            ShardMsg::Service {
-                service,
-                op,
-                reply: Some(to),
-            },
-        );
-        Ok(rx)
     }
 
     /// A waiter for a CP barrier: completes when the barrier's reply reaches this core.
@@ -572,6 +571,7 @@ impl Core {
                 client,
                 op,
             } => self.accept_forward(from, id, client, op),
+            CoreMsg::UdpSubscribe(sub) => self.udp_subscribe(*sub),
         }
     }
 
@@ -676,6 +676,11 @@ impl Core {
                         );
                     }
                 }
+                Command::Push {
+                    subscriber: UDP_SUBSCRIBER,
+                    view,
+                    ..
+                } => self.udp_view(view),
                 Command::Push {
                     subscriber,
                     clusters,

@@ -92,6 +92,11 @@ impl Core {
                     self.broadcast_members(view);
                 }
             }
+            Ok(wire::peer::Frame::Raft { payload }) => {
+                if let Err(e) = crate::cp::peers::deliver(self.shared.cp.raft(), &from, &payload) {
+                    self.refuse_peer_frame(&from, &e);
+                }
+            }
             Ok(_) => {}
             Err(e) => self.refuse_peer_frame(&from, &e.to_string()),
         }

@@ -19,9 +19,11 @@
 //! # Layout
 //! - this file: startup ([`start`]), the effect dispatch on the Raft thread, the per-core
 //!   inbox, [`write`];
-//! - [`naming`]: the naming commands the front ends build, and the service-kind rule.
+//! - [`naming`]: the naming commands the front ends build, and the service-kind rule;
+//! - [`peers`]: a cluster's Raft traffic over the QUIC peer layer, and members' Raft ids.
 
 pub mod naming;
+pub mod peers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,11 +85,28 @@ pub struct CpConfig {
     pub data_dir: PathBuf,
     /// Number of cores.
     pub cores: usize,
+    /// Who is in the Raft group.
+    pub group: Group,
+}
+
+/// The Raft group this node is in.
+pub enum Group {
+    /// A one-voter group (no peers, no flags).
+    Standalone,
+    /// The cluster's members, one voter each; messages go through `outbox` to core 0.
+    Cluster {
+        /// This node.
+        me: engine::distro::NodeId,
+        /// The other members at start (the list then follows `cluster.conf`).
+        peers: Vec<engine::distro::NodeId>,
+        /// The Raft thread's transport.
+        outbox: peers::PeerOutbox,
+    },
 }
 
 /// Opens the store (replaying it into the cores' inboxes as they start) and starts the Raft
 /// node. Returns the handle and each core's inbox receiver.
-pub fn start(cfg: &CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), String> {
+pub fn start(cfg: CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), String> {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..cfg.cores)
         .map(|_| flume::bounded(INBOX_BATCHES))
         .unzip();
@@ -95,15 +114,25 @@ pub fn start(cfg: &CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), S
         cores: cfg.cores,
         inboxes: senders.clone(),
     };
-    let raft_cfg = raft::RaftConfig::new(
-        STANDALONE_ID,
-        std::collections::BTreeSet::from([STANDALONE_ID]),
-        cfg.data_dir.clone(),
-    );
-    let raft = raft::RaftNode::start(raft_cfg, NoPeers, move |index, effects| {
-        dispatch.deliver(index, effects)
-    })
-    .map_err(|e| {
+    let sink = move |index, effects| dispatch.deliver(index, effects);
+    let started = match cfg.group {
+        Group::Standalone => {
+            let raft_cfg = raft::RaftConfig::new(
+                STANDALONE_ID,
+                std::collections::BTreeSet::from([STANDALONE_ID]),
+                cfg.data_dir.clone(),
+            );
+            raft::RaftNode::start(raft_cfg, NoPeers, sink)
+        }
+        Group::Cluster { me, peers, outbox } => {
+            let id = peers::raft_id(&me);
+            let members = peers::raft_ids(&me, &peers);
+            info!(raft_id = id, me = %me, voters = members.len(), "Raft group of the cluster");
+            let raft_cfg = raft::RaftConfig::new(id, members, cfg.data_dir.clone());
+            raft::RaftNode::start(raft_cfg, outbox, sink)
+        }
+    };
+    let raft = started.map_err(|e| {
         format!(
             "cannot open the Raft store under {}: {e}",
             cfg.data_dir.display()

@@ -8,13 +8,13 @@
 
 use engine::health::{parse_health_checker, CheckSpec};
 use engine::model::{ClientId, ServiceKey};
-use engine::shard::{ClientOp, ServiceOp};
+use engine::shard::ClientOp;
 use engine::store::naming::{ClusterDefinition, HealthChecker, ServiceChange};
 use engine::view::InstanceKind;
 use http::StatusCode;
 use wire::http_params::{self, Api, Params};
 
-use super::{bad, ok_answer, service_op, submit, Failure, Resp};
+use super::{bad, ok_answer, submit, Failure, Resp};
 use crate::core::with_core;
 use crate::cp::{naming as cp, CpError};
 
@@ -162,33 +162,12 @@ pub(super) async fn configure_service(
         metadata: metadata.map(|m| m.to_map()),
         selector,
     };
-    if with_core(|c| c.shared.cp.is_none()) {
-        // Without the CP half (a cluster node, until its Raft group is wired): definitions
-        // stay in this node's memory, as before.
-        service_op(
-            key,
-            ServiceOp::Configure {
-                protect_threshold,
-                metadata: change
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| engine::Metadata::from_map(m).ok()),
-                must_exist,
-            },
-        )
-        .await?;
-        return Ok(ok_answer(api));
-    }
     cp::define_service(key, change, must_exist).await?;
     Ok(ok_answer(api))
 }
 
 pub(super) async fn delete_service(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let key = p.service_key()?;
-    if with_core(|c| c.shared.cp.is_none()) {
-        service_op(key, ServiceOp::Delete).await?;
-        return Ok(ok_answer(api));
-    }
     cp::delete_service(key).await?;
     Ok(ok_answer(api))
 }

@@ -7,6 +7,8 @@
 // Helpers panic on failure like the tests do (`tests/cluster.rs` does not allow this itself).
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
