@@ -1,17 +1,16 @@
 //! The invariants of `DISTRO.md`, checked on the world: safety while the faults happen
 //! (I2, I3, I5; I6 is checked as messages are sent, in `network.rs`), convergence (I1) and
-//! quiet verify rounds (I7) once they are over; and what a failing check describes, the
-//! stand-in deregistrations I1 excuses, and the summary of a run.
+//! quiet verify rounds (I7) once they are over, the dead clients' fate (I8); and what a
+//! failing check describes, and the summary of a run.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use engine::distro::{Health, NodeId};
 use engine::shard::client_shard;
-use engine::{ClientId, ClientOp, Host};
+use engine::{ClientId, Host};
 
 use super::clients::TruthClient;
-use super::nodes::Waiter;
 use super::World;
 
 /// The owner association (node, epoch) and revision a node last showed for a publish.
@@ -43,35 +42,6 @@ pub(super) struct DeadClient {
 }
 
 impl World {
-    /// DISTRO.md's known gap: a deregistration applied at a stand-in once it waited its
-    /// patience for a SUSPICIOUS owner (or came forwarded and the receiver could not reach
-    /// the owner either) may be undone by the owner's or a taker-over's copy until that
-    /// copy's heartbeat timeout. Such a client is listed, and I1 does not count it; one
-    /// applied at a stand-in before its patience ran out is not excused.
-    pub(super) fn note_stand_in_deregistration(
-        &mut self,
-        i: usize,
-        token: u64,
-        client: &ClientId,
-        op: &ClientOp,
-    ) {
-        if !matches!(op, ClientOp::Deregister { .. }) || self.nodes[i].members.is_mine(client) {
-            return;
-        }
-        let waited = match self.nodes[i].waiters.get(&token) {
-            Some(Waiter::Peer { .. }) => true,
-            _ => self.http_pending.get(&(i, token)).is_some_and(|(_, sent)| {
-                sent + engine::distro::route::DEREGISTER_PATIENCE_MS <= self.now_ms
-            }),
-        };
-        if waited {
-            self.say(format!(
-                "{client}: deregistration applied at stand-in node {i} (known gap)"
-            ));
-            self.stand_in_deregistrations.insert(client.clone());
-        }
-    }
-
     /// Whether every alive node runs and sees every other alive node UP (nothing can be in
     /// flight to a paused node); updates `settled_since_ms`: since when, in addition, every
     /// alive node sees every other node DOWN and the alive nodes are the same (nothing moves
@@ -326,6 +296,20 @@ impl World {
                     j == k || !nodes[j].alive || (*h == Health::Up && since + grace <= now)
                 })
             });
+            // Or this node is a hub: it and every running node have seen each other UP for a
+            // while, whatever the links between the others (a one-way cut, a partition that
+            // leaves this node in the middle). A client beats some running node, that node
+            // reaches this one, and this one reaches the owner: the beats reach the owner
+            // (forwarded, or detoured through this node), and the owner's state reaches
+            // this node (DISTRO.md, "Writes while the owner is SUSPICIOUS").
+            let up_for_a_while = |a: usize, b: usize| {
+                let (h, since, _) = nodes[a].seen[b];
+                h == Health::Up && since + grace <= now
+            };
+            let hub = (0..nodes.len())
+                .filter(|k| *k != i && self.running(*k))
+                .all(|k| up_for_a_while(i, k) && up_for_a_while(k, i));
+            let calm_cluster = calm_cluster || hub;
             let expected = self.truth_set(|c, t, at| {
                 // Heartbeat clients: on a cluster where every node has seen every other UP
                 // for a while, they are everywhere (their beats reach their owner).
@@ -405,7 +389,6 @@ impl World {
             if !self.nodes[i].alive {
                 continue;
             }
-            let excused = &self.stand_in_deregistrations;
             // A dead client may still be shown until its I8 deadline.
             let dying: BTreeSet<ClientId> = self
                 .dead
@@ -419,7 +402,7 @@ impl World {
                 .filter(|(_, host, port, _)| {
                     let ip: Ipv4Addr = host.parse().expect("simulated hosts are v4");
                     let c = ClientId::for_address(&Host::V4(ip), *port);
-                    !excused.contains(&c) && !dying.contains(&c)
+                    !dying.contains(&c)
                 })
                 .collect();
             let missing: Vec<_> = truth.difference(&visible).take(3).cloned().collect();

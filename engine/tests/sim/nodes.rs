@@ -114,7 +114,10 @@ impl World {
         for s in 0..shard_count {
             let cfg = ShardConfig {
                 shard_count,
-                distro: Some(self.scenario.distro.clone()),
+                distro: Some(engine::distro::DistroConfig {
+                    reverted: self.scenario.reverted,
+                    ..self.scenario.distro.clone()
+                }),
                 ..ShardConfig::default()
             };
             node.shards
@@ -197,7 +200,6 @@ impl World {
             RouteCommand::Apply {
                 token, client, op, ..
             } => {
-                self.note_stand_in_deregistration(i, token, &client, &op);
                 let n = self.nodes[i].shard_count;
                 let shard = client_shard(&client, n);
                 let now = self.nodes[i].now(self.now_ms);
