@@ -18,6 +18,7 @@ extern crate nacelle_engine as engine;
 
 mod sim;
 
+use engine::distro::membership::Reverted;
 use sim::{run_seed, Scenario};
 
 fn report(test: &str, seed: u64, violations: &[String], log: &[String]) -> String {
@@ -137,6 +138,27 @@ fn the_known_failing_short_seeds_still_fail() {
     }
 }
 
+/// Held fault episodes (`Scenario::episodes`: one-way cuts, partitions, pauses, crashes
+/// with restarts during the hand-over, one at a time on a lossless network), so I3 is
+/// checked while a cut leaves some node in touch with all: `DISTRO_EPISODE_SEEDS`, by
+/// default `DISTRO_SEEDS`. Ignored: with every rule on, seeds 51, 60 and 90 of its first
+/// 120 fail I7 (one slice digest and one slice listing per verify round that change
+/// nothing, not yet diagnosed; DISTRO.md, "Known gaps"). The mutation test of detours uses
+/// the scenario all the same, checking that the seed it reports passes with every rule on.
+#[test]
+#[ignore = "open I7 findings (seeds 51, 60, 90): see the doc comment and DISTRO.md, Known gaps"]
+fn held_fault_episodes_never_break_an_invariant() {
+    let seeds = std::env::var("DISTRO_EPISODE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(seeds());
+    sweep(
+        "held_fault_episodes_never_break_an_invariant",
+        Scenario::episodes,
+        seeds,
+    );
+}
+
 /// Crashes alone leave the network calm, so I3 is checked all the time, including while a
 /// crashed node is still UP or SUSPICIOUS for its peers and its clients' writes land
 /// elsewhere.
@@ -168,66 +190,141 @@ fn a_calm_cluster_converges_and_verifies_with_digests_only() {
     );
 }
 
-/// The first seed below `budget` at which `scenario` breaks an invariant, with its
-/// violations.
+/// The lowest seed below `budget` at which `scenario` breaks an invariant, with its
+/// violations; one thread per CPU, each taking every n-th seed and stopping once its next
+/// seed is above the lowest failing one found so far (so the answer does not depend on the
+/// threads' order).
 fn first_failing_seed(scenario: fn() -> Scenario, budget: u64) -> Option<(u64, Vec<String>)> {
-    (0..budget).find_map(|seed| {
-        let (violations, _) = run_seed(seed, scenario(), false);
-        (!violations.is_empty()).then_some((seed, violations))
-    })
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let lowest = AtomicU64::new(u64::MAX);
+    let found: Vec<(u64, Vec<String>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                let lowest = &lowest;
+                scope.spawn(move || {
+                    let mut seed = first;
+                    while seed < budget && seed < lowest.load(Ordering::Relaxed) {
+                        let (violations, _) = run_seed(seed, scenario(), false);
+                        if !violations.is_empty() {
+                            lowest.fetch_min(seed, Ordering::Relaxed);
+                            return Some((seed, violations));
+                        }
+                        seed += threads;
+                    }
+                    None
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().expect("a sweep thread panicked"))
+            .collect()
+    });
+    found.into_iter().min_by_key(|(seed, _)| *seed)
 }
 
-/// Mutation tests: with one of the rules that fixed a fault-harness finding turned off, the
-/// sweep should find a violating seed within its budget (`DISTRO.md`: "Unreachable is not
-/// dead", "Writes while the owner is SUSPICIOUS"). It does not yet: none of the three is
-/// caught in 150 seeds, because what those findings broke — a silently dead HTTP client's
-/// instance coming back, a deregistration undone by a restarted owner — is not something
-/// the simulated clients do (they never die silently; deregistrations are off, see
-/// `Scenario::http_deregistrations`) nor something an invariant states. Ignored until then,
-/// so the suite stays honest about it: `cargo test --release -p nacelle-engine --test
-/// distro_sim -- --ignored --nocapture` runs it.
-#[test]
-#[ignore = "the reverted findings are not caught yet (see the doc comment)"]
-fn each_reverted_finding_is_caught_by_a_seed() {
-    use engine::distro::membership::Reverted;
-    let budget = seeds();
-    type Case = (&'static str, fn() -> Scenario);
-    let cases: [Case; 3] = [
-        ("vouching", || Scenario {
-            reverted: Reverted {
-                vouching: true,
-                ..Reverted::default()
-            },
-            ..Scenario::standard()
-        }),
-        ("detour", || Scenario {
-            reverted: Reverted {
-                detour: true,
-                ..Reverted::default()
-            },
-            ..Scenario::standard()
-        }),
-        ("deregister patience", || Scenario {
-            reverted: Reverted {
-                deregister_patience: true,
-                ..Reverted::default()
-            },
-            ..Scenario::standard()
-        }),
-    ];
-    let mut missed = Vec::new();
-    for (name, scenario) in cases {
-        match first_failing_seed(scenario, budget) {
-            Some((seed, violations)) => eprintln!(
-                "reverted {name}: caught at seed {seed} ({} seeds run): {}",
-                seed + 1,
-                violations[0]
-            ),
-            None => missed.push(name),
-        }
-    }
+/// The test command's seed budget for a long-run sweep (`scripts/test.sh`:
+/// `DISTRO_SEEDS=2000`). A mutation test must be caught within it, whatever `DISTRO_SEEDS`
+/// says (it stops at the first violating seed, so it costs what that takes).
+const STANDARD_BUDGET: u64 = 2_000;
+
+/// Mutation test: with one rule that fixed a fault-harness finding turned off
+/// (`Reverted`), the sweep of `scenario` must find a violating seed within `budget`.
+/// Prints the seed and how many seeds it took (recorded in DISTRO.md, "Mutation tests"),
+/// and checks that the seed passes with every rule on; replay it with
+/// `DISTRO_REVERT=<name> DISTRO_SEED=<seed>` and the sweep of `scenario` (see
+/// `sim::reverted_from_env`).
+fn assert_caught(name: &str, scenario: fn() -> Scenario, budget: u64) {
+    // Wall time for the report only; the simulation itself runs on its virtual clock.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let Some((seed, violations)) = first_failing_seed(scenario, budget) else {
+        panic!("reverted {name}: no violation within {budget} seeds");
+    };
+    // The seed must be the revert's finding: with every rule on, it passes.
+    let (unreverted, _) = run_seed(
+        seed,
+        Scenario {
+            reverted: Reverted::default(),
+            ..scenario()
+        },
+        false,
+    );
     assert!(
-        missed.is_empty(),
-        "not caught within {budget} seeds: {missed:?}"
+        unreverted.is_empty(),
+        "reverted {name}: seed {seed} fails with every rule on too: {unreverted:?}"
+    );
+    eprintln!(
+        "reverted {name}: caught at seed {seed} ({} seeds needed, {:.1} s): {}",
+        seed + 1,
+        started.elapsed().as_secs_f64(),
+        violations[0]
+    );
+}
+
+fn reverted(f: impl FnOnce(&mut Reverted)) -> Reverted {
+    let mut r = Reverted::default();
+    f(&mut r);
+    r
+}
+
+/// "Unreachable is not dead": a DOWN member that another member reaches stays SUSPICIOUS.
+/// Not caught yet: no violation in the standard sweep's first seeds tried (see DISTRO.md,
+/// "Mutation tests").
+#[test]
+#[ignore = "not caught yet: see DISTRO.md, Mutation tests"]
+fn reverted_vouching_is_caught() {
+    assert_caught(
+        "vouching",
+        || Scenario {
+            reverted: reverted(|r| r.vouching = true),
+            ..Scenario::standard()
+        },
+        STANDARD_BUDGET,
+    );
+}
+
+/// "Writes while the owner is SUSPICIOUS": through an UP member, not applied here. Caught
+/// by held episodes (a one-way cut leaves a hub: I3).
+#[test]
+fn reverted_detour_is_caught() {
+    assert_caught(
+        "detour",
+        || Scenario {
+            reverted: reverted(|r| r.detour = true),
+            ..Scenario::episodes()
+        },
+        STANDARD_BUDGET,
+    );
+}
+
+/// "Writes while the owner is SUSPICIOUS": a deregistration waits for its owner. Not
+/// caught yet (see DISTRO.md, "Mutation tests").
+#[test]
+#[ignore = "not caught yet: see DISTRO.md, Mutation tests"]
+fn reverted_deregister_patience_is_caught() {
+    assert_caught(
+        "deregister patience",
+        || Scenario {
+            reverted: reverted(|r| r.deregister_patience = true),
+            ..Scenario::standard()
+        },
+        STANDARD_BUDGET,
+    );
+}
+
+/// "Leases and expiry": after a pause, a peer's `Drop` wins over our unheard client. Not
+/// caught yet (see DISTRO.md, "Mutation tests").
+#[test]
+#[ignore = "not caught yet: see DISTRO.md, Mutation tests"]
+fn reverted_pause_drop_is_caught() {
+    assert_caught(
+        "pause drop",
+        || Scenario {
+            reverted: reverted(|r| r.pause_drop = true),
+            ..Scenario::standard()
+        },
+        STANDARD_BUDGET,
     );
 }

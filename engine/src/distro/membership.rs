@@ -59,6 +59,11 @@ pub struct Reverted {
     pub detour: bool,
     /// A deregistration for a SUSPICIOUS owner is applied at once.
     pub deregister_patience: bool,
+    /// A node that did not run for a while (SIGSTOP) keeps its heartbeat clients as its own
+    /// whatever its peers did meanwhile: a peer's `Drop` of one never wins over our copy, and
+    /// a `Resync` of one is answered with fresh revisions (the pause/`Drop` rule of DISTRO.md,
+    /// "Leases and expiry"; carried to the shards by `DistroConfig::reverted`).
+    pub pause_drop: bool,
 }
 
 /// One node's membership state: its links, the peers' reports, what it heard when.

@@ -193,6 +193,9 @@ pub struct DistroConfig {
     /// Pending changes per peer and partition beyond which the queue is dropped and verify
     /// repairs the peer instead (bounded memory for a long-dead peer).
     pub max_pending_keys: usize,
+    /// Rules of the shards turned off, for mutation tests only (see
+    /// [`membership::Reverted`]); the server always runs with the default, every rule on.
+    pub reverted: membership::Reverted,
 }
 
 impl Default for DistroConfig {
@@ -211,6 +214,7 @@ impl Default for DistroConfig {
             snapshot_timeout_ms: 3_000,
             startup_alone_ms: 3_000,
             max_pending_keys: 1_000_000,
+            reverted: membership::Reverted::default(),
         }
     }
 }

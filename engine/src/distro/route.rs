@@ -627,7 +627,7 @@ mod tests {
         let all = Reverted {
             detour: true,
             deregister_patience: true,
-            vouching: false,
+            ..Reverted::default()
         };
         assert_eq!(
             route_client_write(&v, all, &c, &deregister(&c), 0, true),

@@ -87,7 +87,12 @@ impl Shard {
             // the dead ones: until a client is heard from again, a peer's `Drop` of it wins
             // over our copy (see `accept_drop_after_pause`); kept and listed by our verify
             // instead, it would be resynced back onto the peers that had expired it.
-            if self.distro.is_some() {
+            let reverted = self
+                .cfg
+                .distro
+                .as_ref()
+                .is_some_and(|d| d.reverted.pause_drop);
+            if self.distro.is_some() && !reverted {
                 self.pause_stale = self
                     .clients
                     .iter()

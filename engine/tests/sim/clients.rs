@@ -10,6 +10,7 @@ use std::sync::Arc;
 use engine::shard::{client_shard, conn_id};
 use engine::{ClientId, ClientOp, Host, Instance, Metadata, ServiceKey, ShardMsg};
 
+use super::invariants::DeadClient;
 use super::nodes::Waiter;
 use super::World;
 
@@ -114,17 +115,63 @@ impl World {
             return;
         }
         let grpc_open = self.truth.keys().filter(|c| !c.is_heartbeat()).count();
+        let http_live = self.truth.keys().filter(|c| c.is_heartbeat()).count();
+        // Clients that leave are replaced, up to twice the scenario's number over a run.
+        let http_room = http_live < self.scenario.http_clients
+            && self.http_ids.len() < 2 * self.scenario.http_clients;
         let roll = self.rng.below(100);
         if roll < 35 && grpc_open < self.scenario.grpc_clients {
             self.grpc_connects(&alive);
         } else if roll < 50 {
             self.grpc_leaves();
-        } else if roll < 70 && self.http_ids.len() < self.scenario.http_clients {
+        } else if roll < 70 && http_room {
             self.http_registers(&alive);
         } else if roll < 78 {
             self.grpc_reweighs();
-        } else if roll < 86 && self.scenario.http_deregistrations {
-            self.http_deregisters(&alive);
+        } else if roll < 86 {
+            if self.scenario.http_deregistrations {
+                self.http_deregisters(&alive);
+            }
+        } else if roll < 89 && self.scenario.http_deaths {
+            self.http_dies();
+        }
+    }
+
+    /// The world stops keeping `client` alive at this moment: it never beats again (I8).
+    fn bury_later(&mut self, client: &ClientId, t: &TruthClient, how: &'static str) {
+        let delete_ms = t
+            .publishes
+            .values()
+            .map(|(inst, _)| u64::from(inst.timing().delete_ms))
+            .max()
+            .unwrap_or(0);
+        self.say(format!("{client} {how} (deletion timeout {delete_ms} ms)"));
+        self.dead.insert(
+            client.clone(),
+            DeadClient {
+                at_ms: self.now_ms,
+                delete_ms,
+                how,
+                buried: false,
+            },
+        );
+    }
+
+    /// An HTTP client dies silently (its process is killed): no deregistration, its beats
+    /// just stop, wherever it was sending them and whatever the network is doing.
+    fn http_dies(&mut self) {
+        let ids: Vec<ClientId> = self
+            .truth
+            .keys()
+            .filter(|c| c.is_heartbeat())
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let client = ids[self.rng.below(ids.len() as u64) as usize].clone();
+        if let Some(t) = self.truth.remove(&client) {
+            self.bury_later(&client, &t, "dies silently");
         }
     }
 
@@ -296,6 +343,7 @@ impl World {
         let Some(t) = self.truth.remove(&client) else {
             return;
         };
+        self.bury_later(&client, &t, "deregisters");
         let entry = self.http_entry(t.home, alive);
         for (service, (inst, _)) in t.publishes {
             self.apply_http(

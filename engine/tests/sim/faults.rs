@@ -42,6 +42,7 @@ impl World {
                 if self.running(a) {
                     let pause = [2_000, 8_000, 15_000][self.rng.below(3) as usize];
                     self.nodes[a].paused_until_ms = self.now_ms + pause;
+                    self.nodes[a].parked.clear();
                     self.say(format!("node {a} paused for {pause} ms"));
                     // The disturbance lasts until the node is back.
                     self.last_disturbance_ms = self.now_ms + pause;
@@ -71,6 +72,75 @@ impl World {
         self.last_disturbance_ms = self.now_ms;
     }
 
+    /// `Scenario::episodes`: one fault at a time, held for a while on an otherwise lossless
+    /// network, then healed, then a quiet gap. Called on every action tick during the
+    /// faults; `episode_until_ms` is when the current episode (or gap) ends.
+    pub(super) fn episode_step(&mut self) {
+        if self.now_ms < self.episode_until_ms {
+            return;
+        }
+        if self.in_episode {
+            self.in_episode = false;
+            self.blocked.clear();
+            self.episode_until_ms = self.now_ms + self.rng.range(1_000, 4_000);
+            self.last_disturbance_ms = self.now_ms;
+            self.say("episode ends: network heals".into());
+            return;
+        }
+        let count = self.nodes.len();
+        let a = self.rng.below(count as u64) as usize;
+        let b = (a + 1 + self.rng.below(count as u64 - 1) as usize) % count;
+        // Held long enough for the nodes on either side to declare each other DOWN (3 s
+        // idle timeout + 6 s), for a fast client to expire (6 s), and for I3 to be checked
+        // once its grace (10 s) is over.
+        let hold = self.rng.range(6_000, 25_000);
+        self.in_episode = true;
+        self.episode_until_ms = self.now_ms + hold;
+        match self.rng.below(6) {
+            // A one-way cut: a's frames to b are lost, b's reach a (QUIC sees the link
+            // fail both ways; b's reports and syncs still arrive, a's detours matter).
+            0 | 1 => {
+                self.blocked.insert((a, b));
+                self.say(format!("episode: one-way cut {a} -> {b} for {hold} ms"));
+            }
+            2 => {
+                self.blocked.insert((a, b));
+                self.blocked.insert((b, a));
+                self.say(format!("episode: partition {a} <-> {b} for {hold} ms"));
+            }
+            // SIGSTOP, then SIGCONT with the clock jumped.
+            3 if self.running(a) => {
+                let pause = [8_000, 15_000][self.rng.below(2) as usize];
+                self.nodes[a].paused_until_ms = self.now_ms + pause;
+                self.nodes[a].parked.clear();
+                self.episode_until_ms = self.now_ms + pause + 1_000;
+                self.say(format!("episode: node {a} paused for {pause} ms"));
+                self.last_disturbance_ms = self.now_ms + pause;
+                return;
+            }
+            // A crash and a restart while its clients are being handed over: around the
+            // time the others declare it DOWN (3 s + 6 s), or quickly.
+            4 | 5 if self.nodes[a].alive => {
+                let back = if self.rng.chance(0.3) {
+                    self.rng.range(200, 2_500)
+                } else {
+                    self.rng.range(7_000, 12_000)
+                };
+                self.crash_node(a);
+                self.restarts.push((self.now_ms + back, a));
+                self.episode_until_ms = self.now_ms + back + 1_000;
+                self.say(format!("episode: node {a} crashes, back in {back} ms"));
+                return;
+            }
+            _ => {
+                self.in_episode = false;
+                self.episode_until_ms = self.now_ms + 500;
+                return;
+            }
+        }
+        self.last_disturbance_ms = self.now_ms;
+    }
+
     /// Crashes a running node or restarts a crashed one. Not a disturbance of the network:
     /// I3 keeps being checked while a crashed node is being declared DOWN and its clients
     /// move (a restarted node is judged once it has run for a grace period, and the others
@@ -95,6 +165,13 @@ impl World {
         self.jitter_ms = 2;
         self.restarts.clear();
         for i in 0..self.nodes.len() {
+            if self.nodes[i].paused_until_ms > self.now_ms {
+                // SIGCONT now: what waits in its socket is read now, in order, not when the
+                // pause would have ended (the node runs meanwhile).
+                for seq in std::mem::take(&mut self.nodes[i].parked) {
+                    self.net.push(std::cmp::Reverse((self.now_ms + 1, seq)));
+                }
+            }
             self.nodes[i].paused_until_ms = self.nodes[i].paused_until_ms.min(self.now_ms);
             if !self.nodes[i].alive {
                 self.start_node(i);

@@ -1,49 +1,189 @@
 //! The invariants of `DISTRO.md`, checked on the world: safety while the faults happen
 //! (I2, I3, I5; I6 is checked as messages are sent, in `network.rs`), convergence (I1) and
-//! quiet verify rounds (I7) once they are over; and what a failing check describes, the
-//! stand-in deregistrations I1 excuses, and the summary of a run.
+//! quiet verify rounds (I7) once they are over, the dead clients' fate (I8); and what a
+//! failing check describes, and the summary of a run.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use engine::distro::{Health, NodeId};
 use engine::shard::client_shard;
-use engine::{ClientId, ClientOp, Host};
+use engine::{ClientId, Host};
 
 use super::clients::TruthClient;
-use super::nodes::Waiter;
 use super::World;
 
 /// The owner association (node, epoch) and revision a node last showed for a publish.
 pub(super) type SeenRev = (Option<(NodeId, u64)>, u64);
 
+/// I8: a dead client may be buried (absent from every alive node on a calm cluster) only
+/// once nothing it sent can still be on its way: the longest pause (15 s, while what was
+/// sent to the node waits in its socket) plus a forward's timeout and a deregistration's
+/// patience (1.5 s each), rounded up.
+pub(super) const BURY_AFTER_MS: u64 = 20_000;
+/// I8: on a settled cluster a dead client is gone everywhere within its deletion timeout
+/// plus this, counted from its death or from the moment the cluster settled, whichever is
+/// later (a node that takes a client over gives it a whole deletion timeout; then the
+/// removal travels).
+pub(super) const DEAD_GRACE_MS: u64 = 10_000;
+
+/// An HTTP client the world stopped keeping alive: it deregistered or died silently (I8).
+#[derive(Clone, Debug)]
+pub(super) struct DeadClient {
+    /// When it stopped beating (its last beat was sent at or before this).
+    pub(super) at_ms: u64,
+    /// Its instances' deletion timeout.
+    pub(super) delete_ms: u64,
+    /// "deregisters" or "dies silently".
+    pub(super) how: &'static str,
+    /// Absent from every alive node on a calm cluster since `BURY_AFTER_MS` after its
+    /// death: from then on no node may show it.
+    pub(super) buried: bool,
+}
+
 impl World {
-    /// DISTRO.md's known gap: a deregistration applied at a stand-in once it waited its
-    /// patience for a SUSPICIOUS owner (or came forwarded and the receiver could not reach
-    /// the owner either) may be undone by the owner's or a taker-over's copy until that
-    /// copy's heartbeat timeout. Such a client is listed, and I1 does not count it; one
-    /// applied at a stand-in before its patience ran out is not excused.
-    pub(super) fn note_stand_in_deregistration(
-        &mut self,
-        i: usize,
-        token: u64,
-        client: &ClientId,
-        op: &ClientOp,
-    ) {
-        if !matches!(op, ClientOp::Deregister { .. }) || self.nodes[i].members.is_mine(client) {
+    /// Whether every alive node runs and sees every other alive node UP (nothing can be in
+    /// flight to a paused node); updates `settled_since_ms`: since when, in addition, every
+    /// alive node sees every other node DOWN and the alive nodes are the same (nothing moves
+    /// between owners any more, and a client taken over gets a whole deletion timeout).
+    fn note_calm(&mut self) -> bool {
+        let nodes = &self.nodes;
+        let now = self.now_ms;
+        let alive: Vec<usize> = (0..nodes.len()).filter(|k| nodes[*k].alive).collect();
+        let calm = alive.iter().all(|&k| {
+            nodes[k].paused_until_ms <= now
+                && nodes[k]
+                    .seen
+                    .iter()
+                    .enumerate()
+                    .all(|(j, (h, _, _))| j == k || !nodes[j].alive || *h == Health::Up)
+        });
+        let settled = calm
+            && alive.iter().all(|&k| {
+                nodes[k]
+                    .seen
+                    .iter()
+                    .enumerate()
+                    .all(|(j, (h, _, _))| nodes[j].alive || *h == Health::Down)
+            });
+        match &self.settled_since_ms {
+            Some((_, set)) if settled && *set == alive => {}
+            _ if settled => self.settled_since_ms = Some((now, alive)),
+            _ => self.settled_since_ms = None,
+        }
+        calm
+    }
+
+    /// Which alive nodes show an instance of each dead client.
+    fn dead_shown(&self) -> std::collections::BTreeMap<ClientId, Vec<usize>> {
+        let mut shown: std::collections::BTreeMap<ClientId, Vec<usize>> = Default::default();
+        let dead = &self.dead;
+        for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+            n.index.for_each(|view| {
+                for inst in view.instances() {
+                    let id = ClientId::for_address(&inst.host, inst.port);
+                    if dead.contains_key(&id) {
+                        let nodes = shown.entry(id).or_default();
+                        if nodes.last() != Some(&i) {
+                            nodes.push(i);
+                        }
+                    }
+                }
+            });
+        }
+        shown
+    }
+
+    /// When a dead client must be gone from every node of a settled cluster (I8).
+    fn dead_deadline_ms(&self, d: &DeadClient) -> Option<u64> {
+        let (since, _) = self.settled_since_ms.as_ref()?;
+        // Some copies of a dead client are removed by a lease, not by a `Drop`: those of a
+        // member that went DOWN, whose new owner never had the client (I4), and those handed
+        // to a new owner that has not confirmed them (DISTRO.md, "An unconfirmed handover
+        // proves nothing").
+        let lease = self.scenario.distro.replica_lease_ms;
+        Some(d.at_ms.max(*since) + d.delete_ms.max(lease) + DEAD_GRACE_MS)
+    }
+
+    /// I8, the dead stay dead: a heartbeat client that deregistered or died silently at t
+    /// is, on a settled cluster, gone from every node by max(t, settled since) + its
+    /// deletion timeout + `DEAD_GRACE_MS`; and once it is absent from every alive node of a calm
+    /// cluster (at t + `BURY_AFTER_MS` or later), no node shows it again, faults or not.
+    pub(super) fn check_dead(&mut self) {
+        let calm = self.note_calm();
+        self.watch();
+        if self.dead.is_empty() {
             return;
         }
-        let waited = match self.nodes[i].waiters.get(&token) {
-            Some(Waiter::Peer { .. }) => true,
-            _ => self.http_pending.get(&(i, token)).is_some_and(|(_, sent)| {
-                sent + engine::distro::route::DEREGISTER_PATIENCE_MS <= self.now_ms
-            }),
+        let now = self.now_ms;
+        let shown = self.dead_shown();
+        let ids: Vec<ClientId> = self.dead.keys().cloned().collect();
+        for c in ids {
+            let d = self.dead[&c].clone();
+            let on = shown.get(&c).cloned().unwrap_or_default();
+            if d.buried && !on.is_empty() {
+                let text = format!(
+                    "I8: {c} came back on nodes {on:?}: it {} at {} ms and was gone from every node",
+                    d.how, d.at_ms
+                );
+                self.dead.remove(&c);
+                self.log.push(format!("I8 at {now} ms:"));
+                self.describe_client(&c);
+                self.violations.push(text);
+            } else if !d.buried && on.is_empty() && calm && now >= d.at_ms + BURY_AFTER_MS {
+                self.say(format!("{c} is gone from every node"));
+                if let Some(d) = self.dead.get_mut(&c) {
+                    d.buried = true;
+                }
+            } else if !on.is_empty() && self.dead_deadline_ms(&d).is_some_and(|t| now >= t) {
+                let text = format!(
+                    "I8: nodes {on:?} still show {c}, which {} at {} ms (deletion timeout {} ms, settled since {:?} ms)",
+                    d.how,
+                    d.at_ms,
+                    d.delete_ms,
+                    self.settled_since_ms.as_ref().map(|(t, _)| *t)
+                );
+                self.dead.remove(&c);
+                self.log.push(format!("I8 at {now} ms:"));
+                self.describe_client(&c);
+                self.violations.push(text);
+            }
+        }
+    }
+
+    /// `DISTRO_WATCH=ip:port` (replays): logs every change of what each node holds of
+    /// that client.
+    fn watch(&mut self) {
+        if !self.verbose {
+            return;
+        }
+        let Some(addr) = std::env::var("DISTRO_WATCH").ok() else {
+            return;
         };
-        if waited {
-            self.say(format!(
-                "{client}: deregistration applied at stand-in node {i} (known gap)"
-            ));
-            self.stand_in_deregistrations.insert(client.clone());
+        let Some((ip, port)) = addr.split_once(':') else {
+            return;
+        };
+        let ip: Ipv4Addr = ip.parse().expect("DISTRO_WATCH=ip:port");
+        let port: u16 = port.parse().expect("DISTRO_WATCH=ip:port");
+        let c = ClientId::for_address(&Host::V4(ip), port);
+        for k in 0..self.nodes.len() {
+            let n = &self.nodes[k];
+            let text = if n.alive {
+                let shard = client_shard(&c, n.shard_count);
+                // The time since the last beat changes all the time: not part of a change.
+                let text = n.shards[shard].describe_client(&c);
+                let stable = text.split(" silent").next().unwrap_or("").to_string();
+                (
+                    stable,
+                    format!("{text} (responsible {:?})", n.members.responsible_for(&c)),
+                )
+            } else {
+                ("down".to_string(), "down".to_string())
+            };
+            if self.watched.get(&k) != Some(&text.0) {
+                self.watched.insert(k, text.0);
+                self.say(format!("watch node {k}: {}", text.1));
+            }
         }
     }
 
@@ -136,6 +276,7 @@ impl World {
                 *prev = (origin, rev);
             }
         }
+        self.check_dead();
         // I3 applies only on a lossless network (loss makes "reachable" a matter of luck).
         if self.loss > 0.0 || self.now_ms < self.last_disturbance_ms.saturating_add(grace) {
             return;
@@ -155,6 +296,20 @@ impl World {
                     j == k || !nodes[j].alive || (*h == Health::Up && since + grace <= now)
                 })
             });
+            // Or this node is a hub: it and every running node have seen each other UP for a
+            // while, whatever the links between the others (a one-way cut, a partition that
+            // leaves this node in the middle). A client beats some running node, that node
+            // reaches this one, and this one reaches the owner: the beats reach the owner
+            // (forwarded, or detoured through this node), and the owner's state reaches
+            // this node (DISTRO.md, "Writes while the owner is SUSPICIOUS").
+            let up_for_a_while = |a: usize, b: usize| {
+                let (h, since, _) = nodes[a].seen[b];
+                h == Health::Up && since + grace <= now
+            };
+            let hub = (0..nodes.len())
+                .filter(|k| *k != i && self.running(*k))
+                .all(|k| up_for_a_while(i, k) && up_for_a_while(k, i));
+            let calm_cluster = calm_cluster || hub;
             let expected = self.truth_set(|c, t, at| {
                 // Heartbeat clients: on a cluster where every node has seen every other UP
                 // for a while, they are everywhere (their beats reach their owner).
@@ -195,28 +350,36 @@ impl World {
                 })
             });
             if let Some((c, t)) = owner {
-                let mut lines = vec![format!("  {c} (connection on {:?}) {svc}:", t.node)];
-                for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
-                    let shard = client_shard(c, n.shard_count);
-                    lines.push(format!(
-                        "    node {k} (loaded {}, expired {}, pruned {}): {}",
-                        n.shards.iter().all(|s| s.is_loaded()),
-                        n.shards[shard]
-                            .stats()
-                            .distro
-                            .replicas_expired
-                            .load(std::sync::atomic::Ordering::Relaxed),
-                        n.shards[shard]
-                            .stats()
-                            .distro
-                            .replicas_pruned
-                            .load(std::sync::atomic::Ordering::Relaxed),
-                        n.shards[shard].describe_client(c)
-                    ));
-                }
-                self.log.push(lines.join("\n"));
+                let c = c.clone();
+                let label = format!("  {c} (connection on {:?}) {svc}:", t.node);
+                self.describe_client_as(&c, label);
             }
         }
+    }
+
+    /// Every alive node's state of client `c`, into the log.
+    fn describe_client(&mut self, c: &ClientId) {
+        self.describe_client_as(c, format!("  {c}:"));
+    }
+
+    fn describe_client_as(&mut self, c: &ClientId, label: String) {
+        let mut lines = vec![label];
+        for (k, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+            let shard = client_shard(c, n.shard_count);
+            let distro = &n.shards[shard].stats().distro;
+            lines.push(format!(
+                "    node {k} (loaded {}, expired {}, pruned {}): {}",
+                n.shards.iter().all(|s| s.is_loaded()),
+                distro
+                    .replicas_expired
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                distro
+                    .replicas_pruned
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                n.shards[shard].describe_client(c)
+            ));
+        }
+        self.log.push(lines.join("\n"));
     }
 
     /// I1: every node shows exactly the live instances.
@@ -226,13 +389,20 @@ impl World {
             if !self.nodes[i].alive {
                 continue;
             }
-            let excused = &self.stand_in_deregistrations;
+            // A dead client may still be shown until its I8 deadline.
+            let dying: BTreeSet<ClientId> = self
+                .dead
+                .iter()
+                .filter(|(_, d)| self.dead_deadline_ms(d).is_none_or(|t| self.now_ms < t))
+                .map(|(c, _)| c.clone())
+                .collect();
             let visible: BTreeSet<_> = self
                 .visible(i)
                 .into_iter()
                 .filter(|(_, host, port, _)| {
                     let ip: Ipv4Addr = host.parse().expect("simulated hosts are v4");
-                    !excused.contains(&ClientId::for_address(&Host::V4(ip), *port))
+                    let c = ClientId::for_address(&Host::V4(ip), *port);
+                    !dying.contains(&c)
                 })
                 .collect();
             let missing: Vec<_> = truth.difference(&visible).take(3).cloned().collect();
@@ -252,16 +422,33 @@ impl World {
     /// I7: once nodes agree, a verify round is one digest per partition and peer, and
     /// nothing else.
     pub fn check_quiet_verify(&mut self) {
-        let before = self.traffic;
-        // Two whole intervals: every node's verify timer fires exactly twice.
-        let until = self.now_ms + 2 * self.scenario.distro.verify_interval_ms;
-        self.run_until(until);
-        let after = self.traffic;
-        let extra = (after.slice_digests - before.slice_digests)
-            + (after.slice_clients - before.slice_clients)
-            + (after.resync - before.resync)
-            + (after.sync - before.sync);
+        // Nodes agree once nothing changes any more; dead clients keep changing things
+        // (unhealthy marks, expiry, the copies that follow) until their deletion timeouts,
+        // long after the last write. A window with more than digests in which something
+        // still changed (or in the window before) is tried again, up to four windows: a
+        // disagreement that changes nothing, or keeps changing, fails.
+        let mut tries = 0;
+        let mut changes = self.changes();
+        let (before, after) = loop {
+            let before = self.traffic;
+            let at_start = self.changes();
+            // Two whole intervals: every node's verify timer fires exactly twice.
+            let until = self.now_ms + 2 * self.scenario.distro.verify_interval_ms;
+            self.run_until(until);
+            let after = self.traffic;
+            tries += 1;
+            if Self::verify_extra(&before, &after) == 0 || changes == self.changes() || tries == 4 {
+                break (before, after);
+            }
+            changes = at_start;
+        };
+        let extra = Self::verify_extra(&before, &after);
         if extra > 0 {
+            // Dead clients still held somewhere are the usual suspects.
+            let held: Vec<ClientId> = self.dead_shown().into_keys().collect();
+            for c in held {
+                self.describe_client(&c);
+            }
             self.violations.push(format!(
                 "I7: agreeing nodes exchanged more than digests in a verify round: {:?} -> {:?}",
                 before, after
@@ -295,6 +482,35 @@ impl World {
                 "I7: expected {expected} digests in one round, saw {digests}"
             ));
         }
+    }
+
+    /// Traffic beyond digests between two counts.
+    fn verify_extra(before: &super::Traffic, after: &super::Traffic) -> u64 {
+        (after.slice_digests - before.slice_digests)
+            + (after.slice_clients - before.slice_clients)
+            + (after.resync - before.resync)
+            + (after.sync - before.sync)
+    }
+
+    /// Changes so far: sync batches and resyncs sent, heartbeat instances marked unhealthy
+    /// or expired, replicas pruned or expired on the alive nodes.
+    fn changes(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = &self.traffic;
+        let counted: u64 = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .flat_map(|n| n.shards.iter())
+            .map(|s| {
+                let st = s.stats();
+                st.expired_instances.load(Relaxed)
+                    + st.unhealthy_marks.load(Relaxed)
+                    + st.distro.replicas_pruned.load(Relaxed)
+                    + st.distro.replicas_expired.load(Relaxed)
+            })
+            .sum();
+        t.sync + t.sync_of_dead + t.resync + counted
     }
 
     /// What each running node holds of `c` and whom it makes responsible (for replays).

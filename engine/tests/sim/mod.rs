@@ -38,7 +38,7 @@ mod network;
 mod nodes;
 
 use clients::{TruthClient, BEAT_MS};
-use invariants::SeenRev;
+use invariants::{DeadClient, SeenRev};
 use network::Flight;
 pub use network::Traffic;
 use nodes::Node;
@@ -72,6 +72,26 @@ impl Rng {
     }
 }
 
+/// The rules `DISTRO_REVERT` turns off (comma-separated: `vouching`, `detour`,
+/// `deregister_patience`, `pause_drop`), to replay what a mutation test found.
+pub fn reverted_from_env() -> Reverted {
+    let mut r = Reverted::default();
+    for name in std::env::var("DISTRO_REVERT")
+        .unwrap_or_default()
+        .split(',')
+    {
+        match name.trim() {
+            "" => {}
+            "vouching" => r.vouching = true,
+            "detour" => r.detour = true,
+            "deregister_patience" => r.deregister_patience = true,
+            "pause_drop" => r.pause_drop = true,
+            other => panic!("DISTRO_REVERT: unknown rule {other}"),
+        }
+    }
+    r
+}
+
 /// What a run looks like.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -96,14 +116,20 @@ pub struct Scenario {
     /// Only crashes and restarts (no loss, partitions or skew), a few seconds apart: I3 is
     /// checked throughout, while crashed nodes are being declared DOWN.
     pub crashes_only: bool,
+    /// One fault at a time, held for 6–25 s, then healed (`World::episode_step`): one-way
+    /// cuts, partitions of two nodes, pauses, crashes with restarts during the hand-over.
+    /// Nothing is lost on a working link, so I3 is checked while a cut leaves some node in
+    /// touch with all (a hub), and dead clients' fate while the cut lasts.
+    pub episodes: bool,
     /// Distro settings of every node.
     pub distro: DistroConfig,
     /// Routing and membership rules turned off (mutation tests: the sweep must catch it).
     pub reverted: Reverted,
-    /// HTTP clients also deregister (off in the sweeps: they find DISTRO.md's known gap,
-    /// a deregistration undone by a copy, more often than `note_stand_in_deregistration`
-    /// can excuse; see the closing note of the session that added it).
+    /// HTTP clients also deregister (then they are dead: I8).
     pub http_deregistrations: bool,
+    /// HTTP clients also die silently now and then: they stop beating, with no
+    /// deregistration (a killed process), whatever the network is doing (I8).
+    pub http_deaths: bool,
 }
 
 impl Scenario {
@@ -121,10 +147,14 @@ impl Scenario {
             fault_until_ms: 60_000,
             faults: true,
             crashes_only: false,
+            episodes: false,
             distro: DistroConfig::default(),
-            reverted: Reverted::default(),
-            // `DISTRO_HTTP_DEREGISTER=1` turns them on to replay what they find.
-            http_deregistrations: std::env::var_os("DISTRO_HTTP_DEREGISTER").is_some(),
+            reverted: reverted_from_env(),
+            // `DISTRO_HTTP_DEREGISTER=0` turns them off (to tell their findings apart).
+            http_deregistrations: std::env::var("DISTRO_HTTP_DEREGISTER")
+                .map_or(true, |v| v != "0"),
+            // `DISTRO_HTTP_DEATHS=0` turns them off.
+            http_deaths: std::env::var("DISTRO_HTTP_DEATHS").map_or(true, |v| v != "0"),
         }
     }
 
@@ -136,6 +166,17 @@ impl Scenario {
             join_at_ms: 8_000,
             fault_from_ms: 2_000,
             fault_until_ms: 20_000,
+            ..Scenario::standard()
+        }
+    }
+
+    /// Held fault episodes (see `Scenario::episodes`) for 40 s, the join at 8 s.
+    pub fn episodes() -> Scenario {
+        Scenario {
+            episodes: true,
+            join_at_ms: 8_000,
+            fault_from_ms: 2_000,
+            fault_until_ms: 42_000,
             ..Scenario::standard()
         }
     }
@@ -189,9 +230,17 @@ pub struct World {
     /// When the last frame on each directed link arrives: the server's frames between two
     /// nodes share one ordered stream, so forwards and their answers are not reordered.
     link_fifo: BTreeMap<(usize, usize), u64>,
-    /// Clients whose deregistration hit DISTRO.md's known gap (see
-    /// `note_stand_in_deregistration`).
-    stand_in_deregistrations: BTreeSet<ClientId>,
+    /// HTTP clients that deregistered or died silently (I8), by client.
+    dead: BTreeMap<ClientId, DeadClient>,
+    /// Since when every alive node runs, sees every other alive node UP and every other
+    /// node DOWN, and which nodes were alive then (I8).
+    settled_since_ms: Option<(u64, Vec<usize>)>,
+    /// What each node last held of the client `DISTRO_WATCH` names.
+    watched: BTreeMap<usize, String>,
+    /// `Scenario::episodes`: whether a fault is held now, and until when (or when the
+    /// quiet gap after it ends).
+    in_episode: bool,
+    episode_until_ms: u64,
 }
 
 const VIEW_EVERY_MS: u64 = 100;
@@ -223,7 +272,11 @@ impl World {
             http_pending: BTreeMap::new(),
             http_busy: BTreeMap::new(),
             link_fifo: BTreeMap::new(),
-            stand_in_deregistrations: BTreeSet::new(),
+            dead: BTreeMap::new(),
+            settled_since_ms: None,
+            watched: BTreeMap::new(),
+            in_episode: false,
+            episode_until_ms: 0,
             log: Vec::new(),
             verbose: false,
             traffic: Traffic::default(),
@@ -326,7 +379,9 @@ impl World {
                 let in_faults = self.scenario.faults
                     && self.now_ms >= self.scenario.fault_from_ms
                     && self.now_ms < self.scenario.fault_until_ms;
-                if in_faults && self.scenario.crashes_only {
+                if in_faults && self.scenario.episodes {
+                    self.episode_step();
+                } else if in_faults && self.scenario.crashes_only {
                     if self.rng.chance(0.02) {
                         self.crash_or_restart();
                     }

@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 
-use engine::distro::{Health, NodeId, PeerMsg};
+use engine::distro::{Health, NodeId, PeerMsg, SyncItem};
 use engine::{ClientId, ClientOp, OpResult};
 
 use super::nodes::Waiter;
@@ -53,12 +53,23 @@ pub(super) struct Flight {
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Traffic {
     pub sync: u64,
+    /// Sync batches only about dead clients (not counted in `sync`).
+    pub sync_of_dead: u64,
     pub digest: u64,
     pub slice_digests: u64,
     pub slice_clients: u64,
     pub resync: u64,
     pub snapshot: u64,
     pub digest_bytes: u64,
+}
+
+fn item_client(item: &SyncItem) -> &ClientId {
+    match item {
+        SyncItem::Upsert { client, .. }
+        | SyncItem::Remove { client, .. }
+        | SyncItem::Drop { client, .. } => client,
+        SyncItem::Full(state) => &state.client,
+    }
 }
 
 /// A peer is suspicious at once and DOWN after this long unreachable (like the transport).
@@ -167,6 +178,15 @@ impl World {
             return;
         };
         match &msg {
+            // The changes of dead clients (their unhealthy marks, their expiry) travel
+            // until their deletion timeouts, long after the last write (I7, I8).
+            PeerMsg::Sync { items, .. }
+                if items
+                    .iter()
+                    .all(|item| self.dead.contains_key(item_client(item))) =>
+            {
+                self.traffic.sync_of_dead += 1
+            }
             PeerMsg::Sync { .. } => self.traffic.sync += 1,
             PeerMsg::Digest { .. } => {
                 self.traffic.digest += 1;
@@ -194,7 +214,12 @@ impl World {
             eprintln!(
                 "[{:>7} ms] {from}.{shard} -> {to} p{partition} {}",
                 self.now_ms,
-                &kind[..kind.len().min(160)]
+                &kind[..kind.len().min(
+                    std::env::var("DISTRO_TRACE")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(160)
+                )]
             );
         }
         self.put_on_wire(from, to, Payload::Distro { partition, msg });
@@ -289,6 +314,8 @@ impl World {
                 if self.nodes[f.to].alive && paused_until > self.now_ms {
                     // Waits in the paused node's socket.
                     self.net.push(Reverse((paused_until, seq)));
+                    let to = f.to;
+                    self.nodes[to].parked.push(seq);
                     continue;
                 }
             }

@@ -47,6 +47,9 @@ pub(super) struct Node {
     /// SIGSTOP: until then the node does nothing (what is sent to it waits in its socket),
     /// and then its clock has jumped.
     pub(super) paused_until_ms: u64,
+    /// What arrived while it was paused (flights waiting in its socket until
+    /// `paused_until_ms`): delivered at once if the pause is cut short.
+    pub(super) parked: Vec<u64>,
 }
 
 /// Who waits for the outcome of a write on a node.
@@ -84,6 +87,7 @@ impl World {
             next_token: 0,
             incarnation: 0,
             paused_until_ms: 0,
+            parked: Vec::new(),
             id: Self::node_name(i),
             shard_count,
             shards: Vec::new(),
@@ -110,7 +114,10 @@ impl World {
         for s in 0..shard_count {
             let cfg = ShardConfig {
                 shard_count,
-                distro: Some(self.scenario.distro.clone()),
+                distro: Some(engine::distro::DistroConfig {
+                    reverted: self.scenario.reverted,
+                    ..self.scenario.distro.clone()
+                }),
                 ..ShardConfig::default()
             };
             node.shards
@@ -193,7 +200,6 @@ impl World {
             RouteCommand::Apply {
                 token, client, op, ..
             } => {
-                self.note_stand_in_deregistration(i, token, &client, &op);
                 let n = self.nodes[i].shard_count;
                 let shard = client_shard(&client, n);
                 let now = self.nodes[i].now(self.now_ms);

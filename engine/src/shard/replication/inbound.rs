@@ -76,10 +76,7 @@ impl Shard {
         match self.clients.get(client) {
             None => {
                 let removed = d.dropped.get(client);
-                if removed.is_some_and(|(min, _)| rev < *min) {
-                    bump(&self.stats.distro.stale, 1);
-                    return false;
-                }
+                let older = removed.is_some_and(|(min, _)| rev < *min);
                 // A heartbeat client removed here within a lease comes back only through
                 // the member our view makes responsible, while we can hear it. Another node
                 // that took it over from a stale copy (it declared the owner DOWN, we did
@@ -93,8 +90,38 @@ impl Shard {
                             .iter()
                             .any(|(n, h)| n == r && *h == Health::Up)
                 });
-                if client.is_heartbeat() && removed.is_some() && !takes_over && authority_heard {
+                let not_from_authority =
+                    client.is_heartbeat() && removed.is_some() && !takes_over && authority_heard;
+                // The same at the responsible node itself: a heartbeat client it removed as
+                // its owner within a lease (expired, deregistered) is not taken back from
+                // another node's copy — a stand-in that held it while we were unreachable,
+                // or a node that took it over from a stale copy meanwhile. Taken back, a
+                // dead instance gets a whole new deletion timeout, and a stand-in we cannot
+                // reach (a one-way cut) hands it to us again after every expiry (found by
+                // the simulator's silently dying HTTP clients: seeds 601 and 811 of the
+                // standard sweep). A live client's next beat re-registers it here.
+                let removed_as_owner = client.is_heartbeat()
+                    && responsible.is_some()
+                    && responsible.as_ref() == d.members.me.as_ref()
+                    && d.owned_removals.contains_key(client);
+                if older || not_from_authority || removed_as_owner {
                     bump(&self.stats.distro.stale, 1);
+                    if client.is_heartbeat() && responsible.as_ref() == d.members.me.as_ref() {
+                        // We are responsible and removed it within a lease: the sender
+                        // (handing it over to us, or a stand-in) is told so, or its copy
+                        // would live on — unconfirmed, for a lease — showing a dead
+                        // instance (found by the simulator). A live client's next beat
+                        // re-registers it here.
+                        let origin = origin.clone();
+                        self.mark_for(
+                            &origin,
+                            SyncKey {
+                                client: client.clone(),
+                                service: None,
+                            },
+                        );
+                        self.arm_sync_timer();
+                    }
                     return false;
                 }
                 self.stats.count_client(client, 1);

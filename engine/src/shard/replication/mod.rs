@@ -136,6 +136,9 @@ pub struct DistroStats {
     pub replicas_expired: AtomicU64,
     /// Replicas removed because their owner no longer has them.
     pub replicas_pruned: AtomicU64,
+    /// Copies whose owner no longer holds them, moved to the member now responsible for
+    /// them (its verify decides whether they live).
+    pub orphans_rehomed: AtomicU64,
     /// Heartbeat clients followed to another claimant when the owner in our view expired
     /// them (views disagreed).
     pub claims_followed: AtomicU64,

@@ -30,7 +30,7 @@ impl Shard {
         match self.clients.get(client) {
             None => format!("absent (removal memory {dropped:?})"),
             Some(c) => format!(
-                "{} rev {} entries {:?} floor {:?} tombstones {:?}",
+                "{} rev {} entries {:?} floor {:?} tombstones {:?} silent {:?} ms{}{}",
                 c.replica
                     .as_ref()
                     .map_or_else(|| "ours".to_string(), |i| format!("copy of {}", i.origin)),
@@ -41,6 +41,19 @@ impl Shard {
                     .collect::<Vec<_>>(),
                 c.replica.as_ref().map(|i| i.floor),
                 c.replica.as_ref().map(|i| i.tombstones.len()),
+                c.publishes
+                    .iter()
+                    .map(|e| self.now.mono_ms.saturating_sub(e.last_beat_ms))
+                    .collect::<Vec<_>>(),
+                match self.distro.as_ref().and_then(|d| d.handovers.get(client)) {
+                    Some(to) => format!(", handing over to {to}"),
+                    None => String::new(),
+                },
+                if self.pause_stale.contains(client) {
+                    ", stale after a pause"
+                } else {
+                    ""
+                },
             ),
         }
     }

@@ -212,8 +212,19 @@ impl Shard {
             }
         }
         let unlisted = self.unlisted_replicas(&from, partition, as_of, &listed_slices, &listed);
+        let orphans = self.orphaned_replicas(&from, partition, as_of, &listed_slices, &listed);
         for client in claims {
             self.note_claim(&from, &client);
+        }
+        for (client, responsible) in orphans {
+            // `from` no longer holds it and is not responsible for it any more: the copy now
+            // follows the member our view makes responsible, at revision 0, so that member's
+            // verify decides — its state replaces the copy, or its lists prune it. Kept as
+            // `from`'s, nobody could ever remove it while `from` is up (found by the
+            // simulator: a dead client handed from `from` to a member that had already
+            // expired it stayed on the other nodes for good).
+            bump(&self.stats.distro.orphans_rehomed, 1);
+            self.set_origin(&client, Some(responsible));
         }
         bump(&self.stats.distro.replicas_pruned, unlisted.len() as u64);
         for id in unlisted {
@@ -264,6 +275,48 @@ impl Shard {
                     && c.publishes.iter().all(|e| e.rev <= as_of)
             })
             .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Heartbeat copies of `from` in its listed slices that it does not list, although our
+    /// view makes another member, UP, responsible for them (`unlisted_replicas` leaves them:
+    /// `from` may have handed them over), with that member. Copies we handed to `from`
+    /// ourselves (unconfirmed) too: `from` is no longer the member to confirm them. Not
+    /// copies we follow by a claim (views disagree; `from`'s lists decide those).
+    pub(super) fn orphaned_replicas(
+        &self,
+        from: &NodeId,
+        partition: u16,
+        as_of: u64,
+        listed_slices: &HashSet<u16>,
+        listed: &HashSet<ClientId>,
+    ) -> Vec<(ClientId, NodeId)> {
+        let Some(d) = self.distro.as_ref() else {
+            return Vec::new();
+        };
+        if as_of == 0 {
+            return Vec::new();
+        }
+        let members = &d.members;
+        self.clients
+            .iter()
+            .filter(|(id, c)| {
+                id.is_heartbeat()
+                    && c.replica
+                        .as_ref()
+                        .is_some_and(|i| &i.origin == from && !i.by_claim)
+                    && partition_of(id) == partition
+                    && listed_slices.contains(&slice_of(id))
+                    && !listed.contains(*id)
+            })
+            .filter_map(|(id, _)| {
+                let responsible = members.responsible_for(id)?;
+                let up = members
+                    .peers
+                    .iter()
+                    .any(|(n, h)| n == responsible && *h == Health::Up);
+                (responsible != from && up).then(|| (id.clone(), responsible.clone()))
+            })
             .collect()
     }
 
