@@ -871,6 +871,13 @@ SCENARIOS = {  # name: (function, fault duration s, quick duration s)
 }
 QUICK = ["partition", "isolate", "kill-during-load", "pause", "loss", "delay-reorder-dup"]
 
+# The persistent (Raft) scenarios live in persistent.py (it imports this module as `chaos`).
+sys.modules.setdefault("chaos", sys.modules[__name__])
+import persistent  # noqa: E402
+
+SCENARIOS.update(persistent.SCENARIOS)
+QUICK += persistent.QUICK
+
 
 def filler(ctx, loadgen, count):
     """gRPC instances held by loadgen on node 1 (not judged per instance: checked by counts)."""
@@ -1111,7 +1118,10 @@ def main():
         net.setup()
         net.enter_client_ns()
         for name in names:
-            results.append(run_scenario(name, args, net, binary, loadgen, workdir, args.seed))
+            if name in persistent.SCENARIOS:
+                results.append(persistent.run_scenario(name, args, net, binary, workdir, args.seed))
+            else:
+                results.append(run_scenario(name, args, net, binary, loadgen, workdir, args.seed))
     except KeyboardInterrupt:
         log("interrupted")
     finally:
@@ -1136,7 +1146,12 @@ def main():
     }
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
-    print("\n" + table(results))
+    eph = [r for r in results if r.get("kind") != "persistent"]
+    per = [r for r in results if r.get("kind") == "persistent"]
+    if eph:
+        print("\n" + table(eph))
+    if per:
+        print("\n" + persistent.table(per))
     print(f"\n{'ALL INVARIANTS HELD' if passed else 'VIOLATIONS (see ' + args.out + ')'} in {out['seconds']} s; logs: {workdir}")
     sys.exit(0 if passed else 1)
 
