@@ -166,6 +166,7 @@ class Node:
         self.proc = None
         self.paused = False
         self.starts = 0
+        self.env = {}  # extra environment (persistent.py: the Raft snapshot cadence)
 
     def start(self):
         self.starts += 1
@@ -177,6 +178,7 @@ class Node:
             # Each node logs the story of every client the run may start (server/src/trace.rs):
             # a failed verdict prints the failing instance's lines from every node.
             env["NACELLE_TRACE_CLIENT"] = TRACED
+        env.update(self.env)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", f"{NS}n{self.i}", self.binary, "--bind", self.ip, "--http-port", str(HTTP_PORT),
              "--members", self.members, "--insecure", "--cores", "1", "--verify-interval-ms", str(VERIFY_MS),
@@ -1056,7 +1058,7 @@ def table(results):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all, or the quick set)")
+    ap.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)}, or `persistent` for every persistent one (default: all, or the quick set)")
     ap.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK)} with shorter faults (< 5 min)")
     ap.add_argument("--nodes", type=int, default=3, help="3 to 5")
     ap.add_argument("--clients", type=int, default=90, help="HTTP heartbeat clients")
@@ -1066,6 +1068,8 @@ def main():
     ap.add_argument("--workdir", default=None, help="node logs (default: a new /tmp/chaos-*)")
     args = ap.parse_args()
     names = args.scenarios or (QUICK if args.quick else list(SCENARIOS))
+    # `persistent`: every persistent (Raft) scenario.
+    names = sum(([k for k in persistent.SCENARIOS] if s == "persistent" else [s] for s in names), [])
     for s in names:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")

@@ -22,8 +22,8 @@ After the fault the writers go on for a while, stop, and the checker waits until
 Liveness: writes must resume after the fault (`resumed_s`: first acknowledged write that
 started after the fault began; for `persistent-all-crash` also after the restart), and every
 node must acknowledge writes again after the fault ended. `persistent-leader-isolated` also
-fails if the isolated leader acknowledges a write that started after it was cut off (it
-cannot have reached a majority). Persistent instances are registered only on 127.x.y.z
+fails if the isolated leader acknowledges, before the heal, a write that started after it was
+cut off (it cannot have reached a majority). Persistent instances are registered only on 127.0.0.x
 addresses (and nothing probes them: NONE).
 """
 import http.client
@@ -44,6 +44,11 @@ NOT_WRITTEN = "not written"  # the 503 text of a write never handed to a leader
 CONVERGE_LIMIT_S = 30
 DEREG_SHARE = 0.3
 NONE_CHECK = urllib.parse.quote(json.dumps({"type": "NONE"}))
+# A snapshot every 100 entries, 10 kept behind it (server/src/cp/mod.rs, defaults 50,000 and
+# 1,000): within a scenario every node builds snapshots and purges its log, so a node that was
+# down (leader-kill) or cut off (leader-isolated) is behind the leader's purge point and must be
+# caught up by a snapshot install, and a restart (all-crash) loads a snapshot plus a log tail.
+RAFT_ENV = {"NACELLE_RAFT_SNAPSHOT_EVERY": "100", "NACELLE_RAFT_KEEP_AFTER_SNAPSHOT": "10"}
 
 
 def svc(k):
@@ -94,8 +99,9 @@ class PWriter:
     def new_key(self):
         s = self.seq
         self.seq += 1
-        ip = f"127.{self.w + 1}.{s // 250 % 250}.{s % 250 + 1}"
-        return f"{svc(s % P_SERVICES)}/{ip}:7000"
+        # Only 127.0.0.x addresses (nothing probes them: the clusters' checks are NONE);
+        # one address per writer, a new port per registration.
+        return f"{svc(s % P_SERVICES)}/127.0.0.{self.w + 1}:{10000 + s}"
 
     def run(self, stop):
         while not stop.is_set():
@@ -251,6 +257,7 @@ class PCtx:
         self.fault_start = self.fault_end = None
         self.restarted_at = None
         self.isolated = None
+        self.heal_at = None  # when the partition was lifted (leader-isolated)
         self.notes, self.extra = [], {}
 
     def begin(self, note):
@@ -290,6 +297,7 @@ def sc_leader_isolated(ctx):
     ctx.block({(leader, k) for k in others} | {(k, leader) for k in others})
     time.sleep(ctx.dur)
     ctx.extra["leader_during"] = wait_leader(others, 0.5)
+    ctx.heal_at = time.time()
     ctx.block(set())
     ctx.end()
 
@@ -319,6 +327,16 @@ def sc_loss(ctx):
     ctx.net.relay_cmd(loss=0.0)
     ctx.end()
 
+
+# Liveness bounds (each scenario FAILS past them). A follower stands for election 2-2.5 s
+# after the leader's last heartbeat (raft/src/node.rs: 0.75-1.25 s election timeout plus
+# openraft's leader lease), a write waits up to 3 s for a leader and its commit, and a writer
+# whose request failed waits 50 ms: a write started at the fault is acked within
+# election + write timeout + slack. After the heal (restart, partition ending) every node must
+# ack a write again within the same bound; a restarted node must first load its store.
+RESUME_BOUND_S = 8.0  # fault start (or restart, all-crash) -> first acked write started after it
+NODE_BACK_BOUND_S = 10.0  # fault end -> every node acks writes again (its first ack)
+GAP_BOUND_S = 10.0  # longest stretch without any ack, fault start to the writers' stop
 
 SCENARIOS = {  # name: (function, fault duration s, quick duration s)
     "persistent-leader-kill": (sc_leader_kill, 8, 4),
@@ -393,6 +411,8 @@ def run_scenario(name, args, net, binary, workdir, seed):
     net.relay_cmd(block=[], loss=0.0, delay_ms=0, jitter_ms=0, dup=0.0)
     stats0 = net.relay_cmd(stats=True)
     nodes = {i: C.Node(i, n, binary, sdir) for i in range(1, n + 1)}
+    for node in nodes.values():
+        node.env = dict(RAFT_ENV)
     ctx = PCtx(net, nodes, rng, args.quick, qdur if args.quick else dur)
     book = Book()
     stop_w, stop_p = threading.Event(), threading.Event()
@@ -469,12 +489,26 @@ def run_scenario(name, args, net, binary, workdir, seed):
         gap = round(max((b - a for a, b in zip(pts, pts[1:])), default=0.0), 2)
     per_node_after = {i: count(lambda o, i=i: fe and o.node == i and o.outcome == "acked" and o.t0 >= fe)
                       for i in nodes}
+    # Per node: fault end -> its first acked write started after the fault ended.
+    node_back = {}
+    for i in nodes:
+        a = [o.t1 for o in ops if fe and o.node == i and o.outcome == "acked" and o.t0 >= fe]
+        node_back[i] = round(min(a) - fe, 2) if a else None
     during = {i: {oc: count(lambda o, i=i, oc=oc: fs and fe and o.node == i and fs <= o.t0 < fe and o.outcome == oc)
                   for oc in ("acked", "failed", "unknown")} for i in nodes}
-    minority_acks = []
+    # A write that entered the isolated node after the cut cannot reach a majority before the
+    # heal: an ack of one before the heal is a violation. (One still waiting for a leader at the
+    # heal may be acked after it, through the new leader: allowed, and counted apart.)
+    minority_acks, acked_after_heal = [], 0
     if ctx.isolated:
-        minority_acks = [{"key": o.key, "kind": o.kind, "t0_s": round(o.t0 - fs, 3), "t1_s": round(o.t1 - fs, 3)}
-                         for o in ops if o.node == ctx.isolated and o.outcome == "acked" and fs <= o.t0 < fe]
+        for o in ops:
+            if o.node == ctx.isolated and o.outcome == "acked" and fs <= o.t0 < ctx.heal_at:
+                if o.t1 < ctx.heal_at:
+                    minority_acks.append({"key": o.key, "kind": o.kind, "t0_s": round(o.t0 - fs, 3),
+                                          "t1_s": round(o.t1 - fs, 3)})
+                else:
+                    acked_after_heal += 1
+        ctx.extra["isolated_started_during_acked_after_heal"] = acked_after_heal
     slow = [o for o in ops if o.outcome != "acked" and o.status == 0 and "timed out" in o.text]
     refusal_ms = sorted(round((o.t1 - o.t0) * 1000) for o in ops if o.status == 503)
     present, absent, attempted = book.expected()
@@ -489,8 +523,18 @@ def run_scenario(name, args, net, binary, workdir, seed):
         if o.outcome != "acked":
             t = f"{o.status} {o.text[:90]}"
             texts[t] = texts.get(t, 0) + 1
+    # Snapshots built and installed per node (their log lines, raft/src/state_machine.rs).
+    snaps = {}
+    for i in nodes:
+        try:
+            with open(os.path.join(sdir, f"n{i}.log"), errors="replace") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        snaps[i] = {"built": text.count("raft: snapshot built"), "installed": text.count("raft: snapshot installed")}
     res.update({
         "notes": ctx.notes,
+        "raft_snapshots": snaps,
         "fault_s": round(fe - fs, 1) if fs and fe else None,
         "writes": outcomes,
         "acked": outcomes["reg"]["acked"] + outcomes["dereg"]["acked"],
@@ -508,6 +552,8 @@ def run_scenario(name, args, net, binary, workdir, seed):
         "resumed_after_restart_s": resumed_restart,
         "longest_ack_gap_s": gap,
         "acked_per_node_after_fault": per_node_after,
+        "node_back_after_fault_s": node_back,
+        "bounds": {"resume_s": RESUME_BOUND_S, "node_back_s": NODE_BACK_BOUND_S, "gap_s": GAP_BOUND_S},
         "outcomes_per_node_during_fault": during,
         "minority_acks": minority_acks[:20],
         "hung_requests": len(slow),
@@ -535,29 +581,40 @@ def run_scenario(name, args, net, binary, workdir, seed):
         why.append("no write acknowledged after the restart")
     if fe and not all(per_node_after.values()):
         why.append(f"a node acknowledged nothing after the fault: {per_node_after}")
+    first = resumed_restart if ctx.restarted_at else resumed
+    if first is not None and first > RESUME_BOUND_S:
+        why.append(f"writes resumed only after {first} s (bound {RESUME_BOUND_S} s)")
+    late = {i: t for i, t in node_back.items() if t is not None and t > NODE_BACK_BOUND_S}
+    if late:
+        why.append(f"nodes acked again only after the bound of {NODE_BACK_BOUND_S} s: {late}")
+    if gap is not None and gap > GAP_BOUND_S:
+        why.append(f"no write acked for {gap} s (bound {GAP_BOUND_S} s)")
     if minority_acks:
         why.append(f"the isolated leader acknowledged writes it could not commit: {minority_acks[:5]}")
     res["passed"] = not why
     log(f"  {'PASS' if res['passed'] else 'FAIL'}: acked {res['acked']} (reg {outcomes['reg']}, dereg {outcomes['dereg']}), "
         f"lost {n_lost}, resurrected {n_back}, phantom {n_phantom}, resumed {resumed} s"
         + (f" ({resumed_restart} s after the restart)" if ctx.restarted_at else "")
-        + f", longest gap {gap} s, {res['seconds']} s")
+        + f", longest gap {gap} s, nodes back {node_back}, {res['seconds']} s")
     for w in why:
         log("    why:", w)
     return res
 
 
 def table(results):
-    hdr = (f"{'scenario':<27} {'ok':<4} {'acked':>6} {'unknown':>7} {'lost':>4} {'back':>4} {'phantom':>7} "
-           f"{'resumed s':>9} {'gap s':>6} {'conv s':>6} {'wall s':>6}")
+    hdr = (f"{'scenario':<27} {'ok':<4} {'acked':>6} {'failed':>6} {'unknown':>7} {'lost':>4} {'back':>4} "
+           f"{'phantom':>7} {'resumed s':>9} {'gap s':>6} {'nodes back s':>12} {'conv s':>6} {'wall s':>6}")
     lines = [hdr, "-" * len(hdr)]
     for r in results:
-        unk = sum(v.get("unknown", 0) for v in (r.get("writes") or {}).values())
+        w = (r.get("writes") or {}).values()
+        unk = sum(v.get("unknown", 0) for v in w)
+        fail = sum(v.get("failed", 0) for v in (r.get("writes") or {}).values())
         res_s = r.get("resumed_s")
         if r.get("resumed_after_restart_s") is not None:
             res_s = f"{res_s}/{r['resumed_after_restart_s']}"
-        lines.append(f"{r['scenario']:<27} {'ok' if r['passed'] else 'FAIL':<4} {r.get('acked', '?'):>6} {unk:>7} "
-                     f"{str(r.get('lost')):>4} {str(r.get('resurrected')):>4} {str(r.get('phantom')):>7} "
-                     f"{str(res_s):>9} {str(r.get('longest_ack_gap_s')):>6} {str(r.get('converged_s')):>6} "
-                     f"{r.get('seconds', '?'):>6}")
+        back = [t for t in (r.get("node_back_after_fault_s") or {}).values() if t is not None]
+        lines.append(f"{r['scenario']:<27} {'ok' if r['passed'] else 'FAIL':<4} {r.get('acked', '?'):>6} {fail:>6} "
+                     f"{unk:>7} {str(r.get('lost')):>4} {str(r.get('resurrected')):>4} {str(r.get('phantom')):>7} "
+                     f"{str(res_s):>9} {str(r.get('longest_ack_gap_s')):>6} {str(max(back) if back else None):>12} "
+                     f"{str(r.get('converged_s')):>6} {r.get('seconds', '?'):>6}")
     return "\n".join(lines)
