@@ -288,6 +288,7 @@ struct HandleShared {
     log: Arc<LogShared>,
     sm: Arc<SmShared>,
     inbound_dropped: std::sync::atomic::AtomicU64,
+    calls: Arc<Calls>,
     stop: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -364,6 +365,9 @@ impl RaftNode {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let transport: Arc<dyn Transport> = Arc::new(transport);
+        // Made here so the handle can fail the calls to a peer that reconnected.
+        let calls = Arc::new(Calls::new(transport, config.max_pending_calls));
+        let calls_for_thread = calls.clone();
         let cfg = config.clone();
         let proposals_for_thread = proposals_tx.clone();
         let thread = std::thread::Builder::new()
@@ -382,7 +386,7 @@ impl RaftNode {
                 rt.block_on(run(
                     cfg,
                     Arc::new(raft_config),
-                    transport,
+                    calls_for_thread,
                     Box::new(effects_sink),
                     Channels {
                         proposals_tx: proposals_for_thread,
@@ -417,6 +421,7 @@ impl RaftNode {
                 log,
                 sm,
                 inbound_dropped: Default::default(),
+                calls,
                 stop: Mutex::new(Some((stop_tx, thread))),
             }),
         })
@@ -443,7 +448,7 @@ type Ready = Result<
 async fn run(
     cfg: RaftConfig,
     raft_config: Arc<openraft::Config>,
-    transport: Arc<dyn Transport>,
+    calls: Arc<Calls>,
     sink: crate::state_machine::EffectsSink,
     ch: Channels,
     ready: std::sync::mpsc::SyncSender<Ready>,
@@ -470,7 +475,6 @@ async fn run(
         }
     };
     let log_shared = log.shared();
-    let calls = Arc::new(Calls::new(transport, cfg.max_pending_calls));
     let network = Network {
         calls: calls.clone(),
     };
@@ -636,7 +640,25 @@ async fn submit(ctx: &Arc<Ctx>, mut items: Vec<Proposal>) {
                         Proposal::Remote(r) => r.cmds.clone(),
                     })
                     .collect();
-                match timeout_at(latest, ctx.raft.client_write(Batch(cmds))).await {
+                let write = timeout_at(latest, ctx.raft.client_write(Batch(cmds)));
+                let mut metrics = ctx.raft.metrics();
+                let me = ctx.id;
+                let deposed = metrics.wait_for(|m| {
+                    !(m.state == ServerState::Leader && m.current_leader == Some(me))
+                });
+                let result = tokio::select! {
+                    r = write => r,
+                    _ = deposed => {
+                        // This node is no longer the leader (it saw a higher term: it
+                        // restarted as the leader of its old term, or was cut off): the batch
+                        // may or may not be committed by the next leader; do not make the
+                        // writers wait out the timeout (perf/chaos persistent-leader-kill).
+                        let e = "leadership lost".to_string();
+                        fail_all(ctx, items, WriteError::Timeout, ForwardError::Unknown(e));
+                        return;
+                    }
+                };
+                match result {
                     Ok(Ok(resp)) => {
                         let index = resp.log_id.index;
                         let Some(split) = split_responses(&items, resp.data) else {
@@ -1031,6 +1053,17 @@ impl RaftHandle {
                 .inbound_dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// The transport has a new connection to node `peer` (it reconnected, or the peer
+    /// restarted): every call to it still waiting for a reply fails now instead of at its
+    /// timeout. Their requests went out on a connection that is gone, or were dropped while
+    /// there was none, so their replies most likely never come; a snapshot chunk's call
+    /// would otherwise wait out the whole 10 s snapshot timeout before openraft resends it
+    /// (perf/chaos `persistent-leader-isolated`). Failing a call whose reply was still
+    /// coming only makes openraft send it again, as after any timeout.
+    pub fn peer_reconnected(&self, peer: NodeId) {
+        self.shared.calls.fail_pending_to(peer);
     }
 
     /// The member list changed: the leader makes the Raft membership follow it.
