@@ -52,12 +52,13 @@ NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
 step "official SDKs against a 3-node cluster (suites on node 2; test_cluster.py writes on one node, reads on the others)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle-cluster
 
-# Every fault scenario of perf/chaos, with shorter faults (--quick, about 3.5 min). Needs root
-# for network namespaces; where that is impossible chaos.py exits 2 and this says so.
-step "fault injection: 3 nodes in network namespaces (perf/chaos --quick: partition, one-way partition, isolation, kill -9, kill during load, SIGSTOP, rolling restart, loss, delay/reorder/dup)"
+# Every fault scenario of perf/chaos, with shorter faults (--quick: about 3.5 min for the
+# ephemeral ones, 1 min for the persistent (Raft) ones). Needs root for network namespaces;
+# where that is impossible chaos.py exits 2 and this says so.
+step "fault injection: 3 nodes in network namespaces (perf/chaos --quick: partition, one-way partition, isolation, kill -9, kill during load, SIGSTOP, rolling restart, loss, delay/reorder/dup; persistent instances: leader kill -9, leader isolated, every node kill -9, peer loss)"
 chaos_rc=0
 python3 perf/chaos/chaos.py --quick partition asymmetric isolate kill kill-during-load pause \
-  rolling-restart loss delay-reorder-dup --out "${TMPDIR:-/tmp}/nacelle-chaos-ci.json" || chaos_rc=$?
+  rolling-restart loss delay-reorder-dup persistent --out "${TMPDIR:-/tmp}/nacelle-chaos-ci.json" || chaos_rc=$?
 if [ "$chaos_rc" -eq 2 ]; then
   echo "!!!! FAULT-INJECTION SCENARIOS NOT RUN: this machine cannot run them (reason above) !!!!" >&2
 elif [ "$chaos_rc" -ne 0 ]; then

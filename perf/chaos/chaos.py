@@ -166,6 +166,7 @@ class Node:
         self.proc = None
         self.paused = False
         self.starts = 0
+        self.env = {}  # extra environment (persistent.py: the Raft snapshot cadence)
 
     def start(self):
         self.starts += 1
@@ -177,6 +178,7 @@ class Node:
             # Each node logs the story of every client the run may start (server/src/trace.rs):
             # a failed verdict prints the failing instance's lines from every node.
             env["NACELLE_TRACE_CLIENT"] = TRACED
+        env.update(self.env)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", f"{NS}n{self.i}", self.binary, "--bind", self.ip, "--http-port", str(HTTP_PORT),
              "--members", self.members, "--insecure", "--cores", "1", "--verify-interval-ms", str(VERIFY_MS),
@@ -871,6 +873,13 @@ SCENARIOS = {  # name: (function, fault duration s, quick duration s)
 }
 QUICK = ["partition", "isolate", "kill-during-load", "pause", "loss", "delay-reorder-dup"]
 
+# The persistent (Raft) scenarios live in persistent.py (it imports this module as `chaos`).
+sys.modules.setdefault("chaos", sys.modules[__name__])
+import persistent  # noqa: E402
+
+SCENARIOS.update(persistent.SCENARIOS)
+QUICK += persistent.QUICK
+
 
 def filler(ctx, loadgen, count):
     """gRPC instances held by loadgen on node 1 (not judged per instance: checked by counts)."""
@@ -1049,7 +1058,7 @@ def table(results):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all, or the quick set)")
+    ap.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)}, or `persistent` for every persistent one (default: all, or the quick set)")
     ap.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK)} with shorter faults (< 5 min)")
     ap.add_argument("--nodes", type=int, default=3, help="3 to 5")
     ap.add_argument("--clients", type=int, default=90, help="HTTP heartbeat clients")
@@ -1059,6 +1068,8 @@ def main():
     ap.add_argument("--workdir", default=None, help="node logs (default: a new /tmp/chaos-*)")
     args = ap.parse_args()
     names = args.scenarios or (QUICK if args.quick else list(SCENARIOS))
+    # `persistent`: every persistent (Raft) scenario.
+    names = sum(([k for k in persistent.SCENARIOS] if s == "persistent" else [s] for s in names), [])
     for s in names:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")
@@ -1111,7 +1122,10 @@ def main():
         net.setup()
         net.enter_client_ns()
         for name in names:
-            results.append(run_scenario(name, args, net, binary, loadgen, workdir, args.seed))
+            if name in persistent.SCENARIOS:
+                results.append(persistent.run_scenario(name, args, net, binary, workdir, args.seed))
+            else:
+                results.append(run_scenario(name, args, net, binary, loadgen, workdir, args.seed))
     except KeyboardInterrupt:
         log("interrupted")
     finally:
@@ -1136,7 +1150,12 @@ def main():
     }
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
-    print("\n" + table(results))
+    eph = [r for r in results if r.get("kind") != "persistent"]
+    per = [r for r in results if r.get("kind") == "persistent"]
+    if eph:
+        print("\n" + table(eph))
+    if per:
+        print("\n" + persistent.table(per))
     print(f"\n{'ALL INVARIANTS HELD' if passed else 'VIOLATIONS (see ' + args.out + ')'} in {out['seconds']} s; logs: {workdir}")
     sys.exit(0 if passed else 1)
 

@@ -136,7 +136,8 @@ impl std::error::Error for CallError {}
 /// Calls in flight: call id → where the reply goes. Bounded.
 pub(crate) struct Calls {
     transport: Arc<dyn Transport>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Call id → (the node called, where its reply goes).
+    pending: Mutex<HashMap<u64, (NodeId, oneshot::Sender<Reply>)>>,
     next: AtomicU64,
     max_pending: usize,
 }
@@ -163,7 +164,7 @@ impl Calls {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (NodeId, oneshot::Sender<Reply>)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -185,7 +186,7 @@ impl Calls {
             if pending.len() >= self.max_pending {
                 return Err(CallError::Overloaded);
             }
-            pending.insert(call, tx);
+            pending.insert(call, (to, tx));
         }
         let _guard = PendingGuard { calls: self, call };
         self.transport.send(to, RaftMessage::Request { call, body });
@@ -197,9 +198,16 @@ impl Calls {
 
     /// A reply arrived: hands it to its caller (late or unknown replies are dropped).
     pub(crate) fn complete(&self, call: u64, reply: Reply) {
-        if let Some(tx) = self.lock().remove(&call) {
+        if let Some((_, tx)) = self.lock().remove(&call) {
             let _ = tx.send(reply);
         }
+    }
+
+    /// Fails every call to `to` still waiting for its reply (its caller sees
+    /// [`CallError::Timeout`] at once: the request may have been processed).
+    pub(crate) fn fail_pending_to(&self, to: NodeId) {
+        // Dropping a sender wakes its caller with an error.
+        self.lock().retain(|_, (node, _)| *node != to);
     }
 }
 
@@ -298,5 +306,53 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transport that loses everything (a link that is down).
+    struct Lost;
+
+    impl Transport for Lost {
+        fn send(&self, _to: NodeId, _msg: RaftMessage) {}
+    }
+
+    fn vote() -> Request {
+        Request::Vote(VoteRequest::new(openraft::Vote::new(1, 1), None))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reconnected_peer_fails_its_pending_calls_at_once_and_only_its() {
+        let calls = Arc::new(Calls::new(Arc::new(Lost), 16));
+        let to_2 = tokio::spawn({
+            let calls = calls.clone();
+            async move { calls.call(2, vote(), Duration::from_secs(10)).await }
+        });
+        let to_3 = tokio::spawn({
+            let calls = calls.clone();
+            async move { calls.call(3, vote(), Duration::from_millis(300)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(calls.lock().len(), 2);
+        let t0 = std::time::Instant::now();
+        calls.fail_pending_to(2);
+        assert!(matches!(
+            to_2.await.expect("the call task"),
+            Err(CallError::Timeout)
+        ));
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "failed at once, not at its 10 s timeout"
+        );
+        // The call to node 3 still waits for its reply, and times out as before.
+        assert_eq!(calls.lock().len(), 1);
+        assert!(matches!(
+            to_3.await.expect("the call task"),
+            Err(CallError::Timeout)
+        ));
+        assert!(calls.lock().is_empty());
     }
 }

@@ -140,6 +140,9 @@ pub trait PeerEvents: Clone + 'static {
     fn members_changed(&self, view: MemberView);
     /// Member `from` sent a frame body.
     fn frame(&self, from: NodeId, body: Bytes);
+    /// A new connection to member `peer` is up (first dial, reconnect, or its restart):
+    /// whatever was sent to it before may be lost.
+    fn peer_up(&self, _peer: NodeId) {}
 }
 
 /// Core 0's side of the cluster: the transport and the address book.
@@ -415,6 +418,13 @@ fn spawn_events(events: Rc<std::cell::RefCell<PeerIo>>, sink: impl PeerEvents) {
                     sink.frame(node, body);
                 }
                 Event::Health { peer, health } => {
+                    let up = {
+                        let io = events.borrow();
+                        io.by_addr.get(&peer).cloned()
+                    };
+                    if let (Some(node), transport::Health::Up) = (up, health) {
+                        sink.peer_up(node);
+                    }
                     let view = {
                         let mut io = events.borrow_mut();
                         let Some(node) = io.by_addr.get(&peer).cloned() else {

@@ -300,6 +300,7 @@ struct HandleShared {
     sm: Arc<SmShared>,
     committed_at_open: Option<u64>,
     inbound_dropped: std::sync::atomic::AtomicU64,
+    calls: Arc<Calls>,
     stop: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -376,6 +377,9 @@ impl RaftNode {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let transport: Arc<dyn Transport> = Arc::new(transport);
+        // Made here so the handle can fail the calls to a peer that reconnected.
+        let calls = Arc::new(Calls::new(transport, config.max_pending_calls));
+        let calls_for_thread = calls.clone();
         let cfg = config.clone();
         let proposals_for_thread = proposals_tx.clone();
         let thread = std::thread::Builder::new()
@@ -394,7 +398,7 @@ impl RaftNode {
                 rt.block_on(run(
                     cfg,
                     Arc::new(raft_config),
-                    transport,
+                    calls_for_thread,
                     Box::new(effects_sink),
                     Channels {
                         proposals_tx: proposals_for_thread,
@@ -434,6 +438,7 @@ impl RaftNode {
                 sm,
                 committed_at_open,
                 inbound_dropped: Default::default(),
+                calls,
                 stop: Mutex::new(Some((stop_tx, thread))),
             }),
         })
@@ -460,7 +465,7 @@ type Ready = Result<
 async fn run(
     cfg: RaftConfig,
     raft_config: Arc<openraft::Config>,
-    transport: Arc<dyn Transport>,
+    calls: Arc<Calls>,
     sink: crate::state_machine::EffectsSink,
     ch: Channels,
     ready: std::sync::mpsc::SyncSender<Ready>,
@@ -487,7 +492,6 @@ async fn run(
         }
     };
     let log_shared = log.shared();
-    let calls = Arc::new(Calls::new(transport, cfg.max_pending_calls));
     let network = Network {
         calls: calls.clone(),
     };
@@ -580,6 +584,17 @@ impl RaftHandle {
                 .inbound_dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// The transport has a new connection to node `peer` (it reconnected, or the peer
+    /// restarted): every call to it still waiting for a reply fails now instead of at its
+    /// timeout. Their requests went out on a connection that is gone, or were dropped while
+    /// there was none, so their replies most likely never come; a snapshot chunk's call
+    /// would otherwise wait out the whole 10 s snapshot timeout before openraft resends it
+    /// (perf/chaos `persistent-leader-isolated`). Failing a call whose reply was still
+    /// coming only makes openraft send it again, as after any timeout.
+    pub fn peer_reconnected(&self, peer: NodeId) {
+        self.shared.calls.fail_pending_to(peer);
     }
 
     /// The member list changed: the leader makes the Raft membership follow it.

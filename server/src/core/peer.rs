@@ -26,6 +26,17 @@ impl PeerEvents for CorePeerEvents {
     fn frame(&self, from: NodeId, body: Bytes) {
         with_core(|c| c.route_peer_frame(from, body));
     }
+
+    /// Raft calls to `peer` still waiting went out on a connection that is gone: they fail
+    /// now and openraft resends them at once (raft `RaftHandle::peer_reconnected`).
+    fn peer_up(&self, peer: NodeId) {
+        with_core(|c| {
+            c.shared
+                .cp
+                .raft()
+                .peer_reconnected(crate::cp::peers::raft_id(&peer))
+        });
+    }
 }
 
 impl Core {

@@ -120,18 +120,18 @@ pub fn start(cfg: CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), St
     let standalone = matches!(cfg.group, Group::Standalone);
     let started = match cfg.group {
         Group::Standalone => {
-            let raft_cfg = raft::RaftConfig::new(
+            let raft_cfg = tuned(raft::RaftConfig::new(
                 STANDALONE_ID,
                 std::collections::BTreeSet::from([STANDALONE_ID]),
                 cfg.data_dir.clone(),
-            );
+            ));
             raft::RaftNode::start(raft_cfg, NoPeers, sink)
         }
         Group::Cluster { me, peers, outbox } => {
             let id = peers::raft_id(&me);
             let members = peers::raft_ids(&me, &peers);
             info!(raft_id = id, me = %me, voters = members.len(), "Raft group of the cluster");
-            let raft_cfg = raft::RaftConfig::new(id, members, cfg.data_dir.clone());
+            let raft_cfg = tuned(raft::RaftConfig::new(id, members, cfg.data_dir.clone()));
             raft::RaftNode::start(raft_cfg, outbox, sink)
         }
     };
@@ -158,6 +158,30 @@ pub fn start(cfg: CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), St
         }),
         receivers,
     ))
+}
+
+/// The snapshot cadence from the environment, for the fault harness (perf/chaos), which
+/// needs snapshots and log purges within seconds: `NACELLE_RAFT_SNAPSHOT_EVERY` (entries
+/// between snapshots, default 50,000) and `NACELLE_RAFT_KEEP_AFTER_SNAPSHOT` (entries kept
+/// behind one, default 1,000). Not flags: no operator needs them.
+fn tuned(mut cfg: raft::RaftConfig) -> raft::RaftConfig {
+    let var = |name: &str| -> Option<u64> {
+        let raw = std::env::var(name).ok()?;
+        match raw.parse::<u64>() {
+            Ok(v) if v > 0 || name.ends_with("KEEP_AFTER_SNAPSHOT") => Some(v),
+            _ => {
+                warn!(name, raw, "not a valid count; the default is used");
+                None
+            }
+        }
+    };
+    if let Some(v) = var("NACELLE_RAFT_SNAPSHOT_EVERY") {
+        cfg.snapshot_every = v;
+    }
+    if let Some(v) = var("NACELLE_RAFT_KEEP_AFTER_SNAPSHOT") {
+        cfg.keep_after_snapshot = v;
+    }
+    cfg
 }
 
 /// The Raft id of a standalone node (a one-voter group).
