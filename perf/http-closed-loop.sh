@@ -11,11 +11,12 @@
 # perf/results/http-closed-loop.json.
 #
 #   bash perf/http-closed-loop.sh          # CONNS="16 64" MODES="pinned shared" SECONDS_PER=8
+#
+# perf/compare-http.sh runs the same load (16 and 64 connections) beside wrk, in rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-16 64}; MODES=${MODES:-pinned shared}; SECONDS_PER=${SECONDS_PER:-8}
 INSTANCES=${INSTANCES:-200000}; SERVICES=${SERVICES:-2000}; PORT=${PORT:-38848}
-CPUS=$(nproc)
 # The test script's build settings (scripts/test.sh), so a build here reuses its artifacts.
 export CARGO_PROFILE_RELEASE_LTO="${CARGO_PROFILE_RELEASE_LTO:-off}"
 export CARGO_PROFILE_RELEASE_DEBUG="${CARGO_PROFILE_RELEASE_DEBUG:-0}"
@@ -32,25 +33,10 @@ cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "
 trap cleanup EXIT
 mkdir -p perf/results; : >"$OUT"
 
-start() {
-  local pin=()
-  [ "$2" = pinned ] && pin=(taskset -c 0)
-  case $1 in
-    nacelle) "${pin[@]}" "$NACELLE" --bind 127.0.0.1 --http-port $PORT --data-dir "$WORK/data-$RANDOM" >"$WORK/server.log" 2>&1 & ;;
-    rnacos) rm -rf "$WORK/rn"; mkdir -p "$WORK/rn"
-      env RNACOS_HTTP_PORT=$PORT RNACOS_GRPC_PORT=$((PORT + 1000)) RNACOS_HTTP_CONSOLE_PORT=$((PORT + 2000)) \
-        RNACOS_CONFIG_DB_DIR="$WORK/rn" RNACOS_DATA_DIR="$WORK/rn" RNACOS_RAFT_NODE_ADDR=127.0.0.1:$((PORT + 1000)) \
-        "${pin[@]}" "$RNACOS" >"$WORK/server.log" 2>&1 & ;;
-  esac
-  PID=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/nacos/v1/ns/operator/metrics" >/dev/null && return; sleep 0.1; done
-  echo "$1 did not start" >&2; cat "$WORK/server.log" >&2; exit 1
-}
-stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""; }
+. perf/http/servers.sh
 
 for mode in $MODES; do
-  load=()
-  [ "$mode" = pinned ] && [ "$CPUS" -ge 2 ] && load=(taskset -c 1-$((CPUS - 1)))
+  read -ra load <<<"$(load_cmd "$mode")"
   for conns in $CONNS; do
     for server in $SERVERS; do
       start "$server" "$mode"

@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use send_wrapper::SendWrapper;
@@ -79,6 +79,166 @@ impl hyper::rt::Timer for LocalTimer {
     }
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// hyper's timer for HTTP/1.1 connections: coarse (`COARSE_TICK`), with no glommio timer per
+/// request.
+///
+/// hyper arms its header-read timeout anew for every request on a keep-alive connection and
+/// drops it once the head is parsed. On `LocalTimer` that was a glommio timer per request —
+/// an entry in the reactor's timer map and, whenever the earliest deadline moved, an
+/// io_uring timeout cancelled and re-armed (`io_timeout_cancel` in a beat's profile). A
+/// 30 s timeout needs no millisecond precision: here a sleep is a slot in a per-core table,
+/// taken only when hyper finds no bytes and polls it, freed when hyper drops it, and one
+/// ticker task per core wakes the expired ones every `COARSE_TICK` while any slot is taken.
+/// A sleep is plain data (`Send + Sync` without a wrapper); everything of a connection runs
+/// on the core that accepted it, so it is polled and dropped there.
+#[derive(Clone, Copy, Default)]
+pub struct CoarseTimer;
+
+/// How late a `CoarseTimer` sleep may fire.
+pub const COARSE_TICK: Duration = Duration::from_millis(250);
+
+struct CoarseSlot {
+    deadline: Instant,
+    waker: Option<Waker>,
+    generation: u32,
+}
+
+#[derive(Default)]
+struct CoarseTable {
+    slots: Vec<CoarseSlot>,
+    free: Vec<u32>,
+    taken: usize,
+    ticking: bool,
+}
+
+thread_local! {
+    static COARSE: RefCell<CoarseTable> = RefCell::new(CoarseTable::default());
+}
+
+struct CoarseSleep {
+    deadline: Instant,
+    /// (slot index, generation) once polled pending.
+    slot: Option<(u32, u32)>,
+}
+
+impl CoarseTable {
+    fn take(&mut self, deadline: Instant, waker: Waker) -> (u32, u32) {
+        self.taken += 1;
+        if let Some(i) = self.free.pop() {
+            let s = &mut self.slots[i as usize];
+            s.deadline = deadline;
+            s.waker = Some(waker);
+            return (i, s.generation);
+        }
+        self.slots.push(CoarseSlot {
+            deadline,
+            waker: Some(waker),
+            generation: 0,
+        });
+        ((self.slots.len() - 1) as u32, 0)
+    }
+
+    fn release(&mut self, (i, generation): (u32, u32)) {
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            if s.generation == generation {
+                s.generation = s.generation.wrapping_add(1);
+                s.waker = None;
+                self.free.push(i);
+                self.taken -= 1;
+            }
+        }
+    }
+}
+
+/// Wakes the expired sleeps of this core every `COARSE_TICK` while any is waiting.
+async fn coarse_ticker() {
+    loop {
+        glommio::timer::sleep(COARSE_TICK).await;
+        let now = Instant::now();
+        let (expired, idle) = COARSE.with_borrow_mut(|t| {
+            let expired: Vec<Waker> = t
+                .slots
+                .iter_mut()
+                .filter(|s| s.deadline <= now)
+                .filter_map(|s| s.waker.take())
+                .collect();
+            let idle = t.taken == 0;
+            if idle {
+                t.ticking = false;
+            }
+            (expired, idle)
+        });
+        // Woken outside the borrow: a woken task may run (and drop its sleep) at once.
+        expired.into_iter().for_each(Waker::wake);
+        if idle {
+            return;
+        }
+    }
+}
+
+impl Future for CoarseSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            if let Some(slot) = self.slot.take() {
+                COARSE.with_borrow_mut(|t| t.release(slot));
+            }
+            return Poll::Ready(());
+        }
+        let deadline = self.deadline;
+        let slot = self.slot;
+        let (slot, start_ticker) = COARSE.with_borrow_mut(|t| {
+            let slot = match slot {
+                Some((i, g)) => match t.slots.get_mut(i as usize) {
+                    Some(s) if s.generation == g => {
+                        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            s.waker = Some(cx.waker().clone());
+                        }
+                        (i, g)
+                    }
+                    _ => t.take(deadline, cx.waker().clone()),
+                },
+                None => t.take(deadline, cx.waker().clone()),
+            };
+            let start = !t.ticking;
+            t.ticking = true;
+            (slot, start)
+        });
+        self.slot = Some(slot);
+        if start_ticker {
+            glommio::spawn_local(coarse_ticker()).detach();
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for CoarseSleep {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            // `try_with`: a sleep dropped while the thread's locals are torn down.
+            let _ = COARSE.try_with(|t| {
+                if let Ok(mut t) = t.try_borrow_mut() {
+                    t.release(slot);
+                }
+            });
+        }
+    }
+}
+
+impl hyper::rt::Sleep for CoarseSleep {}
+
+impl hyper::rt::Timer for CoarseTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(CoarseSleep {
+            deadline,
+            slot: None,
+        })
     }
 }
 

@@ -125,14 +125,37 @@ pub struct ServiceConfig {
     pub metadata: Option<Metadata>,
 }
 
+/// `form_urlencoded::parse`, borrowing every pair that needs no decoding.
+///
+/// The pairs of a beat or a registration are plain (`serviceName=s&ip=10.0.0.1&port=80`):
+/// borrowing them when they hold no `%` or `+` and are UTF-8 skips `form_urlencoded`'s
+/// percent-decoding scan and its lossy UTF-8 pass per key and value, a tenth of a beat's
+/// instructions in the server. A pair that needs decoding is decoded by `form_urlencoded`
+/// itself, so the pairs are the same either way.
+fn form_pairs(input: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    input
+        .split(|&b| b == b'&')
+        .filter(|segment| !segment.is_empty())
+        .filter_map(|segment| {
+            let plain = !segment.iter().any(|&b| b == b'%' || b == b'+');
+            match std::str::from_utf8(segment) {
+                Ok(text) if plain => Some(match text.split_once('=') {
+                    Some((k, v)) => (Cow::Borrowed(k), Cow::Borrowed(v)),
+                    None => (Cow::Borrowed(text), Cow::Borrowed("")),
+                }),
+                _ => form_urlencoded::parse(segment).next(),
+            }
+        })
+}
+
 impl<'a> Params<'a> {
     /// Parses the query string and the form body.
     pub fn parse(query: Option<&'a str>, body: &'a [u8]) -> Params<'a> {
         let mut pairs = Vec::with_capacity(8);
         if let Some(q) = query {
-            pairs.extend(form_urlencoded::parse(q.as_bytes()));
+            pairs.extend(form_pairs(q.as_bytes()));
         }
-        pairs.extend(form_urlencoded::parse(body));
+        pairs.extend(form_pairs(body));
         Params { pairs }
     }
 
@@ -395,6 +418,29 @@ impl<'a> Params<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_pairs_are_the_pairs_form_urlencoded_decodes() {
+        let inputs: [&[u8]; 12] = [
+            b"serviceName=s&ip=10.0.0.1&port=80",
+            b"a=1&&b=2&",
+            b"&=x&k=",
+            b"novalue&k=v=w",
+            b"name=a%40%40b&x=%zz",
+            b"sp=a+b&plus=%2B",
+            b"bad=\xff\xfe&ok=1",
+            b"metadata=%7B%22k%22%3A%22v%22%7D",
+            b"",
+            b"=",
+            b"k=\xe4\xb8\xad",
+            b"a=1&a=2",
+        ];
+        for input in inputs {
+            let ours: Vec<_> = form_pairs(input).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(input).collect();
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
 
     #[test]
     fn query_comes_before_body_and_empty_values_are_absent() {

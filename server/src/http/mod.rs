@@ -30,7 +30,7 @@ use wire::service_info::{self, NameStyle, Query};
 use crate::admission::Class;
 use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
-use crate::rt::{GlommioIo, LocalTimer};
+use crate::rt::{CoarseTimer, GlommioIo};
 
 mod status;
 mod udp_push;
@@ -56,7 +56,7 @@ pub async fn serve(listener: TcpListener, max_body: usize) {
             let svc =
                 hyper::service::service_fn(move |req| handle(req, max_body, last_read.get(), peer));
             let conn = hyper::server::conn::http1::Builder::new()
-                .timer(LocalTimer)
+                .timer(CoarseTimer)
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(1 << 20)
                 .serve_connection(io, svc);
@@ -131,20 +131,21 @@ async fn handle(
     peer: Option<std::net::SocketAddr>,
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
-    // Only list calls use it (UDP push eligibility): no copy for the other requests.
+    // The head stays borrowed while the body is read: no copy of the path or the query.
+    let (head, body) = req.into_parts();
+    let method = &head.method;
+    let path = head.uri.path();
+    let query = head.uri.query();
+    // Only list calls use it (UDP push eligibility).
     let user_agent = path
         .ends_with("/instance/list")
-        .then(|| req.headers().get(http::header::USER_AGENT))
+        .then(|| head.headers.get(http::header::USER_AGENT))
         .flatten()
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if !with_core(|c| c.admit_request(class_of(&method, &path), arrived)) {
+        .and_then(|v| v.to_str().ok());
+    if !with_core(|c| c.admit_request(class_of(method, path), arrived)) {
         // Refused before reading the body: shedding must cost far less than serving.
-        let route = naming_route(&path).map_or("", |(_, r)| r);
-        let kind = kind_of(&method, route);
+        let route = naming_route(path).map_or("", |(_, r)| r);
+        let kind = kind_of(method, route);
         with_core(|c| c.metrics.record(kind, started.elapsed(), false));
         let f = Failure::from(Overloaded);
         return Ok(if path.starts_with("/nacos/v2/") {
@@ -154,7 +155,7 @@ async fn handle(
         });
     }
     let draining = with_core(|c| c.shared.draining.load(Ordering::Relaxed));
-    if draining && method != Method::GET && naming_route(&path).is_some() {
+    if draining && method != Method::GET && naming_route(path).is_some() {
         // A write accepted now might not reach the peers before the process exits; the
         // SDKs send a refused request to the next server.
         let f = Failure {
@@ -168,16 +169,16 @@ async fn handle(
             text(f.status, f.message)
         });
     }
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
+    let body = match Limited::new(body, max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let msg = format!("request body rejected: {e}");
             return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, msg));
         }
     };
-    let params = Params::parse(query.as_deref(), &body);
-    let Some((api, route)) = naming_route(&path) else {
-        let resp = match (&method, path.as_str()) {
+    let params = Params::parse(query, &body);
+    let Some((api, route)) = naming_route(path) else {
+        let resp = match (method, path) {
             (&Method::GET, "/metrics") => prometheus(),
             (&Method::GET, "/nacos/v1/core/cluster/nodes") => status::cluster_nodes_v1(&params),
             (&Method::GET, "/nacos/v2/core/cluster/node/list") => status::cluster_nodes_v2(&params),
@@ -193,11 +194,11 @@ async fn handle(
         };
         return Ok(resp);
     };
-    let kind = kind_of(&method, route);
+    let kind = kind_of(method, route);
     let udp_target = (method == Method::GET && route == "/instance/list")
-        .then(|| udp_push::before_list(&params, user_agent.as_deref(), peer))
+        .then(|| udp_push::before_list(&params, user_agent, peer))
         .flatten();
-    let result = route_naming(api, &method, route, &params).await;
+    let result = route_naming(api, method, route, &params).await;
     let ok = result.is_ok();
     if let (true, Some(sub)) = (ok, udp_target) {
         udp_push::after_list(sub);
@@ -273,8 +274,9 @@ async fn route_naming(
     }
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+/// A text answer; a `&'static str` body is sent without a copy.
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -325,6 +327,9 @@ async fn outcome(
     }
 }
 
+/// The answer to a beat at the default 5 s interval.
+const BEAT_OK: &[u8] = b"{\"clientBeatInterval\":5000,\"code\":10200,\"lightBeatEnabled\":true}";
+
 async fn beat(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     let http_params::Beat {
         key,
@@ -347,17 +352,15 @@ async fn beat(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
         reregister,
     };
     let body = match submit(client, op).await {
-        Ok(OpOutcome::Beat { interval_ms }) => {
-            format!(
-                "{{\"clientBeatInterval\":{interval_ms},\"code\":10200,\"lightBeatEnabled\":true}}"
-            )
-        }
-        Ok(_) => {
-            "{\"clientBeatInterval\":5000,\"code\":10200,\"lightBeatEnabled\":true}".to_owned()
-        }
-        Err(f) if f.status == StatusCode::NOT_FOUND => {
-            "{\"clientBeatInterval\":5000,\"code\":20404,\"lightBeatEnabled\":true}".to_owned()
-        }
+        // The default interval's answer is a constant: no formatting, no copy.
+        Ok(OpOutcome::Beat { interval_ms: 5000 }) => Bytes::from_static(BEAT_OK),
+        Ok(OpOutcome::Beat { interval_ms }) => Bytes::from(format!(
+            "{{\"clientBeatInterval\":{interval_ms},\"code\":10200,\"lightBeatEnabled\":true}}"
+        )),
+        Ok(_) => Bytes::from_static(BEAT_OK),
+        Err(f) if f.status == StatusCode::NOT_FOUND => Bytes::from_static(
+            b"{\"clientBeatInterval\":5000,\"code\":20404,\"lightBeatEnabled\":true}",
+        ),
         Err(f) => return Err(f),
     };
     Ok(match api {
