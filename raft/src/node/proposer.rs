@@ -119,7 +119,25 @@ pub(super) async fn submit(ctx: &Arc<Ctx>, mut items: Vec<Proposal>) {
                         Proposal::Remote(r) => r.cmds.clone(),
                     })
                     .collect();
-                match timeout_at(latest, ctx.raft.client_write(Batch(cmds))).await {
+                let write = timeout_at(latest, ctx.raft.client_write(Batch(cmds)));
+                let mut metrics = ctx.raft.metrics();
+                let me = ctx.id;
+                let deposed = metrics.wait_for(|m| {
+                    !(m.state == ServerState::Leader && m.current_leader == Some(me))
+                });
+                let result = tokio::select! {
+                    r = write => r,
+                    _ = deposed => {
+                        // This node is no longer the leader (it saw a higher term: it
+                        // restarted as the leader of its old term, or was cut off): the batch
+                        // may or may not be committed by the next leader; do not make the
+                        // writers wait out the timeout (perf/chaos persistent-leader-kill).
+                        let e = "leadership lost".to_string();
+                        fail_all(ctx, items, WriteError::Timeout, ForwardError::Unknown(e));
+                        return;
+                    }
+                };
+                match result {
                     Ok(Ok(resp)) => {
                         let index = resp.log_id.index;
                         let Some(split) = split_responses(&items, resp.data) else {
