@@ -57,12 +57,13 @@ fi
 RNACOS=${RNACOS_BIN:-$(command -v rnacos || echo "$HOME/.cargo/bin/rnacos")}
 if [ ! -x "$RNACOS" ]; then cargo install --locked rnacos; RNACOS=$HOME/.cargo/bin/rnacos; fi
 RNACOS_VERSION=$("$RNACOS" -V | awk '{print $2}'); export RNACOS_VERSION
-# 100,000 listeners need as many descriptors (root may raise the hard limit).
+# 100,000 listeners need as many descriptors: raise the limit where allowed (part 5 splits
+# its listeners over processes when the hard limit is lower).
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-WORK=$(mktemp -d); PIDS=(); RN=""; SOLO=""; LG=""; LS=""
+WORK=$(mktemp -d); PIDS=(); RN=""; SOLO=""; LG=""; LSS=()
 cleanup() {
   set +e   # kill every process we started, by pid, even if some are already gone
-  for p in "$LG" "$LS" "$RN" "$SOLO" "${PIDS[@]}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
+  for p in "$LG" "$RN" "$SOLO" "${LSS[@]}" "${PIDS[@]}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null; rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -87,7 +88,7 @@ metrics() { curl -sf --max-time 2 "http://$1/nacos/v1/ns/operator/metrics"; }
 field() { metrics "$1" 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null || true; }
 prom() { curl -sf --max-time 2 "http://$1:$PORT/metrics" 2>/dev/null | awk -v n="$2" '$1==n {print $2}'; }
 prom_sum() { local n=$1 s=0 v ip; for ip in "${NODES[@]}"; do v=$(prom "$ip" "$n"); s=$(awk -v a="$s" -v b="${v:-0}" 'BEGIN {print a + b}'); done; echo "$s"; }
-lg() { "$LOADGEN" --threads "${LOADGEN_THREADS:-2}" "$@"; }
+LGC=("$LOADGEN" --threads "${LOADGEN_THREADS:-2}")   # an array, not a function: "&" then gives the pid of loadgen itself
 
 # --- nacelle: a 3-node cluster on 127.0.0.1-3 or a standalone node --------------------------
 start_node() {  # start_node <index 0-2> <data tag>
@@ -153,15 +154,15 @@ part1_server() {  # part1_server <nacelle|rnacos> <round>
   shape() {  # shape <name> <ip base> [loadgen args]: one measured phase, CPU of the servers
     local name=$1 base=$2; shift 2
     local t0 t1 f0=0 f1=0; t0=$(ticks "${pids[@]}"); [ "$s" = nacelle ] && f0=$(prom_sum nacelle_raft_fsyncs_total)
-    lg persist --targets "$tgt" --services "$SERVICES" --connections "$CONNS" --ip-base "$base" \
+    "${LGC[@]}" persist --targets "$tgt" --services "$SERVICES" --connections "$CONNS" --ip-base "$base" \
       --check '{"type":"NONE"}' --no-progress --report "$d/$name.json" "$@" >"$d/$name.log" 2>&1 \
       || { echo "loadgen $name failed against $s:" >&2; tail -5 "$d/$name.log" >&2; exit 1; }
     t1=$(ticks "${pids[@]}"); [ "$s" = nacelle ] && f1=$(prom_sum nacelle_raft_fsyncs_total)
     echo "{\"cpu_s\": $(awk -v a="$t0" -v b="$t1" -v t="$TICK" 'BEGIN {print (b - a) / t}'), \"fsyncs\": $(awk -v a="$f0" -v b="$f1" 'BEGIN {print b - a}')}" >"$d/$name.cpu.json"
   }
-  shape closed 127.1.0.0 --instances 100000000 --duration "$DURATION"
+  shape closed 127.1.0.0 --instances 10000000 --duration "$DURATION"
   local rate; rate=$(jget "$d/closed.json" "d['ops_per_s']")
-  shape flood 127.20.0.0 --instances 100000000 --duration "$DURATION" --pipeline "$PIPELINE"
+  shape flood 127.20.0.0 --instances 10000000 --duration "$DURATION" --pipeline "$PIPELINE"
   local half; half=$(awk -v r="$rate" 'BEGIN {printf "%d", r / 2}')
   shape half 127.40.0.0 --instances $((half * ${DURATION%.*})) --rate "$half" --duration $((${DURATION%.*} * 2))
   echo "$half" >"$d/half_rate"
@@ -186,7 +187,7 @@ part1_common() {  # both servers at the same rate: half the lower closed-loop ra
     if [ "$s" = nacelle ]; then start_cluster "p1c$r"; wait_cluster >/dev/null; pids=("${PIDS[@]}"); tgt=$TARGETS
     else start_rnacos "$WORK/p1c$r-rn"; pids=("$RN"); tgt=127.0.0.1:$RPORT; fi
     local t0 t1; t0=$(ticks "${pids[@]}")
-    lg persist --targets "$tgt" --services "$SERVICES" --connections "$CONNS" --ip-base 127.60.0.0 \
+    "${LGC[@]}" persist --targets "$tgt" --services "$SERVICES" --connections "$CONNS" --ip-base 127.60.0.0 \
       --check '{"type":"NONE"}' --no-progress --report "$d/common.json" --instances $((rate * ${DURATION%.*})) --rate "$rate" >"$d/common.log" 2>&1
     t1=$(ticks "${pids[@]}")
     echo "{\"cpu_s\": $(awk -v a="$t0" -v b="$t1" -v t="$TICK" 'BEGIN {print (b - a) / t}'), \"rate\": $rate}" >"$d/common.cpu.json"
@@ -208,23 +209,23 @@ if has 2; then
   note "== part 2: kill -9 of every node right after $KILL_N acknowledged registrations"
   d="$WORK/res/p2"; mkdir -p "$d"; la0=$(loadavg)
   start_cluster p2; wait_cluster >/dev/null
-  lg persist --targets "$TARGETS" --services "$SERVICES" --connections "$CONNS" --ip-base 127.100.0.0 --check '{"type":"NONE"}' \
+  "${LGC[@]}" persist --targets "$TARGETS" --services "$SERVICES" --connections "$CONNS" --ip-base 127.100.0.0 --check '{"type":"NONE"}' \
     --instances "$KILL_N" --acked-file "$d/nacelle.acked" --no-progress --report "$d/nacelle-reg.json" >"$d/nacelle-reg.log" 2>&1
   kill9_cluster
   start_cluster p2; t0=$(now_ms); wait_cluster >/dev/null; t1=$(now_ms)
   for i in 0 1 2; do
-    lg persist --targets "${NODES[$i]}:$PORT" --services "$SERVICES" --ip-base 127.100.0.0 --instances "$KILL_N" \
+    "${LGC[@]}" persist --targets "${NODES[$i]}:$PORT" --services "$SERVICES" --ip-base 127.100.0.0 --instances "$KILL_N" \
       --verify "$d/nacelle.acked" --no-progress --report "$d/nacelle-verify-$i.json" >"$d/nacelle-verify-$i.log" 2>&1
   done
   echo "{\"restart_to_leader_s\": $(secs "$t0" "$t1")}" >"$d/nacelle-restart.json"
   stop_cluster
   note "nacelle: acked $(jget "$d/nacelle-reg.json" "d['acked']"), present after kill -9 of all 3 and restart: $(for i in 0 1 2; do printf '%s ' "$(jget "$d/nacelle-verify-$i.json" "d['present']")"; done)(per node), cluster back in $(secs "$t0" "$t1") s"
   start_rnacos "$WORK/p2-rn"
-  lg persist --targets "127.0.0.1:$RPORT" --services "$SERVICES" --connections "$CONNS" --ip-base 127.100.0.0 --check '{"type":"NONE"}' \
+  "${LGC[@]}" persist --targets "127.0.0.1:$RPORT" --services "$SERVICES" --connections "$CONNS" --ip-base 127.100.0.0 --check '{"type":"NONE"}' \
     --instances "$KILL_N" --acked-file "$d/rnacos.acked" --no-progress --report "$d/rnacos-reg.json" >"$d/rnacos-reg.log" 2>&1
   kill9_rnacos
   start_rnacos "$WORK/p2-rn"
-  lg persist --targets "127.0.0.1:$RPORT" --services "$SERVICES" --ip-base 127.100.0.0 --instances "$KILL_N" \
+  "${LGC[@]}" persist --targets "127.0.0.1:$RPORT" --services "$SERVICES" --ip-base 127.100.0.0 --instances "$KILL_N" \
     --verify "$d/rnacos.acked" --no-progress --report "$d/rnacos-verify.json" >"$d/rnacos-verify.log" 2>&1
   stop_rnacos
   note "r-nacos: acked $(jget "$d/rnacos-reg.json" "d['acked']"), present after kill -9 and restart: $(jget "$d/rnacos-verify.json" "d['present']")"
@@ -237,8 +238,8 @@ if has 3; then
   d="$WORK/res/p3"; mkdir -p "$d"; la0=$(loadavg)
   start_cluster p3; l=$(wait_cluster)
   ftargets=""; for i in 0 1 2; do [ "$i" != "$l" ] && ftargets+="${NODES[$i]}:$PORT,"; done; ftargets=${ftargets%,}
-  lg persist --targets "$ftargets" --services "$SERVICES" --connections "$CONNS" --ip-base 127.110.0.0 --check '{"type":"NONE"}' \
-    --instances 100000000 --duration "$LEADER_DURATION" --timeline-ms 10 --acked-file "$d/acked" --no-progress \
+  "${LGC[@]}" persist --targets "$ftargets" --services "$SERVICES" --connections "$CONNS" --ip-base 127.110.0.0 --check '{"type":"NONE"}' \
+    --instances 10000000 --duration "$LEADER_DURATION" --timeline-ms 10 --acked-file "$d/acked" --no-progress \
     --report "$d/load.json" >"$d/load.log" 2>&1 &
   LG=$!
   sleep "$LEADER_KILL_AT"
@@ -246,7 +247,7 @@ if has 3; then
   wait "$LG" || { tail -5 "$d/load.log" >&2; exit 1; }; LG=""
   # the old leader back, then every acknowledged write on the new leader
   start_node "$l" p3; nl=$(wait_cluster)
-  lg persist --targets "${NODES[$nl]}:$PORT" --services "$SERVICES" --ip-base 127.110.0.0 --instances 100000000 \
+  "${LGC[@]}" persist --targets "${NODES[$nl]}:$PORT" --services "$SERVICES" --ip-base 127.110.0.0 --instances 10000000 \
     --verify "$d/acked" --no-progress --report "$d/verify.json" >"$d/verify.log" 2>&1
   stop_cluster
   echo "{\"kill_epoch_ms\": $kill_ms, \"old_leader\": $l, \"new_leader\": $nl, \"loadavg\": {\"start\": $la0, \"end\": $(loadavg)}}" >"$d/kill.json"
@@ -291,7 +292,7 @@ if has 4; then
   solo
   for _ in $(seq 300); do metrics "127.0.0.1:$PORT" >/dev/null 2>&1 && break; sleep 0.1; done
   rss0=$(rss_kb "$SOLO"); c0=$(ticks "$SOLO")
-  lg persist --targets "127.0.0.1:$PORT" --services "$BIG_SERVICES" --connections "$BIG_CONNS" --pipeline "$BIG_PIPELINE" \
+  "${LGC[@]}" persist --targets "127.0.0.1:$PORT" --services "$BIG_SERVICES" --connections "$BIG_CONNS" --pipeline "$BIG_PIPELINE" \
     --ip-base 127.64.0.0 --check '{"type":"NONE"}' --instances "$BIG_N" --timeout-ms 30000 --acked-file "$d/acked" \
     --no-progress --report "$d/reg.json" >"$d/reg.log" 2>&1 || { tail -5 "$d/reg.log" >&2; exit 1; }
   c1=$(ticks "$SOLO"); rss1=$(rss_kb "$SOLO")
@@ -306,7 +307,7 @@ if has 4; then
     [ $(($(now_ms) - t0)) -gt 120000 ] && break; sleep 0.05
   done
   t_count=$(now_ms); count1=$(field "127.0.0.1:$PORT" instanceCount)
-  lg persist --targets "127.0.0.1:$PORT" --services "$BIG_SERVICES" --ip-base 127.64.0.0 --instances "$BIG_N" \
+  "${LGC[@]}" persist --targets "127.0.0.1:$PORT" --services "$BIG_SERVICES" --ip-base 127.64.0.0 --instances "$BIG_N" \
     --verify "$d/acked" --no-progress --report "$d/verify.json" >"$d/verify.log" 2>&1
   t_list=$(now_ms); rss2=$(rss_kb "$SOLO")
   kill "$SOLO"; wait "$SOLO" 2>/dev/null || true; SOLO=""
@@ -338,16 +339,26 @@ if has 5; then
   note "== part 5: $CHECK_N persistent instances TCP-checked by 3 nodes, listeners on $IPS addresses x $CHECK_PORTS ports (ulimit -n $(ulimit -n))"
   d="$WORK/res/p5"; mkdir -p "$d"; la0=$(loadavg)
   nst() { nstat -az TcpExtListenOverflows TcpExtListenDrops TcpExtTCPTimeWaitOverflow 2>/dev/null | awk 'NR>1 && $1 ~ /^TcpExt/ {printf "\"%s\": %s, ", $1, $2}'; }
-  lg listen --ips "$IPS" --ports "$CHECK_PORTS" --ip-base 127.128.0.0 --backlog 128 --duration -1 --no-progress >"$d/listen.log" 2>&1 &
-  LS=$!
-  until grep -q "^listening" "$d/listen.log"; do kill -0 "$LS" 2>/dev/null || { cat "$d/listen.log" >&2; exit 1; }; sleep 0.2; done
-  note "$(grep ^listening "$d/listen.log")"
+  # RLIMIT_NOFILE's hard limit may be below the listener count (20,000 here, not raisable
+  # without CAP_SYS_RESOURCE): split the addresses over processes of LISTEN_PER_PROC sockets.
+  per=$(( ${LISTEN_PER_PROC:-15000} / CHECK_PORTS )); [ "$per" -ge 1 ] || per=1
+  LSS=(); k=0
+  for ((first = 0; first < IPS; first += per)); do
+    n=$(( IPS - first < per ? IPS - first : per ))
+    base=$(python3 -c "import ipaddress; print(ipaddress.IPv4Address('127.128.0.0') + $first)")
+    "${LGC[@]}" listen --ips "$n" --ports "$CHECK_PORTS" --ip-base "$base" --backlog 128 --duration -1 --no-progress >"$d/listen-$k.log" 2>&1 &
+    LSS+=($!); k=$((k + 1))
+  done
+  for k in "${!LSS[@]}"; do
+    until grep -q "^listening" "$d/listen-$k.log"; do kill -0 "${LSS[$k]}" 2>/dev/null || { cat "$d/listen-$k.log" >&2; exit 1; }; sleep 0.2; done
+  done
+  note "${#LSS[@]} listener processes: $(cat "$d"/listen-*.log | grep -c ^listening) listening, $(cat "$d"/listen-*.log | sed -n 's/^listening on \([0-9]*\) .*/\1/p' | paste -sd+ | bc) addresses"
   start_cluster p5; wait_cluster >/dev/null; sleep 3
   rss0=(); for p in "${PIDS[@]}"; do rss0+=("$(rss_kb "$p")"); done
   ci0=$(ticks "${PIDS[@]}"); sleep "$CHECK_WINDOW"; ci1=$(ticks "${PIDS[@]}")
   idle=$(awk -v a="$ci0" -v b="$ci1" -v t="$TICK" -v w="$CHECK_WINDOW" 'BEGIN {printf "%.4f", (b - a) / t / w}')
   note "idle 3-node cluster: $idle cores"
-  lg persist --targets "$TARGETS" --services "$SERVICES" --connections "$CONNS" --pipeline 4 --ip-base 127.128.0.0 \
+  "${LGC[@]}" persist --targets "$TARGETS" --services "$SERVICES" --connections "$CONNS" --pipeline 4 --ip-base 127.128.0.0 \
     --ports "$CHECK_PORTS" --instances "$CHECK_N" --timeout-ms 30000 --acked-file "$d/acked" --no-progress \
     --report "$d/reg.json" >"$d/reg.log" 2>&1 || { tail -5 "$d/reg.log" >&2; exit 1; }
   note "registered $(jget "$d/reg.json" "d['acked']") in $(jget "$d/reg.json" "d['duration_s']") s ($(jget "$d/reg.json" "d['errors_by_kind']"))"
@@ -357,17 +368,17 @@ if has 5; then
   rss1=(); for p in "${PIDS[@]}"; do rss1+=("$(rss_kb "$p")"); done
   checked=(); for ip in "${NODES[@]}"; do checked+=("$(prom "$ip" nacelle_health_checked_instances)"); done
   f0=$(prom_sum nacelle_health_flips_total); k0=$(prom_sum nacelle_health_checks_total); e0=$(prom_sum nacelle_health_failures_total)
-  l0=$(prom_sum nacelle_health_probe_latency_ms_total); n0="{$(nst)}"; lc0=$(ticks "$LS")
+  l0=$(prom_sum nacelle_health_probe_latency_ms_total); n0="{$(nst)}"; lc0=$(ticks "${LSS[@]}")
   cc0=(); for p in "${PIDS[@]}"; do cc0+=("$(ticks "$p")"); done
   sleep "$CHECK_WINDOW"
   cc1=(); for p in "${PIDS[@]}"; do cc1+=("$(ticks "$p")"); done
   f1=$(prom_sum nacelle_health_flips_total); k1=$(prom_sum nacelle_health_checks_total); e1=$(prom_sum nacelle_health_failures_total)
-  l1=$(prom_sum nacelle_health_probe_latency_ms_total); n1="{$(nst)}"; lc1=$(ticks "$LS")
+  l1=$(prom_sum nacelle_health_probe_latency_ms_total); n1="{$(nst)}"; lc1=$(ticks "${LSS[@]}")
   tw=$(ss -Htan state time-wait | wc -l)
-  lg persist --targets "${NODES[0]}:$PORT" --services "$SERVICES" --ip-base 127.128.0.0 --ports "$CHECK_PORTS" --instances "$CHECK_N" \
+  "${LGC[@]}" persist --targets "${NODES[0]}:$PORT" --services "$SERVICES" --ip-base 127.128.0.0 --ports "$CHECK_PORTS" --instances "$CHECK_N" \
     --verify "$d/acked" --no-progress --report "$d/verify.json" >"$d/verify.log" 2>&1
   stop_cluster
-  kill "$LS" 2>/dev/null; wait "$LS" 2>/dev/null || true; LS=""
+  for p in "${LSS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done; LSS=()
   python3 - "$d" "$CHECK_WINDOW" "$TICK" "$idle" "${rss0[*]}" "${rss1[*]}" "${cc0[*]}" "${cc1[*]}" "${checked[*]}" \
     "$f0 $f1" "$k0 $k1" "$e0 $e1" "$l0 $l1" "$lc0 $lc1" "$tw" "$la0 $(loadavg)" "${n0%, \}}}" "${n1%, \}}}" <<'PY' | tee -a "$WORK/log.txt"
 import json, sys
