@@ -27,6 +27,8 @@
 //! - [`health`]: server-side health checks of persistent instances: the per-core
 //!   [`health::HealthChecker`] scheduler (probes, thresholds, flips) and the Nacos
 //!   `healthChecker` specs ([`health::spec`]).
+//! - [`udp_push`]: the UDP push targets of Nacos 1.x HTTP clients on the core owning their
+//!   services, with the ack/resend state machine of their pushes.
 //!
 //! # Why this shape
 //! A core owns a hash slice of clients and a hash slice of services, so no write needs a lock:
@@ -41,6 +43,7 @@ pub mod health;
 pub mod model;
 pub mod shard;
 pub mod store;
+pub mod udp_push;
 pub mod view;
 
 pub use model::{ClientId, Host, Instance, InstanceSpec, Interner, Metadata, ServiceKey, Str};

@@ -87,6 +87,37 @@ fn flock_exclusive_nonblocking(file: &File) -> io::Result<()> {
     }
 }
 
+/// The identity file `<dir>/NODE`: which Raft node wrote this directory. A directory is one
+/// node's for good — its vote and log are promises that node made — so a node started on a
+/// directory another id wrote (its address changed, or a standalone node's data started as a
+/// cluster member) is refused, naming both ids, rather than let it vote twice in a term or
+/// sit in a group nobody else knows. Written once, when missing.
+pub(crate) fn check_identity(dir: &Path, id: u64) -> Result<(), FileError> {
+    let path = dir.join("NODE");
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored = text
+                .trim()
+                .strip_prefix("raft node ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| FileError::new(&path, format!("not an identity file: {text:?}")))?;
+            if stored != id {
+                return Err(FileError::new(
+                    &path,
+                    format!(
+                        "this Raft directory belongs to node {stored}, not to this node ({id}): a member's data cannot change identity (its address changed, or a standalone node's data was started as a cluster member); start this node on an empty data directory to join the group (it copies the data from the group), or give it its old address"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            write_atomic(&path, format!("raft node {id}\n").as_bytes())
+        }
+        Err(e) => Err(FileError::io(&path, "cannot read", &e)),
+    }
+}
+
 /// fsyncs a directory, so that a rename or a new file in it survives power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), FileError> {
     File::open(dir)

@@ -452,6 +452,7 @@ async fn run(
     let opened = (|| {
         files::ensure_dir(&dir)?;
         let lock = DirLock::acquire(&dir)?;
+        files::check_identity(&dir, cfg.node_id)?;
         let log = LogStore::open(
             &dir.join("log"),
             LogOptions {

@@ -80,6 +80,38 @@ fn a_second_node_on_the_same_directory_is_refused() {
 }
 
 #[test]
+fn a_directory_written_by_another_node_id_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut c = Cluster::new(dir.path(), &[1], no_tweak);
+    c.wait_leader(Duration::from_secs(5));
+    rt.block_on(c.h(1).write(register("s", 1))).expect("write");
+    c.stop(1);
+    // Node 1's directory under another id (a standalone node's data started as a member).
+    let other = RaftNode::start(
+        RaftConfig::new(7, [7, 8, 9].into(), c.dir(1)),
+        NoNet,
+        sink(Default::default()),
+    );
+    match other {
+        Err(StartError::Storage(e)) => {
+            assert_eq!(e.path, c.dir(1).join("raft").join("NODE"));
+            assert!(
+                e.what.contains("belongs to node 1, not to this node (7)"),
+                "{e}"
+            );
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("started on another node's directory"),
+    }
+    // Its owner still starts, with its data.
+    c.start(1);
+    c.wait_leader(Duration::from_secs(5));
+    c.wait_converged(&[("s".to_string(), 1)].into(), Duration::from_secs(5));
+    c.stop_all();
+}
+
+#[test]
 fn three_nodes_write_anywhere_survive_leader_loss_and_full_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
@@ -220,6 +252,58 @@ fn a_cut_off_node_fails_its_writes_in_bounded_time_and_converges_after_heal() {
     });
     want.insert(("p".to_string(), 99));
     c.wait_converged(&want, Duration::from_secs(5));
+    c.stop_all();
+}
+
+#[test]
+fn a_cut_off_leader_acknowledges_nothing_and_its_uncommitted_write_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut c = Cluster::new(dir.path(), &[1, 2, 3], no_tweak);
+    let old = c.wait_leader(Duration::from_secs(10));
+    let mut want = BTreeSet::new();
+    rt.block_on(async {
+        c.h(old)
+            .write(register("q", 1))
+            .await
+            .expect("write before the cut");
+    });
+    want.insert(("q".to_string(), 1));
+    c.wait_converged(&want, Duration::from_secs(5));
+
+    // The leader is alone: it appends the write to its own log but no majority has it, so it
+    // must not answer success — an error within the bound, whatever it still believes.
+    c.net.cut(old);
+    rt.block_on(async {
+        let t = Instant::now();
+        let r = c.h(old).write(register("q", 2)).await;
+        assert!(
+            r.is_err(),
+            "a leader without a majority acknowledged a write: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(3500),
+            "took {:?}",
+            t.elapsed()
+        );
+    });
+    // The other two elect a leader and go on.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    rt.block_on(async {
+        let t = Instant::now();
+        loop {
+            match c.h(others[0]).write(register("q", 3)).await {
+                Ok(_) => break,
+                Err(e) => assert!(t.elapsed() < Duration::from_secs(8), "majority: {e}"),
+            }
+        }
+    });
+    want.insert(("q".to_string(), 3));
+    // Healed, the old leader takes the new leader's log: its unacknowledged entry is cut off
+    // its log and never applied anywhere.
+    c.net.heal(old);
+    c.wait_converged(&want, Duration::from_secs(10));
+    assert_ne!(c.h(old).metrics().leader, Some(old));
     c.stop_all();
 }
 

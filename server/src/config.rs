@@ -97,6 +97,9 @@ pub struct Args {
     /// accepted before it exits (ms; 0 = exit at once).
     #[arg(long, env = "NACELLE_DRAIN_MS", default_value_t = 3_000)]
     pub drain_ms: u64,
+    /// UDP push to HTTP v1 clients.
+    #[command(flatten)]
+    pub udp_push: UdpPushArgs,
 }
 
 /// Resolved settings.
@@ -134,6 +137,8 @@ pub struct Config {
     pub cluster: Option<ClusterArgs>,
     /// Durable state directory.
     pub data_dir: std::path::PathBuf,
+    /// UDP push settings.
+    pub udp_push: UdpPushArgs,
 }
 
 /// Cluster settings as given (resolved by `cluster::ClusterSetup`).
@@ -260,6 +265,7 @@ impl Args {
             spin_before_park_us: self.spin_before_park_us.min(10_000),
             huge_pages: self.huge_pages,
             overload_lag_ms: self.overload_lag_ms,
+            udp_push: self.udp_push,
         })
     }
 }
@@ -281,4 +287,35 @@ fn default_data_dir() -> Result<std::path::PathBuf, String> {
             "no data directory: set --data-dir (or NACELLE_DATA_DIR, XDG_DATA_HOME, HOME)".into(),
         ),
     }
+}
+
+/// UDP push to Nacos 1.x HTTP clients (`GET /instance/list?udpPort=N`): where pushes go, how
+/// long targets live, and the bounds that keep list calls from turning the node into a UDP
+/// source for someone else.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UdpPushArgs {
+    /// Push to the `clientIP` a list call names instead of the address the request came from.
+    /// Off by default: a forged `clientIP` would make the node send UDP to any host, and a
+    /// real one breaks behind NAT (Nacos #5108).
+    #[arg(long, env = "NACELLE_UDP_PUSH_CLIENT_IP")]
+    pub udp_push_client_ip: bool,
+    /// A push target without a list call for this long is forgotten (ms; Nacos: 30 s).
+    #[arg(long, env = "NACELLE_UDP_PUSH_TTL_MS", default_value_t = 30_000)]
+    pub udp_push_ttl_ms: u64,
+    /// A push not acknowledged within this long is sent once more (ms; Nacos: 10 s).
+    #[arg(
+        long,
+        env = "NACELLE_UDP_PUSH_ACK_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub udp_push_ack_timeout_ms: u64,
+    /// Most push targets on this node (0 = no UDP push).
+    #[arg(long, env = "NACELLE_UDP_PUSH_MAX_TARGETS", default_value_t = 100_000)]
+    pub udp_push_max_targets: usize,
+    /// Most push targets for one source address on this node.
+    #[arg(long, env = "NACELLE_UDP_PUSH_MAX_PER_SOURCE", default_value_t = 4_096)]
+    pub udp_push_max_per_source: usize,
+    /// Most push packets per second this node sends.
+    #[arg(long, env = "NACELLE_UDP_PUSH_RATE", default_value_t = 40_000)]
+    pub udp_push_rate: u64,
 }

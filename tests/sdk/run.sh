@@ -167,6 +167,8 @@ done
 log "server ready: $(curl -s -m 2 "http://$HOST:$HTTP_PORT/nacos/v1/ns/operator/metrics" | head -c 200)"
 
 export NACOS_HOST="$HOST" NACOS_HTTP_PORT="$HTTP_PORT" NACOS_GRPC_PORT="$GRPC_PORT" SERVER_KIND="$KIND"
+# Suites that restart a server of their own (test_persistent.py) start this binary.
+[[ "$KIND" == nacelle* ]] && export NACELLE_BIN="$BIN"
 if [[ "$KIND" == nacelle-cluster ]]; then
   NACOS_CLUSTER_HOSTS=$(IFS=,; echo "${NODES[*]}"); export NACOS_CLUSTER_HOSTS
 fi

@@ -1,6 +1,7 @@
-//! Writes the seed corpora of the `grpc_payload` and `http_params` fuzz targets from
-//! `nacelle_wire::fuzzing::seeds` (requests as the official SDKs send them), and of
-//! `raft_message` from `nacelle_wire::raft::seeds` (one message of each kind).
+//! Writes the seed corpora of the `grpc_payload`, `http_params` and `udp_ack` fuzz targets from
+//! `nacelle_wire::fuzzing::seeds` (requests as the official SDKs send them) and
+//! `nacelle_wire::udp_push::fuzz_seeds`, and of `raft_message` from `nacelle_wire::raft::seeds`
+//! (one message of each kind).
 //!
 //! `cargo run --release -p nacelle-wire --example fuzz_corpus [DIR]` (default `fuzz/corpus`),
 //! one `seed-NN-<name>.bin` per request under `<DIR>/<target>/`. `wire/tests/fuzz.rs` checks
@@ -19,6 +20,7 @@ fn main() -> std::io::Result<()> {
         ("grpc_payload", seeds::grpc_payload()),
         ("http_params", seeds::http_params()),
         ("raft_message", nacelle_wire::raft::seeds()),
+        ("udp_ack", nacelle_wire::udp_push::fuzz_seeds()),
     ] {
         let dir = dir.join(target);
         std::fs::create_dir_all(&dir)?;

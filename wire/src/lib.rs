@@ -21,6 +21,8 @@
 //!   buffer and every value, since the bytes come from the network.
 //! - [`raft`]: the CP store's Raft messages inside the peer frames (postcard of the Raft
 //!   crate's types, bounded and checked; see there why not flatbuffers).
+//! - [`udp_push`]: Nacos 1.x UDP push packets (gzip from 1 KiB), their acks (the decoder of
+//!   datagrams anyone can send, fuzzed) and the User-Agent rule of who gets pushes.
 //! - [`fuzzing`]: the properties of the fuzz targets (`fuzz/`) and their seeds, shared with
 //!   the stable mirrors in `tests/fuzz.rs`.
 
@@ -68,3 +70,4 @@ pub mod payload;
 pub mod peer;
 pub mod raft;
 pub mod service_info;
+pub mod udp_push;

@@ -414,6 +414,8 @@ pub struct ShardStats {
     pub clients: AtomicI64,
     /// Of which HTTP `ip:port` heartbeat clients.
     pub heartbeat_clients: AtomicI64,
+    /// Of which persistent `ip:port` clients (Nacos's `ip:port#false`, stored through Raft).
+    pub persistent_clients: AtomicI64,
     /// Of which copies of clients another node is responsible for.
     pub replica_clients: AtomicI64,
     /// Subscriptions to services owned by this shard.
@@ -435,6 +437,9 @@ impl ShardStats {
         self.clients.fetch_add(delta, Ordering::Relaxed);
         if client.is_heartbeat() {
             self.heartbeat_clients.fetch_add(delta, Ordering::Relaxed);
+        }
+        if client.is_persistent() {
+            self.persistent_clients.fetch_add(delta, Ordering::Relaxed);
         }
     }
 }

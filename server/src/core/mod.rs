@@ -14,9 +14,11 @@ mod conns;
 mod forward;
 mod health;
 mod peer;
+mod udp;
 
 pub use conns::ConnState;
 pub use peer::CorePeerEvents;
+pub use udp::{render_metrics as render_udp_metrics, UDP_SUBSCRIBER};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -94,6 +96,8 @@ pub enum CoreMsg {
         /// Operation.
         op: ClientOp,
     },
+    /// A list call's UDP push target, for the core owning the service.
+    UdpSubscribe(Box<engine::udp_push::Subscription>),
 }
 
 /// A batch of messages from one core to another (one wake-up per batch, not per message).
@@ -107,6 +111,8 @@ pub struct Shared {
     pub index: Arc<ReadIndex>,
     /// Each core's shard counters, set when the core starts.
     pub shard_stats: Vec<OnceLock<Arc<ShardStats>>>,
+    /// Each core's UDP push counters, set when its push socket opens.
+    pub udp_stats: Vec<OnceLock<Arc<engine::udp_push::UdpPushStats>>>,
     /// Each core's request metrics.
     pub metrics: Vec<Arc<CoreMetrics>>,
     /// Origin of the monotonic clock given to shards.
@@ -144,6 +150,7 @@ impl Shared {
         Arc::new(Shared {
             index: ReadIndex::new(n, cfg.cache_bytes),
             shard_stats: (0..n).map(|_| OnceLock::new()).collect(),
+            udp_stats: (0..n).map(|_| OnceLock::new()).collect(),
             metrics: (0..n).map(|_| Arc::new(CoreMetrics::default())).collect(),
             mono_origin: Instant::now(),
             conn_prefix: conn_prefix(),
@@ -237,6 +244,8 @@ pub struct Core {
     cluster_defs: HashMap<(ServiceKey, Str), engine::store::naming::ClusterDefinition>,
     /// Health checks of the persistent instances this core owns.
     health: health::HealthDriver,
+    /// UDP push of the services this core owns (`None` if its socket could not open).
+    udp: Option<udp::UdpCore>,
 }
 
 thread_local! {
@@ -327,8 +336,10 @@ impl Core {
             trace: Traces::from_env(),
             cluster_defs: HashMap::new(),
             health: health::HealthDriver::new(conn_prefix() ^ (id as u64).rotate_left(17)),
+            udp: None,
         };
         CORE.with(|c| *c.borrow_mut() = Some(core));
+        with_core(|c| c.start_udp());
 
         for (peer, stream) in receivers.streams() {
             glommio::spawn_local(async move {
@@ -560,6 +571,7 @@ impl Core {
                 client,
                 op,
             } => self.accept_forward(from, id, client, op),
+            CoreMsg::UdpSubscribe(sub) => self.udp_subscribe(*sub),
         }
     }
 
@@ -664,6 +676,11 @@ impl Core {
                         );
                     }
                 }
+                Command::Push {
+                    subscriber: UDP_SUBSCRIBER,
+                    view,
+                    ..
+                } => self.udp_view(view),
                 Command::Push {
                     subscriber,
                     clusters,

@@ -2,6 +2,14 @@
 //!
 //! HTTP instances belong to `ip:port` heartbeat clients: their writes go to the core owning
 //! that client; reads come from the published views of whatever core accepted the request.
+//!
+//! # Layout
+//! - this file: the router, the reads (instance list and detail, service list and detail),
+//!   beats, `/metrics`;
+//! - `writes`: registrations, updates, deregistrations, service and cluster definitions
+//!   (ephemeral through the shards, persistent through Raft);
+//! - `status`: `/nacos/v1/core/cluster/nodes` (v2: `/core/cluster/node/list`) and
+//!   `/operator/metrics`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -24,6 +32,8 @@ use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
 use crate::rt::{GlommioIo, LocalTimer};
 
+mod status;
+mod udp_push;
 mod writes;
 
 type Resp = Response<Full<Bytes>>;
@@ -40,9 +50,11 @@ pub async fn serve(listener: TcpListener, max_body: usize) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
         glommio::spawn_local(async move {
             let (io, last_read) = GlommioIo::stamped(stream);
-            let svc = hyper::service::service_fn(move |req| handle(req, max_body, last_read.get()));
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, max_body, last_read.get(), peer));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(LocalTimer)
                 .header_read_timeout(Duration::from_secs(30))
@@ -111,16 +123,24 @@ impl From<Overloaded> for Failure {
     }
 }
 
-/// Serves one request whose bytes were read at `arrived`.
+/// Serves one request whose bytes were read at `arrived`, from `peer`.
 async fn handle(
     req: http::Request<hyper::body::Incoming>,
     max_body: usize,
     arrived: Instant,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    // Only list calls use it (UDP push eligibility): no copy for the other requests.
+    let user_agent = path
+        .ends_with("/instance/list")
+        .then(|| req.headers().get(http::header::USER_AGENT))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if !with_core(|c| c.admit_request(class_of(&method, &path), arrived)) {
         // Refused before reading the body: shedding must cost far less than serving.
         let route = naming_route(&path).map_or("", |(_, r)| r);
@@ -159,6 +179,8 @@ async fn handle(
     let Some((api, route)) = naming_route(&path) else {
         let resp = match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => prometheus(),
+            (&Method::GET, "/nacos/v1/core/cluster/nodes") => status::cluster_nodes_v1(&params),
+            (&Method::GET, "/nacos/v2/core/cluster/node/list") => status::cluster_nodes_v2(&params),
             (&Method::GET, "/nacos/v1/console/health/liveness") => text(StatusCode::OK, "OK"),
             (&Method::GET, "/nacos/v1/console/health/readiness") if draining => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
@@ -172,8 +194,14 @@ async fn handle(
         return Ok(resp);
     };
     let kind = kind_of(&method, route);
+    let udp_target = (method == Method::GET && route == "/instance/list")
+        .then(|| udp_push::before_list(&params, user_agent.as_deref(), peer))
+        .flatten();
     let result = route_naming(api, &method, route, &params).await;
     let ok = result.is_ok();
+    if let (true, Some(sub)) = (ok, udp_target) {
+        udp_push::after_list(sub);
+    }
     let resp = match result {
         Ok(resp) => resp,
         Err(f) => match api {
@@ -236,7 +264,7 @@ async fn route_naming(
         (&Method::PUT, "/service") => writes::configure_service(api, p, Some(true)).await,
         (&Method::DELETE, "/service") => writes::delete_service(api, p).await,
         (&Method::PUT, "/cluster") => writes::update_cluster(api, p).await,
-        (&Method::GET, "/operator/metrics") => Ok(operator_metrics(api)),
+        (&Method::GET, "/operator/metrics") => Ok(status::operator_metrics(api)),
         _ => Err(Failure {
             status: StatusCode::NOT_FOUND,
             code: 20004,
@@ -477,51 +505,6 @@ fn service_detail(api: Api, p: &Params<'_>) -> Result<Resp, Failure> {
     })
 }
 
-fn operator_metrics(api: Api) -> Resp {
-    let body = with_core(|c| {
-        let s = &c.shared;
-        let conns: i64 = s
-            .metrics
-            .iter()
-            .map(|m| m.connections.load(Ordering::Relaxed) as i64)
-            .sum();
-        let http_clients = s.stat(|x| x.heartbeat_clients.load(Ordering::Relaxed));
-        let all_clients = s.stat(|x| x.clients.load(Ordering::Relaxed));
-        let replicas = s.stat(|x| x.replica_clients.load(Ordering::Relaxed));
-        // As Nacos counts them: every SDK connection is a client, plus every ip:port client.
-        let clients = conns + http_clients;
-        let responsible = (all_clients - replicas).max(0);
-        // UP once the startup snapshot is loaded (Nacos: ServerStatusManager).
-        let status = if c.all_loaded() { "UP" } else { "DOWN" };
-        let mut members = String::new();
-        if let Some(info) = &s.cluster {
-            members.push_str(",\"members\":[");
-            let _ = write!(
-                members,
-                "{{\"address\":\"{}\",\"state\":\"UP\",\"self\":true}}",
-                info.me
-            );
-            if let Ok(h) = info.stats.health.lock() {
-                for (node, code) in h.iter() {
-                    let state = ["UP", "SUSPICIOUS", "DOWN"][usize::from(*code).min(2)];
-                    let _ = write!(members, ",{{\"address\":\"{node}\",\"state\":\"{state}\"}}");
-                }
-            }
-            members.push(']');
-        }
-        format!(
-            "{{\"status\":\"{status}\",\"serviceCount\":{},\"instanceCount\":{},\"subscribeCount\":{},\"clientCount\":{clients},\"connectionBasedClientCount\":{conns},\"ephemeralIpPortClientCount\":{http_clients},\"persistentIpPortClientCount\":0,\"responsibleClientCount\":{responsible},\"cpu\":0.0,\"load\":0.0,\"mem\":0.0{members}}}",
-            s.stat(|x| x.services.load(Ordering::Relaxed)),
-            s.stat(|x| x.instances.load(Ordering::Relaxed)),
-            s.stat(|x| x.subscriptions.load(Ordering::Relaxed)),
-        )
-    });
-    match api {
-        Api::V1 => json(StatusCode::OK, body),
-        Api::V2 => json(StatusCode::OK, wrap_v2(0, "success", &body)),
-    }
-}
-
 fn prometheus() -> Resp {
     let mut out = String::with_capacity(8192);
     with_core(|c| {
@@ -559,6 +542,7 @@ fn prometheus() -> Resp {
         let _ = writeln!(out, "# HELP nacelle_answer_cache_bytes Bytes of cached encoded answers.\n# TYPE nacelle_answer_cache_bytes gauge\nnacelle_answer_cache_bytes {cache}");
         crate::metrics::render_requests(&mut out, &s.metrics);
         crate::metrics::render_cluster(&mut out, s, c.all_loaded());
+        crate::core::render_udp_metrics(&mut out, s);
         crate::metrics::render_raft(&mut out, &s.cp.raft().metrics());
     });
     let mut r = Response::new(Full::new(Bytes::from(out)));

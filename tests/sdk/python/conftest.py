@@ -58,17 +58,20 @@ def async_test(fn):
     return wrapper
 
 
-async def new_client(app_name="conformance", host=None):
+async def new_client(app_name="conformance", host=None, http_port=None, grpc_port=None):
+    """A naming client of the server under test (or of the one at host/http_port/grpc_port)."""
     host = host or HOST
+    http_port = http_port or HTTP_PORT
+    grpc_port = grpc_port or GRPC_PORT
     cache_dir = os.path.join(_TMP, "cache", uuid.uuid4().hex[:8])
     cfg = (
         ClientConfigBuilder()
-        .server_address(f"{host}:{HTTP_PORT}")
+        .server_address(f"{host}:{http_port}")
         .log_level(logging.INFO)
         .log_dir(os.path.join(_TMP, "logs"))
         .cache_dir(cache_dir)
         .load_cache_at_start(False)
-        .grpc_config(GRPCConfig(grpc_timeout=3000, port_offset=GRPC_PORT - HTTP_PORT))
+        .grpc_config(GRPCConfig(grpc_timeout=3000, port_offset=grpc_port - http_port))
         .build()
     )
     cfg.app_name = app_name
@@ -77,7 +80,7 @@ async def new_client(app_name="conformance", host=None):
     client = await NacosNamingService.create_naming_service(cfg)
     if not await client.server_health():
         await client.shutdown()
-        raise AssertionError(f"python SDK could not connect to gRPC {host}:{GRPC_PORT}")
+        raise AssertionError(f"python SDK could not connect to gRPC {host}:{grpc_port}")
     return client
 
 

@@ -1,6 +1,7 @@
 //! Child process used by the "client goes away" test: registers the instances given on the
 //! command line (`SERVICE IP:PORT...`), prints `REGISTERED`, then blocks until killed or
-//! until stdin is closed, and exits WITHOUT deregistering.
+//! until stdin is closed, and exits WITHOUT deregistering. With `REGISTRAR_PERSISTENT=1` the
+//! instances are persistent (`ephemeral: false`, one registration each).
 use nacelle_sdk_conformance_rust::{instance, new_naming, GROUP};
 use tokio::io::AsyncReadExt;
 
@@ -14,8 +15,14 @@ async fn main() {
             instance(ip, port.parse().expect("port"))
         })
         .collect();
+    let persistent = std::env::var("REGISTRAR_PERSISTENT").is_ok_and(|v| v == "1");
     let ns = new_naming("registrar").await;
-    if instances.len() == 1 {
+    if persistent {
+        for mut i in instances {
+            i.ephemeral = false;
+            ns.register_instance(svc.clone(), Some(GROUP.into()), i).await.expect("register persistent");
+        }
+    } else if instances.len() == 1 {
         ns.register_instance(svc, Some(GROUP.into()), instances[0].clone()).await.expect("register");
     } else {
         ns.batch_register_instance(svc, Some(GROUP.into()), instances).await.expect("batch register");
