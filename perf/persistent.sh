@@ -29,16 +29,27 @@
 # Parts are chosen with PARTS (default 1,2,3,4,5); ROUNDS rounds of part 1 alternate which
 # server goes first. Results: $OUT.json and $OUT.md (default perf/results/persistent).
 #
-#   bash perf/persistent.sh                                   # full size
-#   SMOKE=1 bash perf/persistent.sh                           # every part, small, < 2 minutes
+#   bash perf/persistent.sh                                   # full size (about 25 minutes)
+#   bash perf/persistent.sh --quick                           # every part, small, a few minutes
 #   PARTS=1 ROUNDS=3 DURATION=20 bash perf/persistent.sh      # one part
 # The machine's load average at the start and end of each part is recorded beside it: the
 # three nodes, r-nacos and loadgen share the same CPUs, so compare ratios inside one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -n "${SMOKE:-}" ]; then
-  : "${ROUNDS:=1}" "${DURATION:=3}" "${KILL_N:=2000}" "${LEADER_DURATION:=8}" "${LEADER_KILL_AT:=3}"
-  : "${BIG_N:=20000}" "${CHECK_N:=2000}" "${CHECK_WINDOW:=8}" "${OUT:=perf/results/persistent-smoke}"
+VARS="QUICK SMOKE RNACOS_NODES PARTS ROUNDS DURATION CONNS PIPELINE SERVICES KILL_N LEADER_DURATION LEADER_KILL_AT BIG_N BIG_CONNS BIG_PIPELINE BIG_SERVICES CHECK_N CHECK_PORTS CHECK_WINDOW PORT OUT"
+COMMAND="$(for v in $VARS; do [ -n "${!v:-}" ] && printf '%s=%s ' "$v" "${!v}"; done)bash perf/persistent.sh${*:+ $*}"
+UPTIME_START=$(uptime); export COMMAND UPTIME_START
+for arg in "$@"; do
+  case $arg in
+    --quick) QUICK=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "unknown argument $arg (only --quick; everything else is an environment variable)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "${QUICK:-}${SMOKE:-}" ]; then   # every part, small: a few minutes
+  QUICK=1
+  : "${ROUNDS:=1}" "${DURATION:=5}" "${KILL_N:=2000}" "${LEADER_DURATION:=10}" "${LEADER_KILL_AT:=4}"
+  : "${BIG_N:=20000}" "${CHECK_N:=2000}" "${CHECK_WINDOW:=8}" "${OUT:=perf/results/persistent-quick}"
 fi
 PARTS=${PARTS:-1,2,3,4,5}; ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-15}
 CONNS=${CONNS:-16}; PIPELINE=${PIPELINE:-16}; SERVICES=${SERVICES:-100}
@@ -46,8 +57,9 @@ KILL_N=${KILL_N:-20000}
 LEADER_DURATION=${LEADER_DURATION:-20}; LEADER_KILL_AT=${LEADER_KILL_AT:-8}
 BIG_N=${BIG_N:-1000000}; BIG_CONNS=${BIG_CONNS:-64}; BIG_PIPELINE=${BIG_PIPELINE:-8}; BIG_SERVICES=${BIG_SERVICES:-1000}
 CHECK_N=${CHECK_N:-100000}; CHECK_PORTS=${CHECK_PORTS:-4}; CHECK_WINDOW=${CHECK_WINDOW:-30}
+RNACOS_NODES=${RNACOS_NODES:-3}
 PORT=${PORT:-27848}; RPORT=$((PORT + 10)); OUT=${OUT:-perf/results/persistent}
-export PARTS ROUNDS DURATION CONNS PIPELINE SERVICES KILL_N LEADER_DURATION LEADER_KILL_AT BIG_N BIG_CONNS BIG_PIPELINE BIG_SERVICES CHECK_N CHECK_PORTS CHECK_WINDOW
+export RNACOS_NODES PARTS ROUNDS DURATION CONNS PIPELINE SERVICES KILL_N LEADER_DURATION LEADER_KILL_AT BIG_N BIG_CONNS BIG_PIPELINE BIG_SERVICES CHECK_N CHECK_PORTS CHECK_WINDOW
 has() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 NACELLE=target/release/nacelle; LOADGEN=target/release/loadgen
@@ -60,10 +72,10 @@ RNACOS_VERSION=$("$RNACOS" -V | awk '{print $2}'); export RNACOS_VERSION
 # 100,000 listeners need as many descriptors: raise the limit where allowed (part 5 splits
 # its listeners over processes when the hard limit is lower).
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-WORK=$(mktemp -d); PIDS=(); RN=""; SOLO=""; LG=""; LSS=()
+WORK=$(mktemp -d); PIDS=(); RNS=(); SOLO=""; LG=""; LSS=()
 cleanup() {
   set +e   # kill every process we started, by pid, even if some are already gone
-  for p in "$LG" "$RN" "$SOLO" "${LSS[@]}" "${PIDS[@]}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
+  for p in "$LG" "${RNS[@]}" "$SOLO" "${LSS[@]}" "${PIDS[@]}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null; rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -125,18 +137,68 @@ wait_cluster() {  # every node UP and a leader; prints the leader's index
 kill9_cluster() { local p; for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
 stop_cluster() { local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
 
-# --- r-nacos standalone, own data dir --------------------------------------------------------
-start_rnacos() {  # start_rnacos <data dir> (kept across restarts)
-  mkdir -p "$1"
-  env RNACOS_HTTP_PORT=$RPORT RNACOS_GRPC_PORT=$((RPORT + 1000)) RNACOS_HTTP_CONSOLE_PORT=$((RPORT + 2000)) \
-    RNACOS_CONFIG_DB_DIR="$1" RNACOS_DATA_DIR="$1" RNACOS_RAFT_NODE_ADDR=127.0.0.1:$((RPORT + 1000)) \
-    "$RNACOS" >>"$1.log" 2>&1 &
-  RN=$!
-  for _ in $(seq 300); do metrics "127.0.0.1:$RPORT" >/dev/null 2>&1 && { sleep 1; return; }; sleep 0.1; done
-  echo "r-nacos did not start" >&2; tail -20 "$1.log" >&2; exit 1
+# --- r-nacos: RNACOS_NODES (default 3) nodes on 127.0.0.1-3, Raft (async-raft) on its gRPC port
+# Node 1 initialises the Raft group, nodes 2 and 3 join it through node 1, one after the other
+# (joining together leaves one a non-voter). Its own TCP probe of persistent instances (every
+# node, every 60 s, whatever the cluster's healthChecker says) is off (interval 0) outside
+# part 5, as nacelle's healthChecker NONE: these parts measure writes.
+rn_node_env() {  # rn_node_env <index> <data dir prefix>: the environment of one node
+  local i=$1
+  echo RNACOS_SDK_HOST="${NODES[$i]}" RNACOS_HTTP_PORT=$RPORT RNACOS_GRPC_PORT=$((RPORT + 1000)) \
+    RNACOS_HTTP_CONSOLE_PORT=$((RPORT + 2000)) RNACOS_CONFIG_DB_DIR="$2-n$i" RNACOS_DATA_DIR="$2-n$i" \
+    RNACOS_RAFT_NODE_ID=$((i + 1)) RNACOS_RAFT_NODE_ADDR="${NODES[$i]}:$((RPORT + 1000))" \
+    RNACOS_NAMING_PERPETUAL_INSTANCE_PROBE_INTERVAL_SECOND="${RN_PROBE:-0}" \
+    "$([ "$i" -gt 0 ] && echo RNACOS_RAFT_JOIN_ADDR="${NODES[0]}:$((RPORT + 1000))" || echo RNACOS_RAFT_JOIN_ADDR=)"
 }
-stop_rnacos() { [ -n "$RN" ] && { kill "$RN" 2>/dev/null || true; wait "$RN" 2>/dev/null || true; }; RN=""; }
-kill9_rnacos() { [ -n "$RN" ] && { kill -9 "$RN" 2>/dev/null || true; wait "$RN" 2>/dev/null || true; }; RN=""; }
+rn_start_node() {  # rn_start_node <index> <data dir prefix>
+  mkdir -p "$2-n$1"
+  # shellcheck disable=SC2046
+  env $(rn_node_env "$1" "$2") "$RNACOS" >>"$2-n$1.log" 2>&1 &
+  RNS[$1]=$!
+}
+rn_raft() { curl -sf --max-time 2 "http://${NODES[$1]}:$RPORT/nacos/v1/raft/metrics" 2>/dev/null; }
+rn_leader() {  # index of the leader once it counts every node as a voter and all agree
+  python3 - "$RNACOS_NODES" "$(for i in "${!RNS[@]}"; do rn_raft "$i" || echo '{}'; echo; done)" <<'PY'
+import json, sys
+n = int(sys.argv[1]); ms = [json.loads(l) if l.strip() else {} for l in sys.argv[2].splitlines() if l.strip()]
+leaders = [m["id"] for m in ms if m.get("state") == "Leader"]
+ok = len(ms) == n and len(leaders) == 1 and all(m.get("current_leader") == leaders[0] for m in ms) \
+     and all(len((m.get("membership_config") or {}).get("members") or []) == n for m in ms) \
+     and sum(m.get("state") == "Follower" for m in ms) == n - 1
+if ok: print(leaders[0] - 1)
+PY
+}
+rn_wait() {  # every node answering, one leader with every node a voter; prints the leader's index
+  local t0; t0=$(now_ms)
+  while :; do
+    local l; l=$(rn_leader || true)
+    if [ -n "$l" ]; then
+      local ok=1 i; for i in "${!RNS[@]}"; do metrics "${NODES[$i]}:$RPORT" >/dev/null 2>&1 || ok=0; done
+      [ "$ok" = 1 ] && { echo "$l"; return; }
+    fi
+    if [ $(($(now_ms) - t0)) -gt 60000 ]; then echo "r-nacos cluster not formed" >&2; for i in "${!RNS[@]}"; do rn_raft "$i" >&2; echo >&2; done; exit 1; fi
+    sleep 0.1
+  done
+}
+start_rnacos() {  # start_rnacos <data dir prefix> (kept across restarts): RNACOS_NODES nodes, waits for a leader
+  local i fresh=1; [ -d "$1-n0" ] && fresh=""
+  RNS=()
+  for ((i = 0; i < RNACOS_NODES; i++)); do
+    rn_start_node "$i" "$1"
+    if [ -n "$fresh" ]; then   # node 1 leading, then each joining node a member before the next starts
+      local t0; t0=$(now_ms)
+      until rn_raft 0 | python3 -c "import json,sys; m=json.load(sys.stdin); sys.exit(0 if m.get('state') == 'Leader' and $((i + 1)) in m['membership_config']['members'] else 1)" 2>/dev/null; do
+        kill -0 "${RNS[$i]}" 2>/dev/null || { echo "r-nacos node $i exited" >&2; tail -20 "$1-n$i.log" >&2; exit 1; }
+        [ $(($(now_ms) - t0)) -gt 30000 ] && { echo "r-nacos node $i did not join" >&2; tail -20 "$1-n$i.log" >&2; exit 1; }
+        sleep 0.1
+      done
+    fi
+  done
+  rn_wait >/dev/null; sleep 1
+}
+RN_TARGETS() { local i t=""; for ((i = 0; i < RNACOS_NODES; i++)); do t+="${NODES[$i]}:$RPORT,"; done; echo "${t%,}"; }
+stop_rnacos() { local p; for p in "${RNS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${RNS[@]}"; do wait "$p" 2>/dev/null || true; done; RNS=(); }
+kill9_rnacos() { local p; for p in "${RNS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; for p in "${RNS[@]}"; do wait "$p" 2>/dev/null || true; done; RNS=(); }
 
 note() { echo "$*" | tee -a "$WORK/log.txt"; }
 jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
@@ -148,7 +210,7 @@ part1_server() {  # part1_server <nacelle|rnacos> <round>
   if [ "$s" = nacelle ]; then
     start_cluster "p1r$r"; wait_cluster >/dev/null; pids=("${PIDS[@]}"); tgt=$TARGETS
   else
-    start_rnacos "$WORK/p1r$r-rn"; pids=("$RN"); tgt=127.0.0.1:$RPORT
+    start_rnacos "$WORK/p1r$r-rn"; pids=("${RNS[@]}"); tgt=$(RN_TARGETS)
   fi
   local la0; la0=$(loadavg)
   shape() {  # shape <name> <ip base> [loadgen args]: one measured phase, CPU of the servers
@@ -185,7 +247,7 @@ part1_common() {  # both servers at the same rate: half the lower closed-loop ra
   for s in nacelle rnacos; do
     local d="$WORK/res/p1-$s-$r" pids=() tgt
     if [ "$s" = nacelle ]; then start_cluster "p1c$r"; wait_cluster >/dev/null; pids=("${PIDS[@]}"); tgt=$TARGETS
-    else start_rnacos "$WORK/p1c$r-rn"; pids=("$RN"); tgt=127.0.0.1:$RPORT; fi
+    else start_rnacos "$WORK/p1c$r-rn"; pids=("${RNS[@]}"); tgt=$(RN_TARGETS); fi
     local t0 t1; t0=$(ticks "${pids[@]}")
     "${LGC[@]}" persist --targets "$tgt" --services "$SERVICES" --connections "$CONNS" --ip-base 127.60.0.0 \
       --check '{"type":"NONE"}' --no-progress --report "$d/common.json" --instances $((rate * ${DURATION%.*})) --rate "$rate" >"$d/common.log" 2>&1
@@ -204,6 +266,22 @@ if has 1; then
   done
 fi
 
+# verify_until <target> <acked file> <ip base> <report>: lists the acknowledged instances on one
+# node, again every 0.5 s until none is missing or VERIFY_WAIT s passed (a restarted follower
+# catches up meanwhile); <report>.wait has how long it took from the first listing.
+verify_until() {
+  local t0 n top; t0=$(now_ms); n=$(wc -l <"$2"); top=$(awk '$1 + 0 > m {m = $1 + 0} END {print m + 1}' "$2")
+  while :; do
+    "${LGC[@]}" persist --targets "$1" --services "$SERVICES" --ip-base "$3" --instances "$top" \
+      --verify "$2" --no-progress --report "$4" >"$4.log" 2>&1 || true
+    if [ -s "$4" ] && [ "$(jget "$4" "d['missing']")" = 0 ]; then break; fi
+    [ $(($(now_ms) - t0)) -gt $((${VERIFY_WAIT:-20} * 1000)) ] && break
+    sleep 0.5
+  done
+  [ -s "$4" ] || echo "{\"acked\": $n, \"present\": 0, \"missing\": $n, \"unhealthy\": 0, \"failed\": true}" >"$4"
+  echo "$(secs "$t0" "$(now_ms)")" >"$4.wait"
+}
+
 # --- part 2 ---------------------------------------------------------------------------------
 if has 2; then
   note "== part 2: kill -9 of every node right after $KILL_N acknowledged registrations"
@@ -213,75 +291,92 @@ if has 2; then
     --instances "$KILL_N" --acked-file "$d/nacelle.acked" --no-progress --report "$d/nacelle-reg.json" >"$d/nacelle-reg.log" 2>&1
   kill9_cluster
   start_cluster p2; t0=$(now_ms); wait_cluster >/dev/null; t1=$(now_ms)
-  for i in 0 1 2; do
-    "${LGC[@]}" persist --targets "${NODES[$i]}:$PORT" --services "$SERVICES" --ip-base 127.100.0.0 --instances "$KILL_N" \
-      --verify "$d/nacelle.acked" --no-progress --report "$d/nacelle-verify-$i.json" >"$d/nacelle-verify-$i.log" 2>&1
-  done
+  for i in 0 1 2; do verify_until "${NODES[$i]}:$PORT" "$d/nacelle.acked" 127.100.0.0 "$d/nacelle-verify-$i.json"; done
   echo "{\"restart_to_leader_s\": $(secs "$t0" "$t1")}" >"$d/nacelle-restart.json"
   stop_cluster
   note "nacelle: acked $(jget "$d/nacelle-reg.json" "d['acked']"), present after kill -9 of all 3 and restart: $(for i in 0 1 2; do printf '%s ' "$(jget "$d/nacelle-verify-$i.json" "d['present']")"; done)(per node), cluster back in $(secs "$t0" "$t1") s"
   start_rnacos "$WORK/p2-rn"
-  "${LGC[@]}" persist --targets "127.0.0.1:$RPORT" --services "$SERVICES" --connections "$CONNS" --ip-base 127.100.0.0 --check '{"type":"NONE"}' \
+  "${LGC[@]}" persist --targets "$(RN_TARGETS)" --services "$SERVICES" --connections "$CONNS" --ip-base 127.100.0.0 --check '{"type":"NONE"}' \
     --instances "$KILL_N" --acked-file "$d/rnacos.acked" --no-progress --report "$d/rnacos-reg.json" >"$d/rnacos-reg.log" 2>&1
   kill9_rnacos
-  start_rnacos "$WORK/p2-rn"
-  "${LGC[@]}" persist --targets "127.0.0.1:$RPORT" --services "$SERVICES" --ip-base 127.100.0.0 --instances "$KILL_N" \
-    --verify "$d/rnacos.acked" --no-progress --report "$d/rnacos-verify.json" >"$d/rnacos-verify.log" 2>&1
+  t0=$(now_ms); start_rnacos "$WORK/p2-rn"; t1=$(now_ms)
+  for ((i = 0; i < RNACOS_NODES; i++)); do verify_until "${NODES[$i]}:$RPORT" "$d/rnacos.acked" 127.100.0.0 "$d/rnacos-verify-$i.json"; done
+  echo "{\"restart_to_leader_s\": $(secs "$t0" "$t1")}" >"$d/rnacos-restart.json"
   stop_rnacos
-  note "r-nacos: acked $(jget "$d/rnacos-reg.json" "d['acked']"), present after kill -9 and restart: $(jget "$d/rnacos-verify.json" "d['present']")"
+  note "r-nacos: acked $(jget "$d/rnacos-reg.json" "d['acked']"), present after kill -9 of all $RNACOS_NODES and restart: $(for ((i = 0; i < RNACOS_NODES; i++)); do printf '%s ' "$(jget "$d/rnacos-verify-$i.json" "d['present']")"; done)(per node)"
   echo "{\"start\": $la0, \"end\": $(loadavg)}" >"$d/loadavg.json"
 fi
 
 # --- part 3 ---------------------------------------------------------------------------------
-if has 3; then
-  note "== part 3: leader kill -9 under load (writers on the followers, $CONNS connections, closed loop)"
-  d="$WORK/res/p3"; mkdir -p "$d"; la0=$(loadavg)
-  start_cluster p3; l=$(wait_cluster)
-  ftargets=""; for i in 0 1 2; do [ "$i" != "$l" ] && ftargets+="${NODES[$i]}:$PORT,"; done; ftargets=${ftargets%,}
+part3() {  # part3 <nacelle|rnacos> <leader|follower>: kill -9 of that node under load
+  local s=$1 victim=$2 d="$WORK/res/p3-$1-$2" l v i ftargets="" la0 port
+  mkdir -p "$d"; la0=$(loadavg)
+  if [ "$s" = nacelle ]; then start_cluster "p3$victim"; l=$(wait_cluster); port=$PORT
+  else start_rnacos "$WORK/p3$victim-rn"; l=$(rn_wait); port=$RPORT; fi
+  v=$l; [ "$victim" = follower ] && v=$(((l + 1) % 3))
+  for i in 0 1 2; do [ "$i" != "$v" ] && ftargets+="${NODES[$i]}:$port,"; done; ftargets=${ftargets%,}
   "${LGC[@]}" persist --targets "$ftargets" --services "$SERVICES" --connections "$CONNS" --ip-base 127.110.0.0 --check '{"type":"NONE"}' \
     --instances 10000000 --duration "$LEADER_DURATION" --timeline-ms 10 --acked-file "$d/acked" --no-progress \
     --report "$d/load.json" >"$d/load.log" 2>&1 &
   LG=$!
   sleep "$LEADER_KILL_AT"
-  kill_ms=$(now_ms); kill -9 "${PIDS[$l]}"; wait "${PIDS[$l]}" 2>/dev/null || true
+  local kill_ms; kill_ms=$(now_ms)
+  if [ "$s" = nacelle ]; then kill -9 "${PIDS[$v]}"; wait "${PIDS[$v]}" 2>/dev/null || true
+  else kill -9 "${RNS[$v]}"; wait "${RNS[$v]}" 2>/dev/null || true; fi
   wait "$LG" || { tail -5 "$d/load.log" >&2; exit 1; }; LG=""
-  # the old leader back, then every acknowledged write on the new leader
-  start_node "$l" p3; nl=$(wait_cluster)
-  "${LGC[@]}" persist --targets "${NODES[$nl]}:$PORT" --services "$SERVICES" --ip-base 127.110.0.0 --instances 10000000 \
-    --verify "$d/acked" --no-progress --report "$d/verify.json" >"$d/verify.log" 2>&1
-  stop_cluster
-  echo "{\"kill_epoch_ms\": $kill_ms, \"old_leader\": $l, \"new_leader\": $nl, \"loadavg\": {\"start\": $la0, \"end\": $(loadavg)}}" >"$d/kill.json"
-  python3 - "$d" <<'PY' | tee -a "$WORK/log.txt"
-import json, statistics, sys
-d = sys.argv[1]
+  # the killed node back, then every acknowledged write on the leader and on every node
+  local nl; if [ "$s" = nacelle ]; then start_node "$v" "p3$victim"; nl=$(wait_cluster)
+  else rn_start_node "$v" "$WORK/p3$victim-rn"; nl=$(rn_wait); fi
+  verify_until "${NODES[$nl]}:$port" "$d/acked" 127.110.0.0 "$d/verify.json"
+  for i in 0 1 2; do verify_until "${NODES[$i]}:$port" "$d/acked" 127.110.0.0 "$d/verify-$i.json"; done
+  if [ "$s" = nacelle ]; then stop_cluster; else stop_rnacos; fi
+  echo "{\"kill_epoch_ms\": $kill_ms, \"leader\": $l, \"killed\": $v, \"new_leader\": $nl, \"loadavg\": {\"start\": $la0, \"end\": $(loadavg)}}" >"$d/kill.json"
+  python3 - "$d" "$s" "$victim" <<'PY' | tee -a "$WORK/log.txt"
+import json, sys
+d, s, victim = sys.argv[1:4]
 j = json.load(open(f"{d}/load.json")); k = json.load(open(f"{d}/kill.json")); v = json.load(open(f"{d}/verify.json"))
 t = j["timeline"]; b = t["bucket_ms"]; ok = t["ok"]
 kb = (k["kill_epoch_ms"] - t["start_epoch_ms"]) // b
 before = ok[max(0, kb - 2000 // b):kb]
 rate_before = sum(before) / (len(before) * b / 1000) if before else 0
-# first empty bucket at or after the kill, then the first acknowledgement after it
-gap = next((i for i in range(kb, len(ok)) if ok[i] == 0), None)
-first = next((i for i in range(gap, len(ok)) if ok[i] > 0), None) if gap is not None else kb
-w = max(1, 100 // b)  # 100 ms windows
-half = next((i for i in range(kb, len(ok) - w) if sum(ok[i:i + w]) / (w * b / 1000) >= rate_before / 2 and i >= (first or kb)), None)
+# the longest run of empty buckets that starts at or after the kill: the pause
+best, best_end, z = 0, kb, 0
+for i in range(kb, len(ok)):
+    z = z + 1 if ok[i] == 0 else 0
+    if z > best: best, best_end = z, i + 1
+# the dip: the first 100 ms window from the kill below half the rate before, then the first
+# window after it at half the rate or more (no dip: 0)
+w = max(1, 100 // b)
+rate = lambda i: sum(ok[i:i + w]) / (w * b / 1000)
+dip = next((i for i in range(kb, len(ok) - w + 1) if rate(i) < rate_before / 2), None)
+half = kb if dip is None else next((i for i in range(dip, len(ok) - w + 1) if rate(i) >= rate_before / 2), None)
+tail = ok[max(kb, len(ok) - 2000 // b):]
+per_node = [json.load(open(f"{d}/verify-{i}.json")) for i in range(3)]
 res = {
-    "rate_before_per_s": round(rate_before), "kill_at_s": kb * b / 1000,
-    "first_ack_after_pause_s": None if first is None else round((first - kb) * b / 1000, 3),
+    "server": s, "killed": victim, "rate_before_per_s": round(rate_before), "kill_at_s": kb * b / 1000,
+    "longest_pause_s": round(best * b / 1000, 3), "longest_pause_ends_s": round((best_end - kb) * b / 1000, 3),
+    "below_half_from_s": None if dip is None else round((dip - kb) * b / 1000, 3),
     "half_rate_again_s": None if half is None else round((half - kb) * b / 1000, 3),
-    "longest_pause_s": None,
+    "rate_last_2s_per_s": round(sum(tail) / (len(tail) * b / 1000)) if tail else 0,
+    "errors_after_kill": sum(t["err"][kb:]),
     "errors": j["errors"], "errors_by_kind": j["errors_by_kind"], "acked": j["acked"],
-    "present_after": v["present"], "missing_after": v["missing"],
+    "present_on_leader": v["present"], "missing_on_leader": v["missing"],
+    "present_per_node": [x["present"] for x in per_node], "missing_per_node": [x["missing"] for x in per_node],
+    "loadavg": k["loadavg"],
 }
-z = 0; best = 0
-for x in ok[kb:]:
-    z = z + 1 if x == 0 else 0; best = max(best, z)
-res["longest_pause_s"] = round(best * b / 1000, 3)
 json.dump(res, open(f"{d}/result.json", "w"))
-print(f"nacelle leader kill: {res['rate_before_per_s']}/s before; first acknowledgement after the pause "
-      f"{res['first_ack_after_pause_s']} s after the kill, half the rate again after {res['half_rate_again_s']} s, "
-      f"longest pause {res['longest_pause_s']} s; acked {res['acked']}, present after {res['present_after']} "
-      f"(missing {res['missing_after']}); errors {res['errors_by_kind']}")
+print(f"{s} {victim} kill -9 under load: {res['rate_before_per_s']}/s before; longest pause without an ack {res['longest_pause_s']} s "
+      f"(ending {res['longest_pause_ends_s']} s after the kill), below half the rate from {res['below_half_from_s']} s, half the rate again "
+      f"{res['half_rate_again_s']} s after the kill ({res['rate_last_2s_per_s']}/s over the last 2 s); "
+      f"acked {res['acked']}, missing on the leader {res['missing_on_leader']}, per node {res['missing_per_node']}; errors {res['errors_by_kind']}")
 PY
+}
+if has 3; then
+  note "== part 3: kill -9 of a follower, then of the leader, under load (writers on the other two nodes, $CONNS connections, closed loop)"
+  for s in nacelle rnacos; do
+    [ "$s" = rnacos ] && [ "$RNACOS_NODES" != 3 ] && continue
+    for victim in follower leader; do part3 "$s" "$victim"; done
+  done
 fi
 
 # --- part 4 ---------------------------------------------------------------------------------
@@ -430,9 +525,17 @@ res = {"machine": f"{platform.node()} {os.cpu_count()} cpus {platform.platform()
        "nacelle_build": os.environ["BUILD_INFO"], "rnacos_version": os.environ["RNACOS_VERSION"],
        "config": {k: os.environ[k] for k in ("PARTS", "ROUNDS", "DURATION", "CONNS", "PIPELINE", "SERVICES", "KILL_N", "LEADER_DURATION",
                                              "LEADER_KILL_AT", "BIG_N", "BIG_CONNS", "BIG_PIPELINE", "BIG_SERVICES", "CHECK_N", "CHECK_PORTS", "CHECK_WINDOW")}}
-md = [f"# Persistent instances: nacelle (3 nodes, Raft) vs r-nacos {res['rnacos_version']} (standalone)", "",
-      f"`bash perf/persistent.sh` (PARTS={os.environ['PARTS']}) on {res['machine']}; {res['nacelle_build']}. "
-      "Everything shares the machine's CPUs: the ratios inside one run are the result.", ""]
+rn_n = int(os.environ["RNACOS_NODES"]); rn_name = f"r-nacos, {rn_n} nodes" if rn_n > 1 else "r-nacos standalone"
+res["command"] = os.environ["COMMAND"]; res["uptime_start"] = os.environ["UPTIME_START"]
+res["uptime_end"] = os.popen("uptime").read().strip()
+md = [f"# Persistent instances: nacelle (3 nodes, Raft) vs {rn_name.replace('r-nacos', 'r-nacos ' + res['rnacos_version'])}", "",
+      f"`{res['command']}` on {res['machine']}; {res['nacelle_build']}.", "",
+      f"**Provisional**: the machine was shared with other work (uptime at the start: `{res['uptime_start'].strip()}`; "
+      f"at the end: `{res['uptime_end']}`), and the nodes of both servers and the load generator share its CPUs. "
+      "Compare the ratios inside one run; the load average (1 min) is given beside each part.", "",
+      "Acknowledgements are not the same promise: nacelle answers a registration after its Raft entry is fsynced on a "
+      "majority; r-nacos answers after updating the receiving node's memory and hands the write to its Raft group without "
+      "waiting (fire-and-forget, 2 retries 3 s apart), and its Raft log is flushed to the OS, not fsynced.", ""]
 if "1" in parts:
     runs = {s: [] for s in ("nacelle", "rnacos")}
     for s in runs:
@@ -461,10 +564,12 @@ if "1" in parts:
             ("server CPU per registration (µs), flood", "flood", "server_cpu_us_per_registration", False),
             ("write p50 (ms) at half its own closed-loop rate", "half", "p50_ms", False),
             ("write p99 (ms) at half its own closed-loop rate", "half", "p99_ms", False),
+            ("server CPU per registration (µs), at half its own rate", "half", "server_cpu_us_per_registration", False),
             ("write p50 (ms), both at half the lower closed-loop rate", "common", "p50_ms", False),
-            ("write p99 (ms), both at half the lower closed-loop rate", "common", "p99_ms", False)]
+            ("write p99 (ms), both at half the lower closed-loop rate", "common", "p99_ms", False),
+            ("server CPU per registration (µs), both at the common rate", "common", "server_cpu_us_per_registration", False)]
     md += [f"## 1. Throughput and latency (medians of {rounds} alternating round(s))", "",
-           "| | nacelle, 3 nodes (ack = fsync on a majority) | r-nacos standalone | nacelle / r-nacos |", "|---|---|---|---|"]
+           f"| | nacelle, 3 nodes (ack = fsync on a majority) | {rn_name} | nacelle / r-nacos |", "|---|---|---|---|"]
     for label, n, k, _ in rows:
         a, b = m["nacelle"][n][k], m["rnacos"][n][k]
         md.append(f"| {label} | {f(a)} | {f(b)} | {a / b:.2f} |" if b else f"| {label} | {f(a)} | {f(b)} | - |")
@@ -474,25 +579,40 @@ if "1" in parts:
            f"{m['nacelle']['closed']['server_cores']:.2f}, r-nacos {m['rnacos']['closed']['server_cores']:.2f}.",
            "", f"Half rates (per round): {half_rates}; common rates: {[x['common']['rate'] for x in runs['nacelle']]}. "
            "Server CPU is utime+stime from /proc over the phase (the 3 nodes summed) / acknowledged registrations. "
-           f"Errors (closed/flood/half/common, summed): " + json.dumps({s: sum(x[n]['errors'] for x in runs[s] for n in ('closed', 'flood', 'half', 'common')) for s in runs}), ""]
+           f"Errors (closed/flood/half/common, summed): " + json.dumps({s: sum(x[n]['errors'] for x in runs[s] for n in ('closed', 'flood', 'half', 'common')) for s in runs}), "",
+           "Per round (closed loop /s, flood /s, load average at the start of the server's phase): " + "; ".join(
+               f"{s} " + ", ".join(f"{x['closed']['per_s']:,.0f} / {x['flood']['per_s']:,.0f} (la {x['loadavg']['start']})" for x in runs[s]) for s in runs), ""]
 if "2" in parts:
-    d = f"{res_dir}/p2"
+    d = f"{res_dir}/p2"; rn_n = int(os.environ["RNACOS_NODES"])
     p2 = {"nacelle": {"acked": L(f"{d}/nacelle-reg.json")["acked"], "present_per_node": [L(f"{d}/nacelle-verify-{i}.json")["present"] for i in range(3)],
                       "restart_to_leader_s": L(f"{d}/nacelle-restart.json")["restart_to_leader_s"]},
-          "rnacos": {"acked": L(f"{d}/rnacos-reg.json")["acked"], "present": L(f"{d}/rnacos-verify.json")["present"]},
+          "rnacos": {"acked": L(f"{d}/rnacos-reg.json")["acked"], "present_per_node": [L(f"{d}/rnacos-verify-{i}.json")["present"] for i in range(rn_n)],
+                     "restart_to_leader_s": L(f"{d}/rnacos-restart.json")["restart_to_leader_s"]},
           "loadavg": L(f"{d}/loadavg.json")}
     res["part2"] = p2
     md += ["## 2. kill -9 of every node right after the last acknowledgement, restart", "",
-           "| | acknowledged | present after restart |", "|---|---|---|",
-           f"| nacelle (3 nodes, each listed) | {p2['nacelle']['acked']:,} | {' / '.join(f'{x:,}' for x in p2['nacelle']['present_per_node'])} |",
-           f"| r-nacos | {p2['rnacos']['acked']:,} | {p2['rnacos']['present']:,} |", ""]
+           "| | acknowledged | present after restart (each node listed) | restart until a leader (s) |", "|---|---|---|---|"]
+    for s, name in (("nacelle", "nacelle, 3 nodes"), ("rnacos", f"r-nacos, {rn_n} node(s)")):
+        x = p2[s]
+        md.append(f"| {name} | {x['acked']:,} | {' / '.join(f'{v:,}' for v in x['present_per_node'])} | {x['restart_to_leader_s']} |")
+    md += ["", f"Load average (1 min) at start / end: {p2['loadavg']['start']} / {p2['loadavg']['end']}.", ""]
 if "3" in parts:
-    r = L(f"{res_dir}/p3/result.json"); res["part3"] = r
-    md += ["## 3. Leader kill -9 under load (nacelle)", "",
-           f"{r['rate_before_per_s']:,} registrations/s before (writers on the two followers); the first acknowledgement after the pause "
-           f"came {r['first_ack_after_pause_s']} s after the kill, half the rate was back after {r['half_rate_again_s']} s "
-           f"(longest pause without any acknowledgement {r['longest_pause_s']} s); {r['acked']:,} acknowledged, "
-           f"{r['present_after']:,} present after, {r['missing_after']} missing. Errors meanwhile: {r['errors_by_kind']}.", ""]
+    runs = {}
+    for s in ("nacelle", "rnacos"):
+        for v in ("follower", "leader"):
+            f = f"{res_dir}/p3-{s}-{v}/result.json"
+            if os.path.exists(f): runs[f"{s}-{v}"] = L(f)
+    res["part3"] = runs
+    md += ["## 3. kill -9 of one node under load (closed loop, writers on the two other nodes)", "",
+           "| | rate before (/s) | longest pause without an ack (s, ends at) | half the rate again after (s) | rate over the last 2 s (/s) | acknowledged | missing on the leader | missing per node | errors after the kill (by kind, whole run) | load avg |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in runs.items():
+        md.append(f"| {r['server']}, {r['killed']} killed | {r['rate_before_per_s']:,} | {r['longest_pause_s']} ({r['longest_pause_ends_s']}) | {r['half_rate_again_s']} | "
+                  f"{r['rate_last_2s_per_s']:,} | {r['acked']:,} | {r['missing_on_leader']} | {r['missing_per_node']} | {r['errors_after_kill']} {r['errors_by_kind']} | "
+                  f"{r['loadavg']['start']} / {r['loadavg']['end']} |")
+    md += ["", "Times are from the kill -9 (10 ms buckets of answers; 'half the rate again': the first 100 ms window at half the rate "
+           "before the kill or more, after the first one below it; 0 when the rate never fell below half). The killed node is restarted on its data after the run, then every "
+           "acknowledged instance is looked for on the leader and on every node (each polled until complete, at most VERIFY_WAIT s).", ""]
 if "4" in parts:
     r = L(f"{res_dir}/p4/result.json"); res["part4"] = r
     md += ["## 4. A standalone node restarting with its persistent instances", "",
