@@ -221,7 +221,8 @@ impl Timeline {
     }
 
     fn to_json(&self, start_epoch_ms: u64) -> serde_json::Value {
-        let get = |v: &[AtomicU32]| -> Vec<u32> { v.iter().map(|c| c.load(Ordering::Relaxed)).collect() };
+        let get =
+            |v: &[AtomicU32]| -> Vec<u32> { v.iter().map(|c| c.load(Ordering::Relaxed)).collect() };
         let (mut ok, mut err) = (get(&self.ok), get(&self.err));
         let last = ok
             .iter()
@@ -253,7 +254,9 @@ pub async fn run(a: &PersistArgs) -> Result<Report, String> {
         // The first instance of every service, then its cluster's health checker.
         let n = u64::from(a.services).min(a.instances);
         let firsts: Vec<u64> = (a.first..a.first + n).collect();
-        let results: Vec<(u64, Result<(), OpError>, Result<(), OpError>)> = {
+        // (instance, its registration, the cluster's checker update)
+        type Setup = (u64, Result<(), OpError>, Result<(), OpError>);
+        let results: Vec<Setup> = {
             use futures_util::StreamExt;
             let ctx = &ctx;
             let meta = &meta;
@@ -264,7 +267,10 @@ pub async fn run(a: &PersistArgs) -> Result<Report, String> {
                     let service = ctx.service(service_of(a, i));
                     let (ip, port) = plan.addr(i);
                     let r = c
-                        .call("POST", &register_path(ctx, &service, &ip.to_string(), port, meta))
+                        .call(
+                            "POST",
+                            &register_path(ctx, &service, &ip.to_string(), port, meta),
+                        )
                         .await
                         .map(|_| ());
                     let path = path_with_query(
@@ -322,7 +328,8 @@ pub async fn run(a: &PersistArgs) -> Result<Report, String> {
         a.services,
         a.connections,
         ctx.http_addrs.join(","),
-        a.rate.map_or("closed loop".to_string(), |r| format!("{r}/s")),
+        a.rate
+            .map_or("closed loop".to_string(), |r| format!("{r}/s")),
         k
     );
     let ctx = Arc::new(ctx);
@@ -366,7 +373,13 @@ pub async fn run(a: &PersistArgs) -> Result<Report, String> {
                 let paths: Vec<String> = (i0..i1)
                     .map(|i| {
                         let (ip, port) = plan.addr(i);
-                        register_path(&ctx, &ctx.service(service_of(&a, i)), &ip.to_string(), port, &meta)
+                        register_path(
+                            &ctx,
+                            &ctx.service(service_of(&a, i)),
+                            &ip.to_string(),
+                            port,
+                            &meta,
+                        )
                     })
                     .collect();
                 let sent = if a.rate.is_some() {
@@ -464,9 +477,15 @@ struct Hosts {
 
 /// `persist --verify FILE`: lists every service of the acknowledged instances in FILE and
 /// counts which are there.
-async fn verify(a: &PersistArgs, ctx: &Ctx, plan: Plan, file: &std::path::Path) -> Result<Report, String> {
+async fn verify(
+    a: &PersistArgs,
+    ctx: &Ctx,
+    plan: Plan,
+    file: &std::path::Path,
+) -> Result<Report, String> {
     use futures_util::StreamExt;
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let acked: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
     let want: HashSet<(String, u16)> = acked
         .iter()
@@ -483,30 +502,36 @@ async fn verify(a: &PersistArgs, ctx: &Ctx, plan: Plan, file: &std::path::Path) 
     };
     let start = Instant::now();
     let pool: Vec<tokio::sync::Mutex<HttpConn>> = (0..16)
-        .map(|k| tokio::sync::Mutex::new(HttpConn::new(ctx.http_addrs[k % ctx.http_addrs.len()].clone(), Duration::from_secs(60))))
+        .map(|k| {
+            tokio::sync::Mutex::new(HttpConn::new(
+                ctx.http_addrs[k % ctx.http_addrs.len()].clone(),
+                Duration::from_secs(60),
+            ))
+        })
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Result<Vec<Host>, OpError>> = futures_util::stream::iter(services.iter().copied())
-        .map(|s| {
-            let path = path_with_query(
-                "/nacos/v1/ns/instance/list",
-                &[
-                    ("namespaceId", ctx.names.namespace.as_str()),
-                    ("serviceName", &ctx.names.grouped(&ctx.service(s))),
-                    ("clusters", ""),
-                    ("healthyOnly", "false"),
-                ],
-            );
-            let slot = &pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()];
-            async move {
-                let body = slot.lock().await.call("GET", &path).await?;
-                let h: Hosts = serde_json::from_slice(&body).map_err(|_| OpError::Decode)?;
-                Ok(h.hosts.unwrap_or_default())
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let results: Vec<Result<Vec<Host>, OpError>> =
+        futures_util::stream::iter(services.iter().copied())
+            .map(|s| {
+                let path = path_with_query(
+                    "/nacos/v1/ns/instance/list",
+                    &[
+                        ("namespaceId", ctx.names.namespace.as_str()),
+                        ("serviceName", &ctx.names.grouped(&ctx.service(s))),
+                        ("clusters", ""),
+                        ("healthyOnly", "false"),
+                    ],
+                );
+                let slot = &pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()];
+                async move {
+                    let body = slot.lock().await.call("GET", &path).await?;
+                    let h: Hosts = serde_json::from_slice(&body).map_err(|_| OpError::Decode)?;
+                    Ok(h.hosts.unwrap_or_default())
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
     let mut rec = Recorder::new();
     let (mut present, mut extra, mut unhealthy, mut listed) = (0u64, 0u64, 0u64, 0u64);
     for r in results {
@@ -536,7 +561,10 @@ async fn verify(a: &PersistArgs, ctx: &Ctx, plan: Plan, file: &std::path::Path) 
     let mut report = Report::new("persist-verify", "service list", rec, took);
     report.extra("acked", json!(want.len()));
     report.extra("present", json!(present));
-    report.extra("missing", json!(want.len() as u64 - present.min(want.len() as u64)));
+    report.extra(
+        "missing",
+        json!(want.len() as u64 - present.min(want.len() as u64)),
+    );
     report.extra("not_acked_listed", json!(extra));
     report.extra("listed", json!(listed));
     report.extra("unhealthy", json!(unhealthy));
