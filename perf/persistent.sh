@@ -37,7 +37,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VARS="QUICK SMOKE RNACOS_NODES PARTS ROUNDS DURATION CONNS PIPELINE SERVICES KILL_N LEADER_DURATION LEADER_KILL_AT BIG_N BIG_CONNS BIG_PIPELINE BIG_SERVICES CHECK_N CHECK_PORTS CHECK_WINDOW PORT OUT"
-COMMAND="$(for v in $VARS; do [ -n "${!v:-}" ] && printf '%s=%s ' "$v" "${!v}"; done)bash perf/persistent.sh${*:+ $*}"
+COMMAND="$(for v in $VARS; do if [ -n "${!v:-}" ]; then printf '%s=%s ' "$v" "${!v}"; fi; done)bash perf/persistent.sh${*:+ $*}"
 UPTIME_START=$(uptime); export COMMAND UPTIME_START
 for arg in "$@"; do
   case $arg in
@@ -157,13 +157,15 @@ rn_start_node() {  # rn_start_node <index> <data dir prefix>
   RNS[$1]=$!
 }
 rn_raft() { curl -sf --max-time 2 "http://${NODES[$1]}:$RPORT/nacos/v1/raft/metrics" 2>/dev/null; }
-rn_leader() {  # index of the leader once it counts every node as a voter and all agree
+rn_leader() {  # index of the leader once it counts every node as a voter and all follow it
+  # (only the leader's membership is looked at: a node restarted after kill -9 may show a stale
+  # one, e.g. [1], while it follows the leader)
   python3 - "$RNACOS_NODES" "$(for i in "${!RNS[@]}"; do rn_raft "$i" || echo '{}'; echo; done)" <<'PY'
 import json, sys
 n = int(sys.argv[1]); ms = [json.loads(l) if l.strip() else {} for l in sys.argv[2].splitlines() if l.strip()]
 leaders = [m["id"] for m in ms if m.get("state") == "Leader"]
 ok = len(ms) == n and len(leaders) == 1 and all(m.get("current_leader") == leaders[0] for m in ms) \
-     and all(len((m.get("membership_config") or {}).get("members") or []) == n for m in ms) \
+     and all(len((m.get("membership_config") or {}).get("members") or []) == n for m in ms if m.get("state") == "Leader") \
      and sum(m.get("state") == "Follower" for m in ms) == n - 1
 if ok: print(leaders[0] - 1)
 PY
@@ -356,7 +358,7 @@ res = {
     "server": s, "killed": victim, "rate_before_per_s": round(rate_before), "kill_at_s": kb * b / 1000,
     "longest_pause_s": round(best * b / 1000, 3), "longest_pause_ends_s": round((best_end - kb) * b / 1000, 3),
     "below_half_from_s": None if dip is None else round((dip - kb) * b / 1000, 3),
-    "half_rate_again_s": None if half is None else round((half - kb) * b / 1000, 3),
+    "half_rate_again_s": 0.0 if dip is None else None if half is None else round((half + w - kb) * b / 1000, 3),
     "rate_last_2s_per_s": round(sum(tail) / (len(tail) * b / 1000)) if tail else 0,
     "errors_after_kill": sum(t["err"][kb:]),
     "errors": j["errors"], "errors_by_kind": j["errors_by_kind"], "acked": j["acked"],
@@ -611,7 +613,7 @@ if "3" in parts:
                   f"{r['rate_last_2s_per_s']:,} | {r['acked']:,} | {r['missing_on_leader']} | {r['missing_per_node']} | {r['errors_after_kill']} {r['errors_by_kind']} | "
                   f"{r['loadavg']['start']} / {r['loadavg']['end']} |")
     md += ["", "Times are from the kill -9 (10 ms buckets of answers; 'half the rate again': the first 100 ms window at half the rate "
-           "before the kill or more, after the first one below it; 0 when the rate never fell below half). The killed node is restarted on its data after the run, then every "
+           "before the kill or more (its end), after the first one below it; 0 when the rate never fell below half). The killed node is restarted on its data after the run, then every "
            "acknowledged instance is looked for on the leader and on every node (each polled until complete, at most VERIFY_WAIT s).", ""]
 if "4" in parts:
     r = L(f"{res_dir}/p4/result.json"); res["part4"] = r
