@@ -188,10 +188,17 @@ start_rnacos() {  # start_rnacos <data dir prefix> (kept across restarts): RNACO
   for ((i = 0; i < RNACOS_NODES; i++)); do
     rn_start_node "$i" "$1"
     if [ -n "$fresh" ]; then   # node 1 leading, then each joining node a member before the next starts
-      local t0; t0=$(now_ms)
+      # r-nacos sends its join request once, 0.5 s after starting: on a loaded machine it is
+      # sometimes never answered, so a node not in after 10 s starts again on an empty data dir
+      local t0 tries=1; t0=$(now_ms)
       until rn_raft 0 | python3 -c "import json,sys; m=json.load(sys.stdin); sys.exit(0 if m.get('state') == 'Leader' and $((i + 1)) in m['membership_config']['members'] else 1)" 2>/dev/null; do
         kill -0 "${RNS[$i]}" 2>/dev/null || { echo "r-nacos node $i exited" >&2; tail -20 "$1-n$i.log" >&2; exit 1; }
-        [ $(($(now_ms) - t0)) -gt 30000 ] && { echo "r-nacos node $i did not join" >&2; tail -20 "$1-n$i.log" >&2; exit 1; }
+        if [ $(($(now_ms) - t0)) -gt 10000 ]; then
+          [ "$tries" -ge 3 ] && { echo "r-nacos node $i did not join" >&2; tail -20 "$1-n$i.log" >&2; exit 1; }
+          echo "r-nacos node $i not joined after 10 s: starting it again (try $((tries + 1)))" >&2
+          kill -9 "${RNS[$i]}" 2>/dev/null || true; wait "${RNS[$i]}" 2>/dev/null || true
+          rm -rf "$1-n$i"; rn_start_node "$i" "$1"; tries=$((tries + 1)); t0=$(now_ms)
+        fi
         sleep 0.1
       done
     fi
