@@ -118,6 +118,18 @@ pub enum Scenario {
     /// answered, shed and latency per second of the run. Fastest with one pinned thread:
     /// `taskset -c 1 loadgen --threads 1 flood ...`.
     Flood(FloodArgs),
+    /// Persistent (`ephemeral=false`) registrations over HTTP v1 on 127.0.0.0/8 addresses
+    /// (the server health-checks them), closed loop or at --rate, one request in flight per
+    /// connection or --pipeline K; or --verify FILE: count which acknowledged instances
+    /// (from an earlier run's --acked-file) the server lists.
+    ///
+    /// Instance i is ip_base + i / ports : port_base + i % ports, in service i % services.
+    /// The report has `acked`, the latency (from the intended send time at --rate) and a
+    /// `timeline` of answers per --timeline-ms with its start in ms since the epoch.
+    Persist(PersistArgs),
+    /// TCP listeners on every address of a `persist` plan (--ips x --ports from --ip-base,
+    /// 127.0.0.0/8 only) that accept and close, for the servers' health checks.
+    Listen(ListenArgs),
 }
 
 impl Scenario {
@@ -129,6 +141,8 @@ impl Scenario {
             Scenario::Subscribe(a) | Scenario::Converge(a) => &a.common,
             Scenario::Churn(a) => &a.common,
             Scenario::Flood(a) => &a.common,
+            Scenario::Persist(a) => &a.common,
+            Scenario::Listen(a) => &a.common,
         }
     }
 }
@@ -367,4 +381,81 @@ pub struct ChurnArgs {
     /// Random seed (operations and choices are reproducible for a seed).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// `persist` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct PersistArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// Registrations to send (instances --first .. --first + --instances).
+    #[arg(long, default_value_t = 10_000)]
+    pub instances: u64,
+    /// Number of the first instance (a later run continues with fresh addresses).
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+    /// Services the instances are spread over (instance i in service i % services).
+    #[arg(long, default_value_t = 100)]
+    pub services: u32,
+    /// Keep-alive HTTP/1.1 connections (spread round-robin over --targets).
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Requests written on a connection before reading their answers (1 = one in flight).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: u32,
+    /// Requests per second over all connections [default: closed loop].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this many seconds even if instances remain.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// First instance address (127.0.0.0/8 only).
+    #[arg(long, default_value = "127.1.0.0")]
+    pub ip_base: String,
+    /// Ports per address.
+    #[arg(long, default_value_t = 4)]
+    pub ports: u16,
+    /// First port.
+    #[arg(long, default_value_t = 30_000)]
+    pub port_base: u16,
+    /// Health checker JSON set on every service's DEFAULT cluster before the run (after its
+    /// first instance), e.g. '{"type":"NONE"}'.
+    #[arg(long)]
+    pub check: Option<String>,
+    /// Write the acknowledged instance numbers here, one per line.
+    #[arg(long)]
+    pub acked_file: Option<PathBuf>,
+    /// Do not register: count which instances of this --acked-file the server lists.
+    #[arg(long)]
+    pub verify: Option<PathBuf>,
+    /// Bucket of the answer timeline in the report (ms).
+    #[arg(long, default_value_t = 100)]
+    pub timeline_ms: u64,
+}
+
+/// `listen` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ListenArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// Addresses (from --ip-base).
+    #[arg(long, default_value_t = 1000)]
+    pub ips: u32,
+    /// Ports per address.
+    #[arg(long, default_value_t = 4)]
+    pub ports: u16,
+    /// First address (127.0.0.0/8 only).
+    #[arg(long, default_value = "127.1.0.0")]
+    pub ip_base: String,
+    /// First port.
+    #[arg(long, default_value_t = 30_000)]
+    pub port_base: u16,
+    /// Listen backlog of each listener.
+    #[arg(long, default_value_t = 128)]
+    pub backlog: u32,
+    /// Seconds to keep listening (-1 = until Ctrl-C).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub duration: i64,
 }

@@ -99,7 +99,7 @@ impl HttpConn {
 }
 
 /// Reads one response: (status, body, keep-alive).
-async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(
+pub(crate) async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     head_only: bool,
 ) -> Result<(u16, Vec<u8>, bool), OpError> {

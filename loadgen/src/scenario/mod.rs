@@ -2,6 +2,7 @@
 
 mod churn;
 mod flood;
+mod persist;
 mod query;
 mod register;
 mod subscribe;
@@ -25,6 +26,8 @@ pub async fn run(s: Scenario) -> Result<Report, String> {
         Scenario::Converge(a) => (subscribe::run(&a, true).await?, serde_json::to_value(&a)),
         Scenario::Churn(a) => (churn::run(&a).await?, serde_json::to_value(&a)),
         Scenario::Flood(a) => (flood::run(&a).await?, serde_json::to_value(&a)),
+        Scenario::Persist(a) => (persist::run(&a).await?, serde_json::to_value(&a)),
+        Scenario::Listen(a) => (persist::listen(&a).await?, serde_json::to_value(&a)),
     };
     report.extra("stream", stream_counters());
     report.extra("config", config.unwrap_or(Value::Null));

@@ -62,6 +62,59 @@ pub struct Cp {
     inboxes: Vec<flume::Sender<CpMsg>>,
     /// The log index the views must show before clients are answered (see [`Cp::replayed`]).
     replay_target: Option<u64>,
+    replay: Arc<Replay>,
+}
+
+/// The cores' messages while nobody reads the bounded inboxes yet. Opening the Raft node
+/// re-applies the committed log (inside `Raft::new`, before `cp::start` returns, so before the
+/// cores that drain the inboxes run): had those effects gone into the bounded inboxes, a log
+/// of more than `INBOX_BATCHES` entries would have blocked the Raft thread, and the start,
+/// forever. They are queued here (in log order, without bound: what the cores will hold
+/// anyway), then a feeder thread moves them into the inboxes; only once it has moved all of
+/// them do messages go to the inboxes directly again, so no message overtakes an older one.
+struct Replay {
+    queued: std::sync::Mutex<Option<Vec<(usize, CpMsg)>>>,
+}
+
+impl Replay {
+    /// Queues `msg` for `core` while replaying; gives it back once messages go directly.
+    fn queue(&self, core: usize, msg: CpMsg) -> Option<CpMsg> {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        match q.as_mut() {
+            Some(v) => {
+                v.push((core, msg));
+                None
+            }
+            None => Some(msg),
+        }
+    }
+
+    /// Moves the queued messages into the inboxes (blocking while a core is behind), until
+    /// none is left; then messages go directly.
+    fn feed(&self, inboxes: &[flume::Sender<CpMsg>]) {
+        loop {
+            let batch = {
+                let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+                match q.as_mut() {
+                    Some(v) if !v.is_empty() => std::mem::take(v),
+                    _ => {
+                        *q = None;
+                        return;
+                    }
+                }
+            };
+            for (core, msg) in batch {
+                if inboxes[core].send(msg).is_err() {
+                    warn!(
+                        core,
+                        "core inbox closed: replayed effects dropped (shutting down)"
+                    );
+                    *self.queued.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// What a CP write can end in besides the store's own answer.
@@ -110,11 +163,15 @@ pub enum Group {
 /// node. Returns the handle and each core's inbox receiver.
 pub fn start(cfg: CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), String> {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..cfg.cores)
-        .map(|_| flume::bounded(INBOX_BATCHES))
+        .map(|_| flume::bounded(inbox_batches()))
         .unzip();
+    let replay = Arc::new(Replay {
+        queued: std::sync::Mutex::new(Some(Vec::new())),
+    });
     let dispatch = Dispatch {
         cores: cfg.cores,
         inboxes: senders.clone(),
+        replay: replay.clone(),
     };
     let sink = move |index, effects| dispatch.deliver(index, effects);
     let standalone = matches!(cfg.group, Group::Standalone);
@@ -150,14 +207,30 @@ pub fn start(cfg: CpConfig) -> Result<(Arc<Cp>, Vec<flume::Receiver<CpMsg>>), St
     } else {
         raft.committed_at_open()
     };
+    let feeder = (replay.clone(), senders.clone());
+    std::thread::Builder::new()
+        .name("nacelle-cp-replay".into())
+        .spawn(move || feeder.0.feed(&feeder.1))
+        .map_err(|e| format!("cannot start the replay feeder: {e}"))?;
     Ok((
         Arc::new(Cp {
             raft,
             inboxes: senders,
             replay_target,
+            replay,
         }),
         receivers,
     ))
+}
+
+/// The inbox bound, `INBOX_BATCHES` unless `NACELLE_CP_INBOX_BATCHES` says otherwise: tests
+/// make it tiny to replay a log far longer than the inboxes hold (`tests/persistent_replay.rs`).
+fn inbox_batches() -> usize {
+    std::env::var("NACELLE_CP_INBOX_BATCHES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(INBOX_BATCHES)
 }
 
 /// The snapshot cadence from the environment, for the fault harness (perf/chaos), which
@@ -198,6 +271,7 @@ impl raft::Transport for NoPeers {
 struct Dispatch {
     cores: usize,
     inboxes: Vec<flume::Sender<CpMsg>>,
+    replay: Arc<Replay>,
 }
 
 impl Dispatch {
@@ -237,7 +311,11 @@ impl Dispatch {
                 let rest = batch.split_off(batch.len().min(BATCH_EFFECTS));
                 // Blocks the Raft thread while the core is BATCH_EFFECTS * INBOX_BATCHES
                 // behind: applying waits rather than queueing without bound.
-                if self.inboxes[core].send(CpMsg::Apply(batch)).is_err() {
+                let Some(msg) = self.replay.queue(core, CpMsg::Apply(batch)) else {
+                    batch = rest;
+                    continue;
+                };
+                if self.inboxes[core].send(msg).is_err() {
                     warn!(core, "core inbox closed: effects dropped (shutting down)");
                     return;
                 }
@@ -283,12 +361,11 @@ impl Cp {
         }
         if let Some((core, service)) = barrier {
             let (reply, rx) = with_core(|c| c.cp_waiter());
-            if self.inboxes[core]
-                .send_async(CpMsg::Barrier { service, reply })
-                .await
-                .is_err()
-            {
-                return Err(CpError::Unavailable("shutting down".into()));
+            // Behind the effects still queued by the replay, if any (see `Replay`).
+            if let Some(msg) = self.replay.queue(core, CpMsg::Barrier { service, reply }) {
+                if self.inboxes[core].send_async(msg).await.is_err() {
+                    return Err(CpError::Unavailable("shutting down".into()));
+                }
             }
             // As an ephemeral write's reply: it comes once the owner's flush published
             // the change (a core answers every barrier it is sent).
@@ -322,18 +399,17 @@ impl Cp {
         // Effects go from the inbox of the core owning the client to the core owning the
         // service: a barrier from every inbox to every core follows all of them.
         let cores = self.inboxes.len();
-        for inbox in &self.inboxes {
+        for (core, inbox) in self.inboxes.iter().enumerate() {
             for owner in 0..cores {
                 let Some(service) = service_owned_by(owner, cores) else {
                     continue;
                 };
                 let (reply, rx) = with_core(|c| c.cp_waiter());
-                if inbox
-                    .send_async(CpMsg::Barrier { service, reply })
-                    .await
-                    .is_err()
-                {
-                    return;
+                // Behind the effects still queued by the replay, if any (see `Replay`).
+                if let Some(msg) = self.replay.queue(core, CpMsg::Barrier { service, reply }) {
+                    if inbox.send_async(msg).await.is_err() {
+                        return;
+                    }
                 }
                 let _ = rx.await;
             }
