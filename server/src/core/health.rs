@@ -41,6 +41,9 @@ pub struct HealthDriver {
     known: HashMap<Target, Known>,
     /// The wake-up a timer task is armed for (monotonic ms).
     armed_at: Option<u64>,
+    /// Instances refused by the checker's bound since the last warning (one warning per
+    /// 10,000 and the first, not one per instance: a replay adds a million at once).
+    refused: u64,
 }
 
 impl HealthDriver {
@@ -53,6 +56,7 @@ impl HealthDriver {
             }),
             known: HashMap::new(),
             armed_at: None,
+            refused: 0,
         }
     }
 }
@@ -134,7 +138,9 @@ impl Core {
         let check = check_of(&self.cluster_defs, target, &known.cluster);
         let now_ms = self.now().mono_ms;
         match (mine, check) {
-            (true, Some((addr, spec))) => {
+            // A NONE check probes nothing: such an instance holds no place in the checker
+            // (and none of its bound); `known` brings it back if its cluster's check changes.
+            (true, Some((addr, spec))) if spec.probes() => {
                 let healthy = known.healthy;
                 if self
                     .health
@@ -142,10 +148,14 @@ impl Core {
                     .handle_add(now_ms, target.clone(), addr, spec, healthy)
                     .is_err()
                 {
-                    warn!(
-                        ?target,
-                        "too many health-checked instances on this core; not checked"
-                    );
+                    if self.health.refused.is_multiple_of(10_000) {
+                        warn!(
+                            ?target,
+                            refused_so_far = self.health.refused + 1,
+                            "too many health-checked instances on this core; not checked"
+                        );
+                    }
+                    self.health.refused += 1;
                 }
             }
             _ => {
