@@ -35,6 +35,9 @@ use crate::network::{
 use crate::state_machine::{SmShared, StateMachine};
 use crate::{Batch, NodeId, TypeConfig};
 
+/// Batches of one node in flight at once (each at most `max_batch_writes` writes).
+const IN_FLIGHT_BATCHES: usize = 8;
+
 mod dispatcher;
 mod membership;
 mod proposer;
@@ -333,6 +336,8 @@ struct Ctx {
     promote_lag: u64,
     /// Bounds the follower-side waits for the local apply of forwarded batches.
     apply_waiters: Arc<Semaphore>,
+    /// Batches proposed or forwarded and not yet answered (see `proposer`).
+    in_flight: Arc<Semaphore>,
     /// Bounds the handlers of incoming requests.
     handlers: Arc<Semaphore>,
 }
@@ -513,6 +518,7 @@ async fn run(
         max_batch_bytes: cfg.max_batch_bytes,
         promote_lag: cfg.promote_lag,
         apply_waiters: Arc::new(Semaphore::new(64)),
+        in_flight: Arc::new(Semaphore::new(IN_FLIGHT_BATCHES)),
         handlers: Arc::new(Semaphore::new(256)),
     });
     if ready

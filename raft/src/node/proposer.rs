@@ -31,7 +31,18 @@ pub(super) async fn proposer(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        submit(&ctx, items).await;
+        // Several batches in flight: openraft pipelines their entries (appended, replicated
+        // and fsynced together), where one batch at a time made every entry — the leader's
+        // own and each follower's forwarded one — wait for the previous one's whole round.
+        // Tasks start in spawn order, so batches are proposed in the order they were taken.
+        let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let task_ctx = ctx.clone();
+        tokio::spawn(async move {
+            submit(&task_ctx, items).await;
+            drop(permit);
+        });
     }
 }
 
