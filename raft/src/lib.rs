@@ -68,8 +68,8 @@
 //! Writes queued: 16,384 (then [`WriteError::Busy`]); per entry: 4,096 writes and 256 KiB of
 //! commands (a larger command is [`WriteError::TooLarge`]); a write waits at most
 //! `write_timeout` (3 s) for a leader and its commit ([`WriteError::NoLeader`] when no
-//! leader took it, [`WriteError::Timeout`] when one did but the result is unknown); one
-//! batch in flight per node; 16 entries per append message; snapshot chunks of 3 MiB;
+//! leader took it, [`WriteError::Timeout`] when one did but the result is unknown); 8
+//! batches in flight per node; 16 entries per append message; snapshot chunks of 3 MiB;
 //! 4,096 incoming messages queued (then dropped: Raft retries), 4,096 calls awaiting a
 //! reply, 256 requests handled at once; 1,024 flush requests queued to the flusher; 4,096
 //! entries / 32 MiB of decoded entries cached; a record above 256 MiB is corruption.

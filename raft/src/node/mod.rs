@@ -4,7 +4,8 @@
 //! Tasks on the Raft thread:
 //! - the **proposer**: drains the write queue into one batch (bounded by count and bytes),
 //!   proposes it as one entry when this node leads, forwards it to the leader otherwise, and
-//!   waits for a leader (bounded) when there is none. One batch in flight.
+//!   waits for a leader (bounded) when there is none. Up to 8 batches in flight (openraft
+//!   pipelines their entries).
 //! - the **dispatcher**: incoming messages — replies complete pending calls, requests go to
 //!   openraft (bounded number of handlers) or, for forwarded batches, to the proposer.
 //! - the **membership** task: forms a new cluster once (the lowest id of the list, when a
