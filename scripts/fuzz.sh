@@ -59,17 +59,36 @@ logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 summary=()
 failed=0
-for t in $targets; do
+# One libFuzzer process is one thread: run as many targets at a time as there are CPUs
+# (FUZZ_JOBS overrides), each for the whole budget, then report them in order.
+jobs="${FUZZ_JOBS:-$(nproc)}"
+run_target() {
+    local t="$1"
     mkdir -p "corpus/$t"
-    log="$logs/$t.log"
-    echo "---- $t: ${budget}s"
     # -print_final_stats prints stat::number_of_executed_units at the end.
     if cargo +nightly fuzz run "${dir_args[@]}" "$t" "corpus/$t" -- \
         -max_total_time="$budget" -max_len="${FUZZ_MAX_LEN:-65536}" \
-        -print_final_stats=1 >"$log" 2>&1; then
-        status=ok
+        -print_final_stats=1 >"$logs/$t.log" 2>&1; then
+        echo ok >"$logs/$t.status"
     else
-        status=FAILED
+        echo FAILED >"$logs/$t.status"
+    fi
+}
+running=0
+for t in $targets; do
+    echo "---- $t: ${budget}s"
+    run_target "$t" &
+    running=$((running + 1))
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || true
+        running=$((running - 1))
+    fi
+done
+wait
+for t in $targets; do
+    log="$logs/$t.log"
+    status="$(cat "$logs/$t.status" 2>/dev/null || echo FAILED)"
+    if [ "$status" != ok ]; then
         failed=1
         # The crash report: the panic, the input's path and how to replay it.
         grep -v '^#[0-9]' "$log" | tail -n 60
