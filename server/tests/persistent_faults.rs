@@ -18,22 +18,12 @@ use common::{enc, Server};
 
 const NS: &str = "/nacos/v1/ns";
 
-fn ok(s: &Server, method: &str, path: &str) {
-    let r = s.http(method, path);
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (200, "ok"),
-        "{method} {path}"
-    );
-}
-
 /// `n` acknowledged persistent registrations (ports 1..=n of 127.0.0.1) in service `db`,
 /// health checks off.
 fn fill(s: &Server, n: u16) {
     // A defined service first: a cluster definition needs its service (Nacos: 404).
-    ok(s, "POST", &format!("{NS}/service?serviceName=db"));
-    ok(
-        s,
+    s.ok("POST", &format!("{NS}/service?serviceName=db"));
+    s.ok(
         "PUT",
         &format!(
             "{NS}/cluster?serviceName=db&clusterName=DEFAULT&checkPort=80&useInstancePort4Check=true&healthChecker={}",
@@ -41,22 +31,11 @@ fn fill(s: &Server, n: u16) {
         ),
     );
     for port in 1..=n {
-        ok(
-            s,
+        s.ok(
             "POST",
             &format!("{NS}/instance?serviceName=db&ip=127.0.0.1&port={port}&ephemeral=false"),
         );
     }
-}
-
-fn ports_listed(s: &Server) -> Vec<u64> {
-    let mut p: Vec<u64> = s
-        .hosts("db")
-        .iter()
-        .map(|h| h["port"].as_u64().unwrap())
-        .collect();
-    p.sort();
-    p
 }
 
 /// The segment the log appends to (the highest-numbered one).
@@ -87,7 +66,7 @@ fn a_torn_tail_of_the_log_is_cut_and_the_node_starts_with_every_acknowledged_wri
     drop(f);
 
     let s = Server::start(&args);
-    assert_eq!(ports_listed(&s), (1..=40).collect::<Vec<u64>>());
+    assert_eq!(s.ports("db"), (1..=40).collect::<Vec<u64>>());
     assert!(
         s.log().contains("torn tail cut off"),
         "the cut is not reported:\n{}",
@@ -95,12 +74,11 @@ fn a_torn_tail_of_the_log_is_cut_and_the_node_starts_with_every_acknowledged_wri
     );
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), before);
     // And it goes on writing after the cut.
-    ok(
-        &s,
+    s.ok(
         "POST",
         &format!("{NS}/instance?serviceName=db&ip=127.0.0.1&port=41&ephemeral=false"),
     );
-    assert_eq!(ports_listed(&s).len(), 41);
+    assert_eq!(s.ports("db").len(), 41);
 }
 
 /// Runs nacelle on `data` and waits (≤ 20 s) for it to exit: its status and its output.

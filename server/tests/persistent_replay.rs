@@ -12,28 +12,6 @@ use common::{enc, Server};
 
 const NS: &str = "/nacos/v1/ns";
 
-fn ok(s: &Server, method: &str, path: &str) {
-    let r = s.http(method, path);
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (200, "ok"),
-        "{method} {path}"
-    );
-}
-
-fn ports(s: &Server) -> Vec<u64> {
-    let r = s.http("GET", &format!("{NS}/instance/list?serviceName=db"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let mut p: Vec<u64> = r.json()["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["port"].as_u64().unwrap())
-        .collect();
-    p.sort();
-    p
-}
-
 #[test]
 fn a_log_longer_than_the_inboxes_replays_and_the_restarted_node_lists_every_instance() {
     // Set before any thread or process starts: nothing else in this binary reads it.
@@ -41,9 +19,8 @@ fn a_log_longer_than_the_inboxes_replays_and_the_restarted_node_lists_every_inst
     let dir = tempfile::tempdir().unwrap();
     let args = ["--data-dir", dir.path().to_str().unwrap()];
     let mut s = Server::start(&args);
-    ok(&s, "POST", &format!("{NS}/service?serviceName=db"));
-    ok(
-        &s,
+    s.ok("POST", &format!("{NS}/service?serviceName=db"));
+    s.ok(
         "PUT",
         &format!(
             "{NS}/cluster?serviceName=db&clusterName=DEFAULT&checkPort=80&useInstancePort4Check=true&healthChecker={}",
@@ -52,16 +29,20 @@ fn a_log_longer_than_the_inboxes_replays_and_the_restarted_node_lists_every_inst
     );
     // One at a time: each registration is its own log entry, so each is a batch to replay.
     for port in 1..=200u64 {
-        ok(
-            &s,
+        s.ok(
             "POST",
             &format!("{NS}/instance?serviceName=db&ip=127.0.0.1&port={port}&ephemeral=false"),
         );
     }
-    assert_eq!(ports(&s).len(), 200);
+    assert_eq!(s.ports("db").len(), 200);
     s.kill();
 
     // The restart answers at all, and its first answer has everything (the replay gate).
     let s = Server::start(&args);
-    assert_eq!(ports(&s), (1..=200).collect::<Vec<u64>>(), "{}", s.log());
+    assert_eq!(
+        s.ports("db"),
+        (1..=200).collect::<Vec<u64>>(),
+        "{}",
+        s.log()
+    );
 }

@@ -20,15 +20,6 @@ fn nodes(s: &Server, query: &str) -> Value {
     r.json()
 }
 
-fn ok(s: &Server, method: &str, path: &str) {
-    let r = s.http(method, path);
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (200, "ok"),
-        "{method} {path}"
-    );
-}
-
 /// A port on 127.0.0.1 nothing listens on (a connect is refused).
 fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -86,8 +77,7 @@ fn a_standalone_node_lists_itself_as_nacos_does_with_its_raft_state() {
 
     // The Raft indexes are live: a persistent write moves the committed and applied index.
     let before = raft["committedIndex"].as_u64().unwrap_or(0);
-    ok(
-        &s,
+    s.ok(
         "POST",
         &format!(
             "{NS}/instance?serviceName=st&ip=127.0.0.1&port={}&ephemeral=false",
@@ -137,14 +127,12 @@ fn operator_metrics_count_persistent_clients_and_keep_them_across_kill_9() {
     let (p1, p2) = (closed_port(), closed_port());
     // Nacos's client is `ip:port#false`: one per address, whatever the services it publishes.
     for (svc, port) in [("pa", p1), ("pa", p2), ("pb", p1)] {
-        ok(
-            &s,
+        s.ok(
             "POST",
             &format!("{NS}/instance?serviceName={svc}&ip=127.0.0.1&port={port}&ephemeral=false"),
         );
     }
-    ok(
-        &s,
+    s.ok(
         "POST",
         &format!("{NS}/instance?serviceName=eph&ip=10.0.0.1&port=80"),
     );
@@ -173,20 +161,17 @@ fn operator_metrics_count_persistent_clients_and_keep_them_across_kill_9() {
     assert_eq!(m["ephemeralIpPortClientCount"], 0, "after restart: {m}");
 
     // A client goes with its last instance.
-    ok(
-        &s,
+    s.ok(
         "DELETE",
         &format!("{NS}/instance?serviceName=pa&ip=127.0.0.1&port={p1}&ephemeral=false"),
     );
     assert_eq!(s.operator_metrics()["persistentIpPortClientCount"], 2);
-    ok(
-        &s,
+    s.ok(
         "DELETE",
         &format!("{NS}/instance?serviceName=pb&ip=127.0.0.1&port={p1}&ephemeral=false"),
     );
     assert_eq!(s.operator_metrics()["persistentIpPortClientCount"], 1);
-    ok(
-        &s,
+    s.ok(
         "DELETE",
         &format!("{NS}/instance?serviceName=pa&ip=127.0.0.1&port={p2}&ephemeral=false"),
     );

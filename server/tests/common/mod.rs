@@ -196,6 +196,27 @@ impl Server {
         prometheus_sample(&r.text(), name).unwrap_or_else(|| panic!("no sample {name}"))
     }
 
+    /// Sends `method path` and asserts Nacos's plain `ok` answer.
+    pub fn ok(&self, method: &str, path: &str) {
+        let r = self.http(method, path);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "{method} {path}"
+        );
+    }
+
+    /// The ports of every listed host of a DEFAULT_GROUP service, sorted.
+    pub fn ports(&self, service: &str) -> Vec<u64> {
+        let mut p: Vec<u64> = self
+            .hosts(service)
+            .iter()
+            .map(|h| h["port"].as_u64().unwrap())
+            .collect();
+        p.sort();
+        p
+    }
+
     /// The hosts of `/nacos/v1/ns/instance/list` for a DEFAULT_GROUP service.
     pub fn hosts(&self, service: &str) -> Vec<Value> {
         let r = self.http(
