@@ -106,6 +106,32 @@ pub(super) fn split_responses(
     )
 }
 
+/// What openraft reports of this node.
+type Metrics = openraft::RaftMetrics<NodeId, EmptyNode>;
+
+/// Runs `fut` unless the leadership this node saw when it started changes first: `None`
+/// then (the caller fails the writes at once instead of letting them wait out the timeout).
+async fn unless_leader_changes<T>(
+    ctx: &Ctx,
+    still: impl Fn(&Metrics) -> bool,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut metrics = ctx.raft.metrics();
+    let changed = metrics.wait_for(|m| !still(m));
+    tokio::select! {
+        r = fut => Some(r),
+        _ = changed => None,
+    }
+}
+
+/// What one attempt at a batch left to do.
+enum Attempt {
+    /// Every item was answered.
+    Done,
+    /// These items were not proposed: find the leader again and retry them.
+    Retry(Vec<Proposal>),
+}
+
 pub(super) async fn submit(ctx: &Arc<Ctx>, mut items: Vec<Proposal>) {
     loop {
         let (leader, is_leader) = {
@@ -121,165 +147,170 @@ pub(super) async fn submit(ctx: &Arc<Ctx>, mut items: Vec<Proposal>) {
             return;
         };
         let earliest = items.iter().map(Proposal::deadline).min().unwrap_or(latest);
-        match leader {
-            Some(l) if l == ctx.id && is_leader => {
-                let cmds: Vec<StoreCommand> = items
-                    .iter()
-                    .flat_map(|p| match p {
-                        Proposal::Local(p) => vec![p.cmd.clone()],
-                        Proposal::Remote(r) => r.cmds.clone(),
-                    })
-                    .collect();
-                let write = timeout_at(latest, ctx.raft.client_write(Batch(cmds)));
-                let mut metrics = ctx.raft.metrics();
-                let me = ctx.id;
-                let deposed = metrics.wait_for(|m| {
-                    !(m.state == ServerState::Leader && m.current_leader == Some(me))
-                });
-                let result = tokio::select! {
-                    r = write => r,
-                    _ = deposed => {
-                        // This node is no longer the leader (it saw a higher term: it
-                        // restarted as the leader of its old term, or was cut off): the batch
-                        // may or may not be committed by the next leader; do not make the
-                        // writers wait out the timeout (perf/chaos persistent-leader-kill).
-                        let e = "leadership lost".to_string();
-                        fail_all(ctx, items, WriteError::Timeout, ForwardError::Unknown(e));
-                        return;
-                    }
-                };
-                match result {
-                    Ok(Ok(resp)) => {
-                        let index = resp.log_id.index;
-                        let Some(split) = split_responses(&items, resp.data) else {
-                            let e = "response count mismatch".to_string();
-                            fail_all(
-                                ctx,
-                                items,
-                                WriteError::Failed(e.clone()),
-                                ForwardError::Unknown(e),
-                            );
-                            return;
-                        };
-                        for (item, responses) in items.into_iter().zip(split) {
-                            match item {
-                                Proposal::Local(p) => {
-                                    let r = responses
-                                        .into_iter()
-                                        .next()
-                                        .map(|response| Written { response, index })
-                                        .ok_or_else(|| WriteError::Failed("no response".into()));
-                                    let _ = p.reply.send(r);
-                                }
-                                Proposal::Remote(r) => {
-                                    reply_remote(ctx, &r, Ok(Forwarded { index, responses }))
-                                }
-                            }
-                        }
-                        return;
-                    }
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                        // Not proposed: find the leader again.
-                        wait_for_leader_change(ctx, earliest, Duration::from_millis(50)).await;
-                    }
-                    Ok(Err(e)) => {
-                        let e = e.to_string();
-                        fail_all(
-                            ctx,
-                            items,
-                            WriteError::Failed(e.clone()),
-                            ForwardError::Unknown(e),
-                        );
-                        return;
-                    }
-                    Err(_) => {
-                        let e = "not committed in time".to_string();
-                        fail_all(ctx, items, WriteError::Timeout, ForwardError::Unknown(e));
-                        return;
-                    }
-                }
-            }
+        let attempt = match leader {
+            Some(l) if l == ctx.id && is_leader => propose(ctx, items, latest).await,
             Some(l) if l != ctx.id => {
                 // Forwarded batches are not forwarded again: their sender retries.
-                let (remote, local): (Vec<_>, Vec<_>) = items
-                    .into_iter()
-                    .partition(|p| matches!(p, Proposal::Remote(_)));
-                fail_all(
-                    ctx,
-                    remote,
-                    WriteError::NoLeader,
-                    ForwardError::NotLeader { leader },
-                );
-                items = local;
-                if items.is_empty() {
+                let local = fail_remote(ctx, items, leader);
+                if local.is_empty() {
                     return;
                 }
-                let cmds: Vec<StoreCommand> = items
-                    .iter()
-                    .filter_map(|p| match p {
-                        Proposal::Local(p) => Some(p.cmd.clone()),
-                        Proposal::Remote(_) => None,
-                    })
-                    .collect();
-                let wait = latest.saturating_duration_since(Instant::now());
-                let call = ctx.calls.call(l, Request::Forward(Batch(cmds)), wait);
-                let mut metrics = ctx.raft.metrics();
-                let lost = metrics.wait_for(|m| m.current_leader != Some(l));
-                let reply = tokio::select! {
-                    r = call => r,
-                    _ = lost => {
-                        // The leader we sent to is gone (election): the batch may or may not
-                        // have been proposed; do not make the writers wait out the timeout.
-                        fail_all(ctx, items, WriteError::Timeout, ForwardError::Busy);
-                        return;
-                    }
-                };
-                match reply {
-                    Ok(Reply::Forward(Ok(fw))) => {
-                        let permit = match ctx.apply_waiters.clone().acquire_owned().await {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        };
-                        let ctx2 = ctx.clone();
-                        tokio::spawn(async move {
-                            finish_forwarded(&ctx2, items, fw, latest).await;
-                            drop(permit);
-                        });
-                        return;
-                    }
-                    Ok(Reply::Forward(Err(ForwardError::NotLeader { .. })))
-                    | Ok(Reply::Forward(Err(ForwardError::Busy)))
-                    | Err(crate::network::CallError::Overloaded) => {
-                        // Not proposed: try again (bounded by the deadlines).
-                        wait_for_leader_change(ctx, earliest, Duration::from_millis(50)).await;
-                    }
-                    Ok(Reply::Forward(Err(ForwardError::Unknown(e)))) => {
-                        fail_all(ctx, items, WriteError::Failed(e), ForwardError::Busy);
-                        return;
-                    }
-                    Ok(_) | Err(crate::network::CallError::Timeout) => {
-                        fail_all(ctx, items, WriteError::Timeout, ForwardError::Busy);
-                        return;
-                    }
-                }
+                forward(ctx, l, local, latest).await
             }
             _ => {
                 // No leader (or a stale view of ourselves): remote batches go back at once.
-                let (remote, local): (Vec<_>, Vec<_>) = items
-                    .into_iter()
-                    .partition(|p| matches!(p, Proposal::Remote(_)));
-                fail_all(
-                    ctx,
-                    remote,
-                    WriteError::NoLeader,
-                    ForwardError::NotLeader { leader },
-                );
-                items = local;
-                if items.is_empty() {
+                let local = fail_remote(ctx, items, leader);
+                if local.is_empty() {
                     return;
                 }
                 wait_for_leader_change(ctx, earliest, Duration::from_millis(100)).await;
+                Attempt::Retry(local)
             }
+        };
+        match attempt {
+            Attempt::Done => return,
+            Attempt::Retry(rest) => items = rest,
+        }
+    }
+}
+
+/// Answers the forwarded batches among `items` with `NotLeader`; returns the local ones.
+fn fail_remote(ctx: &Ctx, items: Vec<Proposal>, leader: Option<NodeId>) -> Vec<Proposal> {
+    let (remote, local): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .partition(|p| matches!(p, Proposal::Remote(_)));
+    fail_all(
+        ctx,
+        remote,
+        WriteError::NoLeader,
+        ForwardError::NotLeader { leader },
+    );
+    local
+}
+
+/// This node leads: proposes `items` as one entry and answers each with its response.
+async fn propose(ctx: &Arc<Ctx>, items: Vec<Proposal>, latest: Instant) -> Attempt {
+    let cmds: Vec<StoreCommand> = items
+        .iter()
+        .flat_map(|p| match p {
+            Proposal::Local(p) => vec![p.cmd.clone()],
+            Proposal::Remote(r) => r.cmds.clone(),
+        })
+        .collect();
+    let earliest = items.iter().map(Proposal::deadline).min().unwrap_or(latest);
+    let write = timeout_at(latest, ctx.raft.client_write(Batch(cmds)));
+    let me = ctx.id;
+    let leading = move |m: &Metrics| m.state == ServerState::Leader && m.current_leader == Some(me);
+    let Some(result) = unless_leader_changes(ctx, leading, write).await else {
+        // This node is no longer the leader (it saw a higher term: it restarted as the
+        // leader of its old term, or was cut off): the batch may or may not be committed by
+        // the next leader; do not make the writers wait out the timeout (perf/chaos
+        // persistent-leader-kill).
+        let e = "leadership lost".to_string();
+        fail_all(ctx, items, WriteError::Timeout, ForwardError::Unknown(e));
+        return Attempt::Done;
+    };
+    match result {
+        Ok(Ok(resp)) => {
+            answer(ctx, items, resp.log_id.index, resp.data);
+            Attempt::Done
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            // Not proposed: find the leader again.
+            wait_for_leader_change(ctx, earliest, Duration::from_millis(50)).await;
+            Attempt::Retry(items)
+        }
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            fail_all(
+                ctx,
+                items,
+                WriteError::Failed(e.clone()),
+                ForwardError::Unknown(e),
+            );
+            Attempt::Done
+        }
+        Err(_) => {
+            let e = "not committed in time".to_string();
+            fail_all(ctx, items, WriteError::Timeout, ForwardError::Unknown(e));
+            Attempt::Done
+        }
+    }
+}
+
+/// Hands each item its share of a committed entry's responses (entry `index`).
+fn answer(ctx: &Ctx, items: Vec<Proposal>, index: u64, responses: Vec<StoreResponse>) {
+    let Some(split) = split_responses(&items, responses) else {
+        let e = "response count mismatch".to_string();
+        fail_all(
+            ctx,
+            items,
+            WriteError::Failed(e.clone()),
+            ForwardError::Unknown(e),
+        );
+        return;
+    };
+    for (item, responses) in items.into_iter().zip(split) {
+        match item {
+            Proposal::Local(p) => {
+                let r = responses
+                    .into_iter()
+                    .next()
+                    .map(|response| Written { response, index })
+                    .ok_or_else(|| WriteError::Failed("no response".into()));
+                let _ = p.reply.send(r);
+            }
+            Proposal::Remote(r) => reply_remote(ctx, &r, Ok(Forwarded { index, responses })),
+        }
+    }
+}
+
+/// Another node leads: forwards the local `items` to leader `l` as one batch.
+async fn forward(ctx: &Arc<Ctx>, l: NodeId, items: Vec<Proposal>, latest: Instant) -> Attempt {
+    let cmds: Vec<StoreCommand> = items
+        .iter()
+        .filter_map(|p| match p {
+            Proposal::Local(p) => Some(p.cmd.clone()),
+            Proposal::Remote(_) => None,
+        })
+        .collect();
+    let earliest = items.iter().map(Proposal::deadline).min().unwrap_or(latest);
+    let wait = latest.saturating_duration_since(Instant::now());
+    let call = ctx.calls.call(l, Request::Forward(Batch(cmds)), wait);
+    let following = move |m: &Metrics| m.current_leader == Some(l);
+    let Some(reply) = unless_leader_changes(ctx, following, call).await else {
+        // The leader we sent to is gone (election): the batch may or may not have been
+        // proposed; do not make the writers wait out the timeout.
+        fail_all(ctx, items, WriteError::Timeout, ForwardError::Busy);
+        return Attempt::Done;
+    };
+    match reply {
+        Ok(Reply::Forward(Ok(fw))) => {
+            let permit = match ctx.apply_waiters.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return Attempt::Done,
+            };
+            let ctx2 = ctx.clone();
+            tokio::spawn(async move {
+                finish_forwarded(&ctx2, items, fw, latest).await;
+                drop(permit);
+            });
+            Attempt::Done
+        }
+        Ok(Reply::Forward(Err(ForwardError::NotLeader { .. })))
+        | Ok(Reply::Forward(Err(ForwardError::Busy)))
+        | Err(crate::network::CallError::Overloaded) => {
+            // Not proposed: try again (bounded by the deadlines).
+            wait_for_leader_change(ctx, earliest, Duration::from_millis(50)).await;
+            Attempt::Retry(items)
+        }
+        Ok(Reply::Forward(Err(ForwardError::Unknown(e)))) => {
+            fail_all(ctx, items, WriteError::Failed(e), ForwardError::Busy);
+            Attempt::Done
+        }
+        Ok(_) | Err(crate::network::CallError::Timeout) => {
+            fail_all(ctx, items, WriteError::Timeout, ForwardError::Busy);
+            Attempt::Done
         }
     }
 }
