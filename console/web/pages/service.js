@@ -51,10 +51,13 @@ export async function render(view, params, state) {
       boxes.push([box, i]);
       const weight = el('input', { class: 'weight', type: 'number', min: 0, max: 10000, step: 'any', value: i.weight, 'data-testid': 'weight' });
       const meta = JSON.stringify(i.metadata);
-      const edit = (fields) => put('/v1/ns/instance', {
-        ...base, clusterName: i.clusterName, ip: i.ip, port: i.port, ephemeral: i.ephemeral,
-        weight: i.weight, enabled: i.enabled, metadata: JSON.stringify(i.metadata), ...fields,
-      });
+      const edit = async (fields) => {
+        await put('/v1/ns/instance', {
+          ...base, clusterName: i.clusterName, ip: i.ip, port: i.port, ephemeral: i.ephemeral,
+          weight: i.weight, enabled: i.enabled, metadata: JSON.stringify(i.metadata), ...fields,
+        });
+        await settled(base, i, fields);
+      };
       return el('tr', { 'data-instance': `${i.ip}:${i.port}` },
         el('td', {}, box),
         el('td', {}, `${i.ip}:${i.port}`),
@@ -89,6 +92,7 @@ export async function render(view, params, state) {
           weight: i.weight, enabled, metadata: JSON.stringify(i.metadata),
         });
       }
+      for (const i of chosen) await settled(base, i, { enabled });
       await loadInstances();
     });
     const all = el('input', { type: 'checkbox', onchange: (e) => boxes.forEach(([b]) => { b.checked = e.target.checked; }) });
@@ -107,9 +111,9 @@ export async function render(view, params, state) {
     try {
       const res = await get('/v1/ns/service/subscribers', { ...base, pageNo: 1, pageSize: 100 });
       const rows = res.subscribers.map((s) => el('tr', {},
-        el('td', {}, s.addrStr), el('td', {}, s.agent), el('td', {}, s.app), el('td', {}, s.cluster || '')));
-      subsBox.replaceChildren(el('h2', {}, `Subscribers (${res.count})`),
-        rows.length ? table(['Address', 'Agent', 'App', 'Clusters'], rows, { 'data-testid': 'subscribers' }) : message('No subscriber.'));
+        el('td', {}, s.addrStr), el('td', {}, s.type || ''), el('td', {}, s.agent), el('td', {}, s.app), el('td', {}, s.cluster || '')));
+      subsBox.replaceChildren(el('h2', {}, `Subscribers of this node (${res.count})`),
+        rows.length ? table(['Address', 'Kind', 'Agent', 'App', 'Clusters'], rows, { 'data-testid': 'subscribers' }) : message('No subscriber.'));
     } catch (e) {
       subsBox.replaceChildren(el('h2', {}, 'Subscribers'), message(e.message, 'error'));
     }
@@ -119,6 +123,23 @@ export async function render(view, params, state) {
     render(view, params, state);
   }
   await Promise.all([loadInstances(), loadSubscribers()]);
+}
+
+// An edit is answered once the node owning the instance applied it; the node this page reads
+// from may show it a moment later (ephemeral instances replicate asynchronously). Wait for it
+// (up to 5 s) so the table does not show the old value as if the edit had failed.
+async function settled(base, inst, fields) {
+  const want = (i) => (fields.weight === undefined || Number(i.weight) === Number(fields.weight))
+    && (fields.enabled === undefined || i.enabled === (fields.enabled === true || fields.enabled === 'true'))
+    && (fields.metadata === undefined || JSON.stringify(i.metadata) === JSON.stringify(JSON.parse(fields.metadata)));
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    const res = await get('/v1/ns/catalog/instances', { ...base, clusterName: inst.clusterName, pageNo: 1, pageSize: 1000 });
+    const now = res.list.find((i) => i.ip === inst.ip && i.port === inst.port);
+    if (!now || want(now)) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error('the change is not visible on this node after 5 s');
 }
 
 function serviceForm(svc, base, guard) {

@@ -14,6 +14,7 @@ mod conns;
 mod forward;
 mod health;
 mod peer;
+pub mod query;
 mod udp;
 
 pub use conns::ConnState;
@@ -98,6 +99,8 @@ pub enum CoreMsg {
     },
     /// A list call's UDP push target, for the core owning the service.
     UdpSubscribe(Box<engine::udp_push::Subscription>),
+    /// A read of another core's state for an introspection API (`query::on_core`).
+    Run(query::Job),
 }
 
 /// A batch of messages from one core to another (one wake-up per batch, not per message).
@@ -572,6 +575,7 @@ impl Core {
                 op,
             } => self.accept_forward(from, id, client, op),
             CoreMsg::UdpSubscribe(sub) => self.udp_subscribe(*sub),
+            CoreMsg::Run(job) => job(self),
         }
     }
 

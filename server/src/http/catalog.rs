@@ -253,3 +253,35 @@ fn instance_json(out: &mut String, key: &ServiceKey, i: &Instance) {
         t.delete_ms,
     );
 }
+
+/// `GET /nacos/v1/ns/service/subscribers`: `serviceName`, `groupName`, `namespaceId`,
+/// `pageNo`, `pageSize` (Nacos's default 1000) → `{subscribers:[{addrStr, agent, app, ip,
+/// port, namespaceId, serviceName, cluster, type}], count}`, sorted by address. Nacelle's
+/// `type` says `grpc` or `udp`. Subscribers of this node only: Nacos's `aggregation=true`
+/// (ask every member) is not done.
+pub async fn subscribers(p: &Params<'_>) -> Result<Resp, Failure> {
+    let key = p.service_key()?;
+    let (no, size) = page_of(p, MAX_PAGE)?;
+    let mut subs = crate::core::query::subscribers(key.clone()).await;
+    subs.sort_by(|a, b| (a.addr, a.kind).cmp(&(b.addr, b.kind)));
+    let count = subs.len();
+    let (start, end) = bounds(no, size, count);
+    let list: Vec<serde_json::Value> = subs[start..end]
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "addrStr": s.addr.to_string(),
+                "agent": s.agent,
+                "app": if s.app.is_empty() { "unknown" } else { s.app.as_str() },
+                "ip": s.addr.ip().to_string(),
+                "port": s.addr.port(),
+                "namespaceId": key.namespace(),
+                "serviceName": key.grouped_name(),
+                "cluster": s.clusters,
+                "type": s.kind,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({"subscribers": list, "count": count});
+    Ok(json(StatusCode::OK, body.to_string()))
+}

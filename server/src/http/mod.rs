@@ -10,7 +10,8 @@
 //!   (ephemeral through the shards, persistent through Raft);
 //! - `status`: `/nacos/v1/core/cluster/nodes` (v2: `/core/cluster/node/list`) and
 //!   `/operator/metrics`;
-//! - `catalog`: the console's reads `/nacos/v1/ns/catalog/{services,service,instances}`;
+//! - `catalog`: the console's reads `/nacos/v1/ns/catalog/{services,service,instances}` and
+//!   `/nacos/v1/ns/service/subscribers`;
 //! - `console`: the web console's files at `/nacos/`, `/nacos/v1/console/server/state` and
 //!   the metrics ring `/nacos/v1/console/metrics/history`;
 //! - `namespaces`: `/nacos/v1/console/namespaces`.
@@ -285,6 +286,7 @@ async fn route_naming(
         (&Method::GET, "/catalog/services") => catalog::services(p),
         (&Method::GET, "/catalog/service") => catalog::service(p),
         (&Method::GET | &Method::POST, "/catalog/instances") => catalog::instances(p),
+        (&Method::GET, "/service/subscribers") => catalog::subscribers(p).await,
         _ => Err(Failure {
             status: StatusCode::NOT_FOUND,
             code: 20004,
