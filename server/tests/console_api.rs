@@ -475,3 +475,116 @@ fn server_state_namespaces_and_the_metrics_ring() {
         400
     );
 }
+
+#[test]
+fn namespaces_are_created_edited_deleted_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut s = Server::start(&["--data-dir", &data]);
+    let ns = "/nacos/v1/console/namespaces";
+    let (code, text) = status(
+        &s,
+        "POST",
+        &format!("{ns}?customNamespaceId=team-a&namespaceName=Team%20A&namespaceDesc=first"),
+    );
+    assert_eq!((code, text.as_str()), (200, "true"));
+    assert_eq!(
+        status(
+            &s,
+            "POST",
+            &format!("{ns}?customNamespaceId=team-a&namespaceName=Again")
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        status(
+            &s,
+            "POST",
+            &format!("{ns}?customNamespaceId=bad%20id&namespaceName=x")
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        status(
+            &s,
+            "POST",
+            &format!("{ns}?customNamespaceId=public&namespaceName=x")
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        status(&s, "POST", &format!("{ns}?customNamespaceId=no-name")).0,
+        400
+    );
+    assert_eq!(
+        status(
+            &s,
+            "PUT",
+            &format!("{ns}?namespace=nope&namespaceShowName=x")
+        )
+        .0,
+        404
+    );
+    // Without an id, one is made.
+    assert_eq!(
+        status(&s, "POST", &format!("{ns}?namespaceName=Generated")).0,
+        200
+    );
+    assert_eq!(
+        status(
+            &s,
+            "PUT",
+            &format!("{ns}?namespace=team-a&namespaceShowName=Team%20Alpha&namespaceDesc=renamed")
+        ),
+        (200, "true".into())
+    );
+    register(
+        &s,
+        "svc",
+        "DEFAULT_GROUP",
+        "127.0.0.1",
+        7200,
+        "&namespaceId=team-a",
+    );
+
+    let find = |s: &Server, id: &str| -> Option<Value> {
+        get_json(s, ns)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["namespace"] == id)
+            .cloned()
+    };
+    let a = find(&s, "team-a").unwrap();
+    assert_eq!(a["namespaceShowName"], "Team Alpha", "{a}");
+    assert_eq!(a["namespaceDesc"], "renamed");
+    assert_eq!(a["type"], 2);
+    assert_eq!(a["serviceCount"], 1);
+    let all = get_json(&s, ns);
+    assert!(
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["namespaceShowName"] == "Generated"),
+        "{all}"
+    );
+
+    s.kill();
+    let s = Server::start(&["--data-dir", &data]);
+    let a = find(&s, "team-a").expect("a namespace survives a restart");
+    assert_eq!(a["namespaceShowName"], "Team Alpha");
+    assert_eq!(
+        status(&s, "DELETE", &format!("{ns}?namespaceId=team-a")),
+        (200, "true".into())
+    );
+    assert!(find(&s, "team-a").is_none(), "deleted");
+    assert_eq!(
+        status(&s, "DELETE", &format!("{ns}?namespaceId=team-a")).0,
+        200,
+        "idempotent"
+    );
+}

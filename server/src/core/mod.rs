@@ -249,6 +249,8 @@ pub struct Core {
     health: health::HealthDriver,
     /// UDP push of the services this core owns (`None` if its socket could not open).
     udp: Option<udp::UdpCore>,
+    /// The console's namespaces from the Raft store (every core holds them all).
+    pub namespaces: std::collections::BTreeMap<String, engine::store::namespaces::NamespaceRecord>,
 }
 
 thread_local! {
@@ -338,6 +340,7 @@ impl Core {
             was_shedding: false,
             trace: Traces::from_env(),
             cluster_defs: HashMap::new(),
+            namespaces: Default::default(),
             health: health::HealthDriver::new(conn_prefix() ^ (id as u64).rotate_left(17)),
             udp: None,
         };
@@ -517,6 +520,14 @@ impl Core {
             }
             crate::cp::CpMsg::Barrier { service, reply } => {
                 self.shard.handle_barrier(now, service, reply)
+            }
+            crate::cp::CpMsg::Namespaces(changes) => {
+                for e in changes {
+                    match e.record {
+                        Some(r) => self.namespaces.insert(e.id, r),
+                        None => self.namespaces.remove(&e.id),
+                    };
+                }
             }
         }
         self.schedule_flush();

@@ -57,16 +57,23 @@ pub fn services(p: &Params<'_>) -> Result<Resp, Failure> {
     let has_ip = p.bool(&["hasIpCount"])?.unwrap_or(false);
     let index = with_core(|c| c.shared.index.clone());
     let mut keys: Vec<ServiceKey> = Vec::new();
-    index.for_each(|view| {
-        let k = &view.key;
-        if k.namespace() == namespace
-            && k.name().contains(name_part)
-            && k.group().contains(group_part)
-            && (!has_ip || view.instance_count > 0)
-        {
-            keys.push(k.clone());
-        }
-    });
+    let wanted = |k: &ServiceKey| {
+        k.namespace() == namespace && k.name().contains(name_part) && k.group().contains(group_part)
+    };
+    if has_ip {
+        index.for_each(|view| {
+            if view.instance_count > 0 && wanted(&view.key) {
+                keys.push(view.key.clone());
+            }
+        });
+    } else {
+        // Names alone: no view is loaded.
+        index.for_each_key(|k| {
+            if wanted(k) {
+                keys.push(k.clone());
+            }
+        });
+    }
     let count = keys.len();
     let (start, end) = bounds(no, size, count);
     if end < count {
