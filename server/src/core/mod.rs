@@ -8,7 +8,8 @@
 //!
 //! This file holds the core itself and its shard driver (the mesh, flushes, the shard's
 //! commands, timers); [`conns`] the gRPC connections, [`forward`] client writes and the
-//! router's commands, [`peer`] frames to and from peer nodes.
+//! router's commands, [`peer`] frames to and from peer nodes, [`query`] reads of another
+//! core's state for the introspection APIs (the console's subscriber list).
 
 mod conns;
 mod forward;
