@@ -7,7 +7,8 @@
 # Steps: formatting, clippy (-D warnings), unit + property + socket tests (release build,
 # shared with the server binary), criterion benches in test mode (one iteration each), and the
 # official-SDK conformance suites against a freshly started nacelle, then against node 2 of a
-# 3-node cluster, then every fault-injection scenario (root; perf/chaos/).
+# 3-node cluster, then the web console in a real browser (tests/console), then every
+# fault-injection scenario (root; perf/chaos/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -51,6 +52,9 @@ NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
 
 step "official SDKs against a 3-node cluster (suites on node 2; test_cluster.py writes on one node, reads on the others)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle-cluster
+
+step "the web console in a real browser (Debian's chromium headless via playwright-core: 3 nodes, 2,000 services; search, edit, push to an SDK subscriber, a killed node DOWN)"
+NACELLE_BIN="$PWD/target/release/nacelle" bash tests/console/run.sh
 
 # Every fault scenario of perf/chaos, with shorter faults (--quick: about 3.5 min for the
 # ephemeral ones, 1 min for the persistent (Raft) ones). Needs root for network namespaces;

@@ -557,6 +557,21 @@ impl ReadIndex {
         }
     }
 
+    /// Visits every service's key without loading its view (order unspecified): a filter on
+    /// names alone costs a walk of the directory.
+    pub fn for_each_key(&self, mut f: impl FnMut(&ServiceKey)) {
+        let guard = epoch::pin();
+        for b in self.buckets.iter() {
+            let bucket = b.load(Ordering::Acquire, &guard);
+            // SAFETY: as in `read`.
+            #[allow(unsafe_code)]
+            let Some(bucket) = (unsafe { bucket.as_ref() }) else {
+                continue;
+            };
+            bucket.keys().for_each(&mut f);
+        }
+    }
+
     /// Reads `key` to answer an instance query: `f` gets the current view (None if the service
     /// does not exist) and the `lastRefTime` to answer when it does not
     /// ([`ReadIndex::absent_stamp`] at `now_unix_ms`, taken before the read). What the gRPC

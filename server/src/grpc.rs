@@ -216,6 +216,9 @@ fn on_stream_payload(ctx: ConnCtx, p: Payload) {
                 conn.registered = true;
                 conn.labels = setup.labels;
                 debug!(conn = %conn.nacos_id, version = ?setup.client_version, "connection set up");
+                if let Some(v) = &setup.client_version {
+                    conn.client_version = v.chars().take(128).collect();
+                }
                 if setup.ability_table.is_some() {
                     c.send_to_client(
                         ctx.id,

@@ -21,8 +21,10 @@
 //!   the unary request route.
 //! - `health_probe`: the TCP and HTTP probes of persistent instances' health checks (the
 //!   engine's `health::HealthChecker` decides when and what they mean).
-//! - `http`: the Nacos OpenAPI v1/v2 (8848) and Prometheus `/metrics`.
-//! - `metrics`: per-core counters and latency histograms.
+//! - `http`: the Nacos OpenAPI v1/v2 (8848), Prometheus `/metrics`, and the web console at
+//!   `/nacos/` with the console APIs (assets from the `nacelle-console` crate).
+//! - `metrics`: per-core counters and latency histograms; `metrics_ring`: the console's live
+//!   charts (a bounded per-core ring of samples, one a second).
 //! - `rt`: hyper/tonic on glommio (executor, timer, IO).
 //! - `trace`: `NACELLE_TRACE_CLIENT`, one client's story on this node, for investigations.
 //! - [`run`] (here): the executors, listeners, signal handling and shutdown drain.
@@ -40,6 +42,7 @@ mod grpc_unary;
 mod health_probe;
 mod http;
 mod metrics;
+mod metrics_ring;
 pub mod peer;
 mod rt;
 mod trace;
@@ -240,6 +243,7 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
                 // Nothing is answered before the persistent data is back in the views.
                 shared.cp.replayed().await;
                 glommio::spawn_local(http::serve(http, shared.cfg.max_message_bytes)).detach();
+                glommio::spawn_local(metrics_ring::sample_loop()).detach();
                 glommio::spawn_local_into(grpc::serve(grpc, shared.cfg.max_message_bytes), grpc_io)
                     .map_err(|e| format!("core {id}: cannot start the gRPC listener: {e}"))?
                     .detach();

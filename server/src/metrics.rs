@@ -132,6 +132,28 @@ impl CoreMetrics {
     }
 }
 
+/// The names of the request kinds, in [`request_totals`]'s order.
+pub fn kind_names() -> impl Iterator<Item = &'static str> {
+    KINDS.iter().map(|(name, _)| *name)
+}
+
+/// Per kind, in [`kind_names`]'s order: requests served and their summed latency (us), over
+/// all cores (the console's metrics ring samples them).
+pub fn request_totals(cores: &[Arc<CoreMetrics>]) -> Vec<(u64, u64)> {
+    KINDS
+        .iter()
+        .map(|(_, kind)| {
+            cores.iter().fold((0, 0), |(n, us), c| {
+                let s = &c.series[*kind as usize];
+                (
+                    n + s.count.load(Ordering::Relaxed),
+                    us + s.sum_us.load(Ordering::Relaxed),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Writes the request series of all cores in Prometheus text format.
 pub fn render_requests(out: &mut String, cores: &[Arc<CoreMetrics>]) {
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();

@@ -727,6 +727,13 @@ impl Shard {
         self.interner.collect_garbage();
     }
 
+    /// The subscribers of `service` if this shard owns it: (subscriber id, cluster filter).
+    pub fn subscribers_of(&self, service: &ServiceKey) -> Vec<(u64, Str)> {
+        self.services
+            .get(service)
+            .map_or_else(Vec::new, |s| s.subscriber_list().collect())
+    }
+
     /// Number of clients this shard owns.
     pub fn client_count(&self) -> usize {
         self.clients.len()

@@ -64,7 +64,20 @@ pub fn instance_of(stored: &PersistentInstance) -> Result<Instance, InvalidInput
 /// this way: refusing one would stop replication for good, and [`action_for`] already keeps
 /// an invalid record out of the views.
 pub fn check_command(cmd: &StoreCommand) -> Result<(), InvalidInput> {
-    let StoreCommand::Naming(cmd) = cmd;
+    let cmd = match cmd {
+        StoreCommand::Naming(cmd) => cmd,
+        StoreCommand::Namespace(ns) => {
+            let (id, record) = match ns {
+                crate::store::NamespaceCommand::Create { id, record }
+                | crate::store::NamespaceCommand::Update { id, record } => (id, Some(record)),
+                crate::store::NamespaceCommand::Delete { id } => (id, None),
+            };
+            return match crate::store::namespaces::invalid(id, record) {
+                Some(why) => Err(InvalidInput(why)),
+                None => Ok(()),
+            };
+        }
+    };
     match cmd {
         NamingCommand::Register { service, instance } => {
             service_key(service)?;

@@ -35,6 +35,13 @@ pub(super) struct ServiceState {
 }
 
 impl ServiceState {
+    /// Its subscribers: (subscriber id, cluster filter).
+    pub(super) fn subscriber_list(&self) -> impl Iterator<Item = (u64, Str)> + '_ {
+        self.subscribers.iter().map(|(id, c)| (*id, c.clone()))
+    }
+}
+
+impl ServiceState {
     /// The client's publish, including changes not yet flushed.
     fn current(&self, client: &ClientId) -> Option<&Publish> {
         if let Some(p) = self.pending.get(client) {

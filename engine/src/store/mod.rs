@@ -12,7 +12,8 @@
 //! # Layout
 //! - this file: [`StoreCommand`], [`StoreResponse`], [`StoreEffect`] and [`Store`] (dispatch,
 //!   snapshot replacement as a diff);
-//! - [`naming`]: the naming key space — its records, commands, effects and rules.
+//! - [`naming`]: the naming key space — its records, commands, effects and rules;
+//! - [`namespaces`]: the console's namespaces.
 //!
 //! # Why effects
 //! The registry's query path (lock-free views, answer caches, pushes) lives in the shards. The
@@ -20,10 +21,12 @@
 //! service S", "service S defined"), and the server feeds them to the shards as ordinary
 //! operations, so persistent instances are served exactly like ephemeral ones.
 
+pub mod namespaces;
 pub mod naming;
 
 use serde::{Deserialize, Serialize};
 
+pub use namespaces::{NamespaceCommand, NamespaceEffect, NamespaceSpace};
 pub use naming::{NamingCommand, NamingEffect, NamingSpace};
 
 /// One replicated write. Commands are built by the front ends from validated input; applying
@@ -32,6 +35,8 @@ pub use naming::{NamingCommand, NamingEffect, NamingSpace};
 pub enum StoreCommand {
     /// A write to the naming key space.
     Naming(NamingCommand),
+    /// A write to the namespaces key space (the console's namespaces).
+    Namespace(NamespaceCommand),
 }
 
 /// The outcome of one command, the same on every replica.
@@ -70,6 +75,8 @@ impl StoreResponse {
 pub enum StoreEffect {
     /// A change in the naming key space.
     Naming(NamingEffect),
+    /// A namespace created, changed or deleted.
+    Namespace(NamespaceEffect),
 }
 
 /// The whole replicated state.
@@ -77,6 +84,8 @@ pub enum StoreEffect {
 pub struct Store {
     /// The naming key space.
     pub naming: NamingSpace,
+    /// The namespaces key space.
+    pub namespaces: NamespaceSpace,
 }
 
 impl Store {
@@ -85,6 +94,9 @@ impl Store {
         match cmd {
             StoreCommand::Naming(cmd) => self.naming.apply(cmd, &mut |e| {
                 effects.push(StoreEffect::Naming(e));
+            }),
+            StoreCommand::Namespace(cmd) => self.namespaces.apply(cmd, &mut |e| {
+                effects.push(StoreEffect::Namespace(e));
             }),
         }
     }
@@ -97,11 +109,14 @@ impl Store {
         self.naming.diff_from(&old.naming, &mut |e| {
             effects.push(StoreEffect::Naming(e));
         });
+        self.namespaces.diff_from(&old.namespaces, &mut |e| {
+            effects.push(StoreEffect::Namespace(e));
+        });
     }
 
-    /// Number of records (instances, definitions), for metrics.
+    /// Number of records (instances, definitions, namespaces), for metrics.
     pub fn len(&self) -> usize {
-        self.naming.len()
+        self.naming.len() + self.namespaces.len()
     }
 
     /// Whether the store holds nothing.

@@ -25,6 +25,8 @@ pub struct ConnState {
     pub registered: bool,
     /// Labels of the setup (`module=naming` for naming SDKs).
     pub labels: HashMap<String, String>,
+    /// `clientVersion` of the setup (`Nacos-Java-Client:v2.4.0`...).
+    pub client_version: String,
     /// The bi-stream towards the client, once opened.
     pub stream_tx: Option<mpsc::Sender<Result<Payload, tonic::Status>>>,
     /// Last time the client sent anything (mono ms).
@@ -51,6 +53,7 @@ impl Core {
                 remote,
                 registered: false,
                 labels: HashMap::new(),
+                client_version: String::new(),
                 stream_tx: None,
                 last_active_ms: now.mono_ms,
                 kill: Some(kill),

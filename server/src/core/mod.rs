@@ -8,12 +8,14 @@
 //!
 //! This file holds the core itself and its shard driver (the mesh, flushes, the shard's
 //! commands, timers); [`conns`] the gRPC connections, [`forward`] client writes and the
-//! router's commands, [`peer`] frames to and from peer nodes.
+//! router's commands, [`peer`] frames to and from peer nodes, [`query`] reads of another
+//! core's state for the introspection APIs (the console's subscriber list).
 
 mod conns;
 mod forward;
 mod health;
 mod peer;
+pub mod query;
 mod udp;
 
 pub use conns::ConnState;
@@ -98,6 +100,8 @@ pub enum CoreMsg {
     },
     /// A list call's UDP push target, for the core owning the service.
     UdpSubscribe(Box<engine::udp_push::Subscription>),
+    /// A read of another core's state for an introspection API (`query::on_core`).
+    Run(query::Job),
 }
 
 /// A batch of messages from one core to another (one wake-up per batch, not per message).
@@ -246,6 +250,8 @@ pub struct Core {
     health: health::HealthDriver,
     /// UDP push of the services this core owns (`None` if its socket could not open).
     udp: Option<udp::UdpCore>,
+    /// The console's namespaces from the Raft store (every core holds them all).
+    pub namespaces: std::collections::BTreeMap<String, engine::store::namespaces::NamespaceRecord>,
 }
 
 thread_local! {
@@ -335,6 +341,7 @@ impl Core {
             was_shedding: false,
             trace: Traces::from_env(),
             cluster_defs: HashMap::new(),
+            namespaces: Default::default(),
             health: health::HealthDriver::new(conn_prefix() ^ (id as u64).rotate_left(17)),
             udp: None,
         };
@@ -515,6 +522,14 @@ impl Core {
             crate::cp::CpMsg::Barrier { service, reply } => {
                 self.shard.handle_barrier(now, service, reply)
             }
+            crate::cp::CpMsg::Namespaces(changes) => {
+                for e in changes {
+                    match e.record {
+                        Some(r) => self.namespaces.insert(e.id, r),
+                        None => self.namespaces.remove(&e.id),
+                    };
+                }
+            }
         }
         self.schedule_flush();
     }
@@ -572,6 +587,7 @@ impl Core {
                 op,
             } => self.accept_forward(from, id, client, op),
             CoreMsg::UdpSubscribe(sub) => self.udp_subscribe(*sub),
+            CoreMsg::Run(job) => job(self),
         }
     }
 

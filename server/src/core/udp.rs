@@ -211,6 +211,16 @@ impl Core {
 }
 
 impl UdpCore {
+    /// The push targets of `service` (the console's subscriber list).
+    pub fn targets_of(
+        &self,
+        service: &engine::model::ServiceKey,
+    ) -> Vec<(std::net::SocketAddr, engine::Str, bool, engine::Str)> {
+        self.table.targets_of(service)
+    }
+}
+
+impl UdpCore {
     /// Encodes (or reuses) the packet and queues it; whether it was queued.
     fn enqueue(&mut self, t: &Transmit) -> bool {
         let stats = self.table.stats().clone();

@@ -41,6 +41,8 @@ use crate::core::with_core;
 pub enum CpMsg {
     /// Applied effects whose owner is this core, in log order.
     Apply(Vec<EffectAction>),
+    /// Namespaces created, changed or deleted (every core gets them all, in log order).
+    Namespaces(Vec<engine::store::NamespaceEffect>),
     /// Answer `reply` once everything before this message is in the views (of `service`).
     Barrier {
         /// The service the write changed.
@@ -277,8 +279,15 @@ struct Dispatch {
 impl Dispatch {
     fn deliver(&self, log_index: u64, effects: Vec<StoreEffect>) {
         let mut per_core: Vec<Vec<EffectAction>> = (0..self.cores).map(|_| Vec::new()).collect();
+        let mut namespaces = Vec::new();
         for effect in effects {
-            let StoreEffect::Naming(effect) = effect;
+            let effect = match effect {
+                StoreEffect::Naming(e) => e,
+                StoreEffect::Namespace(e) => {
+                    namespaces.push(e);
+                    continue;
+                }
+            };
             let action = match action_for(&effect) {
                 Ok(a) => a,
                 Err(e) => {
@@ -299,6 +308,19 @@ impl Dispatch {
                     for batch in per_core.iter_mut() {
                         batch.push(action.clone());
                     }
+                }
+            }
+        }
+        if !namespaces.is_empty() {
+            // Few and small: every core keeps the whole table.
+            for core in 0..self.cores {
+                let msg = CpMsg::Namespaces(namespaces.clone());
+                let Some(msg) = self.replay.queue(core, msg) else {
+                    continue;
+                };
+                if self.inboxes[core].send(msg).is_err() {
+                    warn!(core, "core inbox closed: effects dropped (shutting down)");
+                    return;
                 }
             }
         }
@@ -422,6 +444,14 @@ impl Cp {
                 "Raft log replayed into the views"
             );
         }
+    }
+
+    /// Writes `cmd` through Raft and answers once this core has applied what it changed
+    /// (for writes that change no service: namespaces).
+    pub async fn write_here(&self, cmd: StoreCommand) -> Result<StoreResponse, CpError> {
+        let (core, cores) = with_core(|c| (c.id, c.n));
+        let barrier = service_owned_by(core, cores).map(|s| (core, s));
+        self.write(cmd, barrier).await
     }
 
     /// The Raft node's metrics.

@@ -9,7 +9,12 @@
 //! - `writes`: registrations, updates, deregistrations, service and cluster definitions
 //!   (ephemeral through the shards, persistent through Raft);
 //! - `status`: `/nacos/v1/core/cluster/nodes` (v2: `/core/cluster/node/list`) and
-//!   `/operator/metrics`.
+//!   `/operator/metrics`;
+//! - `catalog`: the console's reads `/nacos/v1/ns/catalog/{services,service,instances}` and
+//!   `/nacos/v1/ns/service/subscribers`;
+//! - `console`: the web console's files at `/nacos/`, `/nacos/v1/console/server/state` and
+//!   the metrics ring `/nacos/v1/console/metrics/history`;
+//! - `namespaces`: `/nacos/v1/console/namespaces`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -32,6 +37,9 @@ use crate::core::{unix_ms, with_core, Overloaded};
 use crate::metrics::Kind;
 use crate::rt::{CoarseTimer, GlommioIo};
 
+mod catalog;
+mod console;
+mod namespaces;
 mod status;
 mod udp_push;
 mod writes;
@@ -136,6 +144,10 @@ async fn handle(
     let method = &head.method;
     let path = head.uri.path();
     let query = head.uri.query();
+    if console::is_console_path(path) {
+        // The console's files: static, small, never shed.
+        return Ok(console::asset(method, path, &head.headers));
+    }
     // Only list calls use it (UDP push eligibility).
     let user_agent = path
         .ends_with("/instance/list")
@@ -183,6 +195,11 @@ async fn handle(
             (&Method::GET, "/nacos/v1/core/cluster/nodes") => status::cluster_nodes_v1(&params),
             (&Method::GET, "/nacos/v2/core/cluster/node/list") => status::cluster_nodes_v2(&params),
             (&Method::GET, "/nacos/v1/console/health/liveness") => text(StatusCode::OK, "OK"),
+            (&Method::GET, "/nacos/v1/console/server/state") => console::server_state(),
+            (&Method::GET, "/nacos/v1/console/metrics/history") => {
+                console::metrics_history(&params)
+            }
+            (_, "/nacos/v1/console/namespaces") => namespaces::route(method, &params).await,
             (&Method::GET, "/nacos/v1/console/health/readiness") if draining => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
             }
@@ -266,6 +283,10 @@ async fn route_naming(
         (&Method::DELETE, "/service") => writes::delete_service(api, p).await,
         (&Method::PUT, "/cluster") => writes::update_cluster(api, p).await,
         (&Method::GET, "/operator/metrics") => Ok(status::operator_metrics(api)),
+        (&Method::GET, "/catalog/services") => catalog::services(p),
+        (&Method::GET, "/catalog/service") => catalog::service(p),
+        (&Method::GET | &Method::POST, "/catalog/instances") => catalog::instances(p),
+        (&Method::GET, "/service/subscribers") => catalog::subscribers(p).await,
         _ => Err(Failure {
             status: StatusCode::NOT_FOUND,
             code: 20004,

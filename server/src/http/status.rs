@@ -147,7 +147,22 @@ fn members() -> Vec<Node> {
             let m = s.cp.raft().metrics();
             let known = known_members(s, &me);
             let name = |id: raft::NodeId| raft_member(id, &known);
-            Some(raft_meta(&m, &name))
+            let mut meta = raft_meta(&m, &name);
+            if let Value::Object(o) = &mut meta {
+                // Nacos's `extendInfo.version`; `holds` is Nacelle's (the console shows it).
+                o.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+                let r = Ordering::Relaxed;
+                o.insert(
+                    "holds".into(),
+                    json!({
+                        "services": s.stat(|x| x.services.load(r)),
+                        "instances": s.stat(|x| x.instances.load(r)),
+                        "clients": s.stat(|x| x.clients.load(r)),
+                        "raftRecords": m.records,
+                    }),
+                );
+            }
+            Some(meta)
         };
         let mut nodes = vec![Node {
             address: me.clone(),
