@@ -486,7 +486,7 @@ def failure_reasons(res, name, ctx, agree, final, over_bound, checker, growth):
     if "error" in res:
         out.append(f"error: {res['error']}")
     if res.get("live_lost"):
-        out.append(f"live instances lost: {[m for m in res['missing'] if m['kind'] == 'lost'][:10]}")
+        out.append(f"live instances lost (flaps included): {res['missing'][:10]}")
     if name == "kill-during-load" and not ctx.extra.get("killed_during_load"):
         out.append("the node was not caught loading")
     if agree is None:
@@ -972,12 +972,16 @@ def run_scenario(name, args, net, binary, loadgen, workdir, seed):
     cl = clients.snapshot()
     missing, lost, flaps = [], set(), set()
     for (i, k), (a, b) in sorted(checker.missing.items(), key=lambda kv: kv[1][0]):
-        # A heal re-homes heartbeat clients (DISTRO.md "Membership changes"); an instance gone
-        # for at most one beat interval right after one is a flap, anything else a loss.
-        # A sweep takes up to ~0.5 s: one that started just before the heal counts as after it.
+        # Every live instance missing is lost (DISTRO.md I1, "No flaps"): one gone for at
+        # most one beat interval right after a heal (a flap: the restored owner's "nothing"
+        # winning the hand-over) is lost too; it is only also counted as a flap, to tell
+        # the two apart. A sweep takes up to ~0.5 s: one that started just before the heal
+        # counts as after it.
         near_heal = any(-0.5 <= a - h <= GRACE_S for h in world.heals)
         flap = near_heal and b - a <= BEAT_MS / 1000 + 1.0
-        (flaps if flap else lost).add(k)
+        lost.add(k)
+        if flap:
+            flaps.add(k)
         missing.append({"node": i, "instance": k, "kind": "flap" if flap else "lost",
                         "from_s": round(a - ctx.fault_start, 2) if ctx.fault_start else None,
                         "for_s": round(b - a, 2)})

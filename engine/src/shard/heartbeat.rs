@@ -157,8 +157,15 @@ impl Shard {
             self.stats
                 .expired_instances
                 .fetch_add(entry.publish.len() as u64, Ordering::Relaxed);
+            let (last_beat, hold) = (
+                entry.last_beat_ms,
+                super::replication::hold_for(&entry.publish),
+            );
             self.send_service_op(entry.service, ServiceOp::Remove { client: id.clone() });
             self.drop_client_if_empty(&id);
+            // Silence here proves nothing to a member we could not hear meanwhile: its
+            // removal waits for it (DISTRO.md, I1 "No flaps").
+            self.hold_expiry(&id, last_beat, hold);
         }
     }
 }

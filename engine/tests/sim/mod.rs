@@ -33,6 +33,7 @@ use engine::{ClientId, ServiceKey};
 
 mod clients;
 mod faults;
+mod flaps;
 mod invariants;
 mod network;
 mod nodes;
@@ -73,7 +74,7 @@ impl Rng {
 }
 
 /// The rules `DISTRO_REVERT` turns off (comma-separated: `vouching`, `detour`,
-/// `deregister_patience`, `pause_drop`), to replay what a mutation test found.
+/// `deregister_patience`, `pause_drop`, `holds`), to replay what a mutation test found.
 pub fn reverted_from_env() -> Reverted {
     let mut r = Reverted::default();
     for name in std::env::var("DISTRO_REVERT")
@@ -86,6 +87,7 @@ pub fn reverted_from_env() -> Reverted {
             "detour" => r.detour = true,
             "deregister_patience" => r.deregister_patience = true,
             "pause_drop" => r.pause_drop = true,
+            "holds" => r.holds = true,
             other => panic!("DISTRO_REVERT: unknown rule {other}"),
         }
     }
@@ -241,6 +243,15 @@ pub struct World {
     /// quiet gap after it ends).
     in_episode: bool,
     episode_until_ms: u64,
+    /// I1, no flaps: since when each node lists each live HTTP client's instance while
+    /// together with the node its beats enter (`flaps.rs`).
+    listed: BTreeMap<(usize, ClientId), u64>,
+    /// The node each HTTP client's last beat or registration entered.
+    beat_entry: BTreeMap<ClientId, usize>,
+    /// Flaps seen (the first few are reported in full).
+    pub flaps: usize,
+    /// A node cut from its peers and from the clients (`faults.rs`), until the network heals.
+    isolated: Option<usize>,
 }
 
 const VIEW_EVERY_MS: u64 = 100;
@@ -277,6 +288,10 @@ impl World {
             watched: BTreeMap::new(),
             in_episode: false,
             episode_until_ms: 0,
+            listed: BTreeMap::new(),
+            beat_entry: BTreeMap::new(),
+            flaps: 0,
+            isolated: None,
             log: Vec::new(),
             verbose: false,
             traffic: Traffic::default(),
