@@ -446,6 +446,13 @@ class World:
                     self.heals.append(now)
             self.block = set(block)
 
+    def peers_since(self, x):
+        """Since when x has been able to talk both ways with every other node (None: it
+        cannot now)."""
+        with self.lock:
+            ps = [p for (a, b), p in self.pair_since.items() if x in (a, b)]
+            return None if any(p is None for p in ps) else max(ps + [0.0])
+
     def reach_since(self, x, t):
         """Since when x and t have been able to talk both ways (None: they cannot now)."""
         with self.lock:
@@ -532,6 +539,7 @@ class Checker:
         self.lock = threading.Lock()
         self.latest = {i: None for i in range(1, n + 1)}
         self.missing = {}  # (node, key) -> [first, last]   (live, reachable, absent)
+        self.shown_at = {}  # (node, key) -> start of the last sweep that listed it
         self.lost = set()  # keys
         self.gone = {}  # (key, node) -> first time absent after death
         self.resurrected = []  # (key, node, t)
@@ -601,11 +609,23 @@ class Checker:
         agrees = True
         for c in self.clients.snapshot():
             here = c.key in s.present
+            if here:
+                self.shown_at[(i, c.key)] = t
             if c.state == "live" and c.born is not None:
                 if c.born <= t - SETTLE_S and not here:
                     agrees = False
                 if not here and c.born <= t - GRACE_S and c.last_ok >= t - 2.5 and c.last_node:
                     since = self.world.reach_since(i, c.last_node)
+                    # The client beats this node itself, which was just cut off from its peers
+                    # (isolate): it learns the client's state from the responsible node again,
+                    # and may lack it until it has listed it again (DISTRO.md I1: a node apart
+                    # from the beats starts over). It is judged only for instances it listed up
+                    # to or since its return (a sweep before the heal counts): those it must
+                    # never drop.
+                    back = self.world.peers_since(i) if c.last_node == i else None
+                    if (since is not None and back is not None and back > t - GRACE_S
+                            and self.shown_at.get((i, c.key), -1.0) < back - 1.0):
+                        since = None
                     if since is not None and since <= t - GRACE_S:
                         with self.lock:
                             m = self.missing.setdefault((i, c.key), [t, t])

@@ -135,6 +135,12 @@ impl Shard {
                     expired.push((id.clone(), entry.service.clone()));
                 } else if silent > u64::from(timing.timeout_ms)
                     && entry.publish.iter().any(|i| i.healthy)
+                    // Unheard of since our pause: a peer that held it meanwhile may hold its
+                    // removal back for a hold (`apart`); a fresh unhealthy revision would
+                    // beat that `Drop` and carry the dead instance back onto every peer
+                    // (found by the chaos harness's pause scenario). It expires, or is
+                    // dropped, or is heard from.
+                    && !self.pause_stale.contains(id)
                 {
                     unhealthy.push((id.clone(), entry.service.clone()));
                 }

@@ -68,7 +68,7 @@ impl World {
                 self.nodes[a].skew_ms = skew;
                 self.say(format!("node {a} wall clock skew {skew} ms"));
             }
-            94..=99 if self.running(a) && self.isolated.is_none() => {
+            94..=99 if self.scenario.isolation && self.running(a) && self.isolated.is_none() => {
                 // Isolation (the chaos harness's `isolate`): node a is cut from every peer
                 // and from the clients, which fail over to the others; at the heal it comes
                 // back as the responsible node of clients it expired meanwhile.

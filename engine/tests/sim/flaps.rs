@@ -9,10 +9,10 @@
 //! on the network makes "together" a matter of luck, so nothing is judged while there is
 //! any (like I3).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use engine::distro::Health;
-use engine::{ClientId, Host};
+use engine::{ClientId, Host, ServiceKey};
 
 use super::World;
 
@@ -20,17 +20,20 @@ use super::World;
 const REPORTED: usize = 3;
 
 impl World {
-    /// The addresses (`addr_key`) node `i` shows an instance at. Cheap on purpose: this
-    /// runs on every check tick of every seed.
-    fn shown_addrs(&self, i: usize) -> HashSet<u64> {
+    /// The addresses node `i` shows an instance at in `services`. Cheap on purpose: this
+    /// runs on every check tick of every seed, so it reads only those services' views (a
+    /// walk over the whole index visits each of its buckets).
+    fn shown_addrs(&self, i: usize, services: &BTreeSet<ServiceKey>) -> HashSet<u64> {
         let mut out = HashSet::new();
-        self.nodes[i].index.for_each(|view| {
-            for inst in view.instances() {
-                if let Host::V4(ip) = &inst.host {
-                    out.insert(u64::from(u32::from(*ip)) << 16 | u64::from(inst.port));
+        for s in services {
+            if let Some(view) = self.nodes[i].index.view(s) {
+                for inst in view.instances() {
+                    if let Host::V4(ip) = &inst.host {
+                        out.insert(u64::from(u32::from(*ip)) << 16 | u64::from(inst.port));
+                    }
                 }
             }
-        });
+        }
         out
     }
 
@@ -58,6 +61,12 @@ impl World {
             self.listed.clear();
             return;
         }
+        let services: BTreeSet<ServiceKey> = self
+            .truth
+            .iter()
+            .filter(|(c, _)| c.is_heartbeat())
+            .flat_map(|(_, t)| t.publishes.keys().cloned())
+            .collect();
         for i in 0..self.nodes.len() {
             let n = &self.nodes[i];
             // UP: running and loaded; judged only for what it listed since it last started
@@ -68,7 +77,7 @@ impl World {
                 continue;
             }
             let fresh_since = n.started_ms.max(n.paused_until_ms);
-            let shown = self.shown_addrs(i);
+            let shown = self.shown_addrs(i, &services);
             let live: Vec<(ClientId, u64, usize)> = self
                 .truth
                 .keys()

@@ -132,6 +132,9 @@ pub struct Scenario {
     /// HTTP clients also die silently now and then: they stop beating, with no
     /// deregistration (a killed process), whatever the network is doing (I8).
     pub http_deaths: bool,
+    /// Random faults also isolate a node (cut from every peer and from the clients) until
+    /// the network heals: the chaos harness's `isolate` (`Scenario::heals`).
+    pub isolation: bool,
 }
 
 impl Scenario {
@@ -157,6 +160,7 @@ impl Scenario {
                 .map_or(true, |v| v != "0"),
             // `DISTRO_HTTP_DEATHS=0` turns them off.
             http_deaths: std::env::var("DISTRO_HTTP_DEATHS").map_or(true, |v| v != "0"),
+            isolation: false,
         }
     }
 
@@ -169,6 +173,17 @@ impl Scenario {
             fault_from_ms: 2_000,
             fault_until_ms: 20_000,
             ..Scenario::standard()
+        }
+    }
+
+    /// The short runs with isolation added to the random faults: partitions, one-way cuts,
+    /// isolations, restarts while clients move, and the heals after them — what made live
+    /// instances flap at heals (I1, no flaps). A separate sweep, so that the short sweep's
+    /// seeds (and its known failing ones) stay what they were.
+    pub fn heals() -> Scenario {
+        Scenario {
+            isolation: true,
+            ..Scenario::short()
         }
     }
 
