@@ -971,7 +971,14 @@ def run_scenario(name, args, net, binary, loadgen, workdir, seed):
                 break
             time.sleep(0.2)
         final = checker.agreed_since(t_hold)
+        # A sweep reads instanceCount before the lists: when the last dead instance goes just
+        # then, that sweep's count still has it while its lists do not. The counts must agree
+        # once the sweeps after it are in (at most 2 s), not at one instant.
         counts = checker.counts()
+        t_counts = time.time()
+        while len(set(counts.values())) != 1 and time.time() < t_counts + 2.0:
+            time.sleep(0.2)
+            counts = checker.counts()
         rss_end = {i: (nodes[i].rss_mb() or 0) for i in nodes}
     except Exception as e:  # a harness failure is reported as a failed scenario, never hidden
         log(f"  ERROR: {e}")
