@@ -110,7 +110,7 @@ impl World {
                     (Some(s), false) => {
                         self.listed.remove(&key);
                         self.flaps += 1;
-                        if self.flaps <= REPORTED {
+                        if self.flaps <= REPORTED && self.scenario.flaps_are_violations {
                             let c = key.1;
                             self.log.push(format!("I1 (flap) at node {i} at {now} ms:"));
                             self.describe_client(&c);

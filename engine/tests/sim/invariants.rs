@@ -535,9 +535,10 @@ impl World {
             }
         }
         format!(
-            "truth {} instances; {}",
+            "truth {} instances; {}; flaps (I1) {}",
             self.truth_set(|_, _, _| true).len(),
-            parts.join(", ")
+            parts.join(", "),
+            self.flaps
         )
     }
 }

@@ -135,6 +135,11 @@ pub struct Scenario {
     /// Random faults also isolate a node (cut from every peer and from the clients) until
     /// the network heals: the chaos harness's `isolate` (`Scenario::heals`).
     pub isolation: bool,
+    /// Whether a flap (I1, no flaps: `flaps.rs`) is a violation. Always checked and counted
+    /// (`World::flaps`); a violation in the heals sweep and the holds mutation test, and
+    /// everywhere with `DISTRO_FLAPS=1` — the standard, short and crash sweeps still flap
+    /// where views disagree (DISTRO.md, Known gaps).
+    pub flaps_are_violations: bool,
 }
 
 impl Scenario {
@@ -161,6 +166,7 @@ impl Scenario {
             // `DISTRO_HTTP_DEATHS=0` turns them off.
             http_deaths: std::env::var("DISTRO_HTTP_DEATHS").map_or(true, |v| v != "0"),
             isolation: false,
+            flaps_are_violations: std::env::var("DISTRO_FLAPS").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -183,6 +189,7 @@ impl Scenario {
     pub fn heals() -> Scenario {
         Scenario {
             isolation: true,
+            flaps_are_violations: true,
             ..Scenario::short()
         }
     }
