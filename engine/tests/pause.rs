@@ -175,19 +175,28 @@ fn a_peer_away_while_we_expired_its_client_gets_the_drop_when_it_is_back() {
     assert_eq!(instance_count(&shard, &service), 0, "expired (no beats)");
     while shard.poll_command().is_some() {}
     shard.handle_members(now(t + 1_000), cluster_shard::members());
-    shard.handle_timeout(now(t + 1_100));
+    // The peer was away when the client expired: the removal waits for the client's hold
+    // (two beat intervals and a second) after it is back, in case the beats went to it
+    // (DISTRO.md, "Silence is not death to a member that was apart").
+    let hold = 2 * 5_000 + 1_000;
     let mut dropped = false;
-    while let Some(cmd) = shard.poll_command() {
-        if let engine::Command::Peer {
-            to,
-            msg: PeerMsg::Sync { items, .. },
-            ..
-        } = cmd
-        {
-            assert_eq!(to, peer);
-            dropped |= items
-                .iter()
-                .any(|i| matches!(i, SyncItem::Drop { client: c, .. } if c == &client));
+    let mut at = t + 1_000;
+    while at < t + 1_000 + hold + 1_500 {
+        at += 100;
+        shard.handle_timeout(now(at));
+        shard.flush(now(at));
+        while let Some(cmd) = shard.poll_command() {
+            if let engine::Command::Peer {
+                to,
+                msg: PeerMsg::Sync { items, .. },
+                ..
+            } = cmd
+            {
+                assert_eq!(to, peer);
+                dropped |= items
+                    .iter()
+                    .any(|i| matches!(i, SyncItem::Drop { client: c, .. } if c == &client));
+            }
         }
     }
     assert!(dropped, "the peer hears that we removed {client:?}");

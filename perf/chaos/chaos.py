@@ -446,6 +446,13 @@ class World:
                     self.heals.append(now)
             self.block = set(block)
 
+    def peers_since(self, x):
+        """Since when x has been able to talk both ways with every other node (None: it
+        cannot now)."""
+        with self.lock:
+            ps = [p for (a, b), p in self.pair_since.items() if x in (a, b)]
+            return None if any(p is None for p in ps) else max(ps + [0.0])
+
     def reach_since(self, x, t):
         """Since when x and t have been able to talk both ways (None: they cannot now)."""
         with self.lock:
@@ -486,7 +493,7 @@ def failure_reasons(res, name, ctx, agree, final, over_bound, checker, growth):
     if "error" in res:
         out.append(f"error: {res['error']}")
     if res.get("live_lost"):
-        out.append(f"live instances lost: {[m for m in res['missing'] if m['kind'] == 'lost'][:10]}")
+        out.append(f"live instances lost (flaps included): {res['missing'][:10]}")
     if name == "kill-during-load" and not ctx.extra.get("killed_during_load"):
         out.append("the node was not caught loading")
     if agree is None:
@@ -532,6 +539,7 @@ class Checker:
         self.lock = threading.Lock()
         self.latest = {i: None for i in range(1, n + 1)}
         self.missing = {}  # (node, key) -> [first, last]   (live, reachable, absent)
+        self.shown_at = {}  # (node, key) -> start of the last sweep that listed it
         self.lost = set()  # keys
         self.gone = {}  # (key, node) -> first time absent after death
         self.resurrected = []  # (key, node, t)
@@ -601,11 +609,23 @@ class Checker:
         agrees = True
         for c in self.clients.snapshot():
             here = c.key in s.present
+            if here:
+                self.shown_at[(i, c.key)] = t
             if c.state == "live" and c.born is not None:
                 if c.born <= t - SETTLE_S and not here:
                     agrees = False
                 if not here and c.born <= t - GRACE_S and c.last_ok >= t - 2.5 and c.last_node:
                     since = self.world.reach_since(i, c.last_node)
+                    # The client beats this node itself, which was just cut off from its peers
+                    # (isolate): it learns the client's state from the responsible node again,
+                    # and may lack it until it has listed it again (DISTRO.md I1: a node apart
+                    # from the beats starts over). It is judged only for instances it listed up
+                    # to or since its return (a sweep before the heal counts): those it must
+                    # never drop.
+                    back = self.world.peers_since(i) if c.last_node == i else None
+                    if (since is not None and back is not None and back > t - GRACE_S
+                            and self.shown_at.get((i, c.key), -1.0) < back - 1.0):
+                        since = None
                     if since is not None and since <= t - GRACE_S:
                         with self.lock:
                             m = self.missing.setdefault((i, c.key), [t, t])
@@ -951,7 +971,14 @@ def run_scenario(name, args, net, binary, loadgen, workdir, seed):
                 break
             time.sleep(0.2)
         final = checker.agreed_since(t_hold)
+        # A sweep reads instanceCount before the lists: when the last dead instance goes just
+        # then, that sweep's count still has it while its lists do not. The counts must agree
+        # once the sweeps after it are in (at most 2 s), not at one instant.
         counts = checker.counts()
+        t_counts = time.time()
+        while len(set(counts.values())) != 1 and time.time() < t_counts + 2.0:
+            time.sleep(0.2)
+            counts = checker.counts()
         rss_end = {i: (nodes[i].rss_mb() or 0) for i in nodes}
     except Exception as e:  # a harness failure is reported as a failed scenario, never hidden
         log(f"  ERROR: {e}")
@@ -972,12 +999,16 @@ def run_scenario(name, args, net, binary, loadgen, workdir, seed):
     cl = clients.snapshot()
     missing, lost, flaps = [], set(), set()
     for (i, k), (a, b) in sorted(checker.missing.items(), key=lambda kv: kv[1][0]):
-        # A heal re-homes heartbeat clients (DISTRO.md "Membership changes"); an instance gone
-        # for at most one beat interval right after one is a flap, anything else a loss.
-        # A sweep takes up to ~0.5 s: one that started just before the heal counts as after it.
+        # Every live instance missing is lost (DISTRO.md I1, "No flaps"): one gone for at
+        # most one beat interval right after a heal (a flap: the restored owner's "nothing"
+        # winning the hand-over) is lost too; it is only also counted as a flap, to tell
+        # the two apart. A sweep takes up to ~0.5 s: one that started just before the heal
+        # counts as after it.
         near_heal = any(-0.5 <= a - h <= GRACE_S for h in world.heals)
         flap = near_heal and b - a <= BEAT_MS / 1000 + 1.0
-        (flaps if flap else lost).add(k)
+        lost.add(k)
+        if flap:
+            flaps.add(k)
         missing.append({"node": i, "instance": k, "kind": "flap" if flap else "lost",
                         "from_s": round(a - ctx.fault_start, 2) if ctx.fault_start else None,
                         "for_s": round(b - a, 2)})

@@ -64,6 +64,10 @@ pub struct Reverted {
     /// a `Resync` of one is answered with fresh revisions (the pause/`Drop` rule of DISTRO.md,
     /// "Leases and expiry"; carried to the shards by `DistroConfig::reverted`).
     pub pause_drop: bool,
+    /// A heartbeat client removed while a member was apart is dropped there at once when it
+    /// is back, whatever beats it had (the holds of DISTRO.md, I1 "No flaps"; carried to the
+    /// shards by `DistroConfig::reverted`).
+    pub holds: bool,
 }
 
 /// One node's membership state: its links, the peers' reports, what it heard when.

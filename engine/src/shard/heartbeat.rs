@@ -135,6 +135,12 @@ impl Shard {
                     expired.push((id.clone(), entry.service.clone()));
                 } else if silent > u64::from(timing.timeout_ms)
                     && entry.publish.iter().any(|i| i.healthy)
+                    // Unheard of since our pause: a peer that held it meanwhile may hold its
+                    // removal back for a hold (`apart`); a fresh unhealthy revision would
+                    // beat that `Drop` and carry the dead instance back onto every peer
+                    // (found by the chaos harness's pause scenario). It expires, or is
+                    // dropped, or is heard from.
+                    && !self.pause_stale.contains(id)
                 {
                     unhealthy.push((id.clone(), entry.service.clone()));
                 }
@@ -157,8 +163,15 @@ impl Shard {
             self.stats
                 .expired_instances
                 .fetch_add(entry.publish.len() as u64, Ordering::Relaxed);
+            let (last_beat, hold) = (
+                entry.last_beat_ms,
+                super::replication::hold_for(&entry.publish),
+            );
             self.send_service_op(entry.service, ServiceOp::Remove { client: id.clone() });
             self.drop_client_if_empty(&id);
+            // Silence here proves nothing to a member we could not hear meanwhile: its
+            // removal waits for it (DISTRO.md, I1 "No flaps").
+            self.hold_expiry(&id, last_beat, hold);
         }
     }
 }

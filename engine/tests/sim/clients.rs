@@ -63,6 +63,15 @@ impl World {
     /// next live node after it (the SDKs' failover); now and then a random node (a client
     /// behind a load balancer).
     fn http_entry(&mut self, home: usize, alive: &[usize]) -> usize {
+        // An isolated node does not answer clients (while another one does).
+        let reachable: Vec<usize>;
+        let alive = match self.isolated {
+            Some(x) if alive.iter().any(|n| *n != x) => {
+                reachable = alive.iter().copied().filter(|n| *n != x).collect();
+                &reachable[..]
+            }
+            _ => alive,
+        };
         if self.rng.chance(0.1) {
             return alive[self.rng.below(alive.len() as u64) as usize];
         }
@@ -97,6 +106,9 @@ impl World {
             .insert((entry, token), (client.clone(), self.now_ms));
         self.http_busy.insert(client.clone(), self.now_ms);
         let deregister = matches!(op, ClientOp::Deregister { .. });
+        if !deregister {
+            self.beat_entry.insert(client.clone(), entry);
+        }
         let route =
             self.nodes[entry]
                 .router

@@ -30,6 +30,7 @@ impl World {
             }
             55..=69 if !self.blocked.is_empty() => {
                 self.blocked.clear();
+                self.isolated = None;
                 self.say("network heals".into());
             }
             70..=79 => {
@@ -66,6 +67,17 @@ impl World {
                 let skew = [-600_000i64, -5_000, 0, 5_000, 600_000][self.rng.below(5) as usize];
                 self.nodes[a].skew_ms = skew;
                 self.say(format!("node {a} wall clock skew {skew} ms"));
+            }
+            94..=99 if self.scenario.isolation && self.running(a) && self.isolated.is_none() => {
+                // Isolation (the chaos harness's `isolate`): node a is cut from every peer
+                // and from the clients, which fail over to the others; at the heal it comes
+                // back as the responsible node of clients it expired meanwhile.
+                for b in (0..count).filter(|b| *b != a) {
+                    self.blocked.insert((a, b));
+                    self.blocked.insert((b, a));
+                }
+                self.isolated = Some(a);
+                self.say(format!("node {a} isolated"));
             }
             _ => {}
         }
@@ -160,6 +172,7 @@ impl World {
 
     pub(super) fn heal(&mut self) {
         self.blocked.clear();
+        self.isolated = None;
         self.loss = 0.0;
         self.dup = 0.0;
         self.jitter_ms = 2;

@@ -288,6 +288,7 @@ impl World {
             }
         }
         self.check_dead();
+        self.check_flaps();
         // I3 applies only on a lossless network (loss makes "reachable" a matter of luck).
         if self.loss > 0.0 || self.now_ms < self.last_disturbance_ms.saturating_add(grace) {
             return;
@@ -369,7 +370,7 @@ impl World {
     }
 
     /// Every alive node's state of client `c`, into the log.
-    fn describe_client(&mut self, c: &ClientId) {
+    pub(super) fn describe_client(&mut self, c: &ClientId) {
         self.describe_client_as(c, format!("  {c}:"));
     }
 
@@ -541,9 +542,10 @@ impl World {
             }
         }
         format!(
-            "truth {} instances; {}",
+            "truth {} instances; {}; flaps (I1) {}",
             self.truth_set(|_, _, _| true).len(),
-            parts.join(", ")
+            parts.join(", "),
+            self.flaps
         )
     }
 }

@@ -33,6 +33,7 @@ use engine::{ClientId, ServiceKey};
 
 mod clients;
 mod faults;
+mod flaps;
 mod invariants;
 mod network;
 mod nodes;
@@ -73,7 +74,7 @@ impl Rng {
 }
 
 /// The rules `DISTRO_REVERT` turns off (comma-separated: `vouching`, `detour`,
-/// `deregister_patience`, `pause_drop`), to replay what a mutation test found.
+/// `deregister_patience`, `pause_drop`, `holds`), to replay what a mutation test found.
 pub fn reverted_from_env() -> Reverted {
     let mut r = Reverted::default();
     for name in std::env::var("DISTRO_REVERT")
@@ -86,6 +87,7 @@ pub fn reverted_from_env() -> Reverted {
             "detour" => r.detour = true,
             "deregister_patience" => r.deregister_patience = true,
             "pause_drop" => r.pause_drop = true,
+            "holds" => r.holds = true,
             other => panic!("DISTRO_REVERT: unknown rule {other}"),
         }
     }
@@ -130,6 +132,14 @@ pub struct Scenario {
     /// HTTP clients also die silently now and then: they stop beating, with no
     /// deregistration (a killed process), whatever the network is doing (I8).
     pub http_deaths: bool,
+    /// Random faults also isolate a node (cut from every peer and from the clients) until
+    /// the network heals: the chaos harness's `isolate` (`Scenario::heals`).
+    pub isolation: bool,
+    /// Whether a flap (I1, no flaps: `flaps.rs`) is a violation. Always checked and counted
+    /// (`World::flaps`); a violation in the heals sweep and the holds mutation test, and
+    /// everywhere with `DISTRO_FLAPS=1` — the standard, short and crash sweeps still flap
+    /// where views disagree (DISTRO.md, Known gaps).
+    pub flaps_are_violations: bool,
 }
 
 impl Scenario {
@@ -155,6 +165,8 @@ impl Scenario {
                 .map_or(true, |v| v != "0"),
             // `DISTRO_HTTP_DEATHS=0` turns them off.
             http_deaths: std::env::var("DISTRO_HTTP_DEATHS").map_or(true, |v| v != "0"),
+            isolation: false,
+            flaps_are_violations: std::env::var("DISTRO_FLAPS").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -167,6 +179,18 @@ impl Scenario {
             fault_from_ms: 2_000,
             fault_until_ms: 20_000,
             ..Scenario::standard()
+        }
+    }
+
+    /// The short runs with isolation added to the random faults: partitions, one-way cuts,
+    /// isolations, restarts while clients move, and the heals after them — what made live
+    /// instances flap at heals (I1, no flaps). A separate sweep, so that the short sweep's
+    /// seeds (and its known failing ones) stay what they were.
+    pub fn heals() -> Scenario {
+        Scenario {
+            isolation: true,
+            flaps_are_violations: true,
+            ..Scenario::short()
         }
     }
 
@@ -241,6 +265,15 @@ pub struct World {
     /// quiet gap after it ends).
     in_episode: bool,
     episode_until_ms: u64,
+    /// I1, no flaps: since when each node lists each live HTTP client's instance while
+    /// together with the node its beats enter (`flaps.rs`).
+    listed: BTreeMap<(usize, ClientId), u64>,
+    /// The node each HTTP client's last beat or registration entered.
+    beat_entry: BTreeMap<ClientId, usize>,
+    /// Flaps seen (the first few are reported in full).
+    pub flaps: usize,
+    /// A node cut from its peers and from the clients (`faults.rs`), until the network heals.
+    isolated: Option<usize>,
 }
 
 const VIEW_EVERY_MS: u64 = 100;
@@ -277,6 +310,10 @@ impl World {
             watched: BTreeMap::new(),
             in_episode: false,
             episode_until_ms: 0,
+            listed: BTreeMap::new(),
+            beat_entry: BTreeMap::new(),
+            flaps: 0,
+            isolated: None,
             log: Vec::new(),
             verbose: false,
             traffic: Traffic::default(),

@@ -75,6 +75,8 @@ impl Shard {
         if now_ms.saturating_sub(d.last_expiry_ms) >= 1_000 {
             d.last_expiry_ms = now_ms;
             self.expire_replicas();
+            // Once a second, like leases: a hold is seconds long.
+            self.release_holds();
         }
     }
 

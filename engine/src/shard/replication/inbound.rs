@@ -22,6 +22,7 @@ impl Shard {
                     self.renew(&client);
                     self.drop_replica_if_empty(&client, None);
                 } else {
+                    self.refine_hold(&client, &entry.publish);
                     self.note_claim(from, &client);
                 }
             }
@@ -37,7 +38,11 @@ impl Shard {
             }
             SyncItem::Full(state) => {
                 let client = state.client.clone();
+                let publish = state.entries.first().map(|e| e.publish.clone());
                 if !self.apply_full(from, state) {
+                    if let Some(publish) = publish {
+                        self.refine_hold(&client, &publish);
+                    }
                     self.note_claim(from, &client);
                 }
             }
@@ -104,9 +109,29 @@ impl Shard {
                     && responsible.is_some()
                     && responsible.as_ref() == d.members.me.as_ref()
                     && d.owned_removals.contains_key(client);
-                if older || not_from_authority || removed_as_owner {
+                // A removal we hold back from `origin` (it was apart: `apart`) is not undone by
+                // its copy from before the removal — it may be a dead client's, kept by a
+                // node that did not run (a pause). A copy newer than the removal is news: the
+                // client changed there since (its owner restamps what we resync).
+                let held_older = client.is_heartbeat()
+                    && !d.held.is_empty()
+                    && self.held_from(origin, client)
+                    && d.owned_removals.get(client).is_none_or(|(r, _)| rev <= *r);
+                if older || not_from_authority || removed_as_owner || held_older {
                     bump(&self.stats.distro.stale, 1);
+                    let removed_ms = [
+                        removed.map(|(_, at)| *at),
+                        d.owned_removals.get(client).map(|(_, at)| *at),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(now_ms);
                     if client.is_heartbeat() && responsible.as_ref() == d.members.me.as_ref() {
+                        // ... unless the sender was apart when it was removed: it may have
+                        // had the beats, and our "nothing" waits (`apart`: no flaps).
+                        let origin_c = origin.clone();
+                        self.hold_refusal(&origin_c, client, removed_ms);
                         // We are responsible and removed it within a lease: the sender
                         // (handing it over to us, or a stand-in) is told so, or its copy
                         // would live on — unconfirmed, for a lease — showing a dead
@@ -439,7 +464,13 @@ impl Shard {
         self.clients.swap_remove(client);
         self.stats.count_client(client, -1);
         self.stats.replica_clients.fetch_sub(1, Ordering::Relaxed);
-        self.remember_removal(client, min_rev, now_ms);
+        // A copy that never held anything newer than revision 0 (a hand-over waiting for
+        // its owner, served in a snapshot) removed nothing: no memory, which would refuse
+        // the owner's real state (found by the simulator's no-flap check: a restarted node
+        // refused the live owner's copy and dropped it there).
+        if min_rev > 0 {
+            self.remember_removal(client, min_rev, now_ms);
+        }
     }
 
     pub(super) fn remember_removal(&mut self, client: &ClientId, min_rev: u64, now_ms: u64) {

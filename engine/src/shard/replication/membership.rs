@@ -47,6 +47,10 @@ impl Shard {
             .collect();
         d.serving
             .retain(|s| peers.contains(&s.to) && !down.contains(&s.to));
+        self.note_away(&old);
+        let Some(d) = self.distro.as_mut() else {
+            return;
+        };
         let responsibility_changed =
             old.candidates() != d.members.candidates() || old.me != d.members.me;
         if responsibility_changed {

@@ -15,6 +15,7 @@
 //!   `pump`, which sends them as sync batches within the in-flight window;
 //! - `inbound`: applying a peer's changes to the copies we hold (I2), and moving clients
 //!   between "ours" and "a copy" (hand-overs, take-overs, removal memory);
+//! - `apart`: removals held back from members that were apart (I1, no flaps);
 //! - `claims`: heartbeat clients that another node claims against our view of the members
 //!   (asymmetric partitions), and beats relayed to such claimants;
 //! - `membership`: reacting to a changed member list, rebalancing heartbeat clients;
@@ -35,6 +36,8 @@ use crate::distro::{
     ClientState, DistroConfig, EntryState, Health, Members, NodeId, PeerMsg, PARTITIONS, SLICES,
 };
 
+mod apart;
+pub(super) use apart::hold_for;
 mod claims;
 mod housekeeping;
 mod inbound;
@@ -266,6 +269,11 @@ pub(crate) struct DistroState {
     /// of the removal and when (mono ms), kept for a lease. A peer that was DOWN meanwhile
     /// still gets the `Drop` when it is back, even if the client is its own again by then.
     owned_removals: HashMap<ClientId, (u64, u64), StableHasher>,
+    /// When each member was last not UP (mono ms), as seen here: a removal made while it
+    /// was away is held back from it (`apart`).
+    last_away: HashMap<NodeId, u64>,
+    /// Removals of heartbeat clients held back from members that were apart (`apart`).
+    held: HashMap<ClientId, apart::Held, StableHasher>,
 }
 
 impl Shard {
@@ -315,6 +323,8 @@ impl Shard {
             handovers: HashMap::default(),
             pump_cursor: HashMap::new(),
             owned_removals: HashMap::default(),
+            last_away: HashMap::new(),
+            held: HashMap::default(),
         }));
         self.set_timer(now.mono_ms + TICK_MS, Timer::DistroTick);
         self.set_timer(verify_at, Timer::Verify);

@@ -191,7 +191,14 @@ impl Shard {
             let keys: Vec<SyncKey> = part.dirty.drain(..take).collect();
             let seq = part.next_seq;
             part.next_seq += 1;
-            let items: Vec<SyncItem> = keys.iter().filter_map(|k| self.sync_item(k)).collect();
+            let items: Vec<SyncItem> = keys
+                .iter()
+                .filter_map(|k| self.sync_item(peer, k))
+                .collect();
+            if items.is_empty() {
+                // Nothing to say for these keys (held removals, clients no longer ours).
+                continue;
+            }
             let Some(part) = self.link_part(peer, partition) else {
                 return;
             };
@@ -210,8 +217,12 @@ impl Shard {
 
     /// The current state behind a pending key: always the newest, never what it was when
     /// the change was queued (a retry sends the current state, I3).
-    pub(super) fn sync_item(&self, key: &SyncKey) -> Option<SyncItem> {
+    pub(super) fn sync_item(&self, peer: &NodeId, key: &SyncKey) -> Option<SyncItem> {
         let Some(client) = self.clients.get(&key.client) else {
+            // Held back from a member that was apart: it may have had the beats (`apart`).
+            if self.held_from(peer, &key.client) {
+                return None;
+            }
             // Gone. Only its owner announces that: a heartbeat client we handed over and then
             // lost as a copy is not ours to delete everywhere. One we removed as its owner
             // is, even if it belongs to another member by now: that member may have been

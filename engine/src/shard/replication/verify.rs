@@ -110,6 +110,16 @@ impl Shard {
                 }
             }
         }
+        // Removals held back from this peer: listed as present while the hold lasts, so its
+        // copies are renewed, not pruned (`apart`).
+        for (slice, hash) in self.held_listing(&from, partition, |s| differ.contains_key(&s)) {
+            if let Some(list) = differ.get_mut(&slice) {
+                list.push(hash);
+            }
+        }
+        let Some(d) = self.distro.as_ref() else {
+            return;
+        };
         // A node still loading its snapshot may not know all the clients it is responsible
         // for (heartbeat clients it held before a restart): `as_of = 0` tells the peer to
         // renew what is listed and delete nothing (I6).
