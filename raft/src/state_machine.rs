@@ -142,8 +142,20 @@ fn snapshot_payload<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], FileEr
 /// Decodes a snapshot file (frame, then contents); errors name `path`.
 pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<(Meta, Store), FileError> {
     let payload = snapshot_payload(path, bytes)?;
-    postcard::from_bytes(payload)
-        .map_err(|e| FileError::new(path, format!("undecodable snapshot: {e}")))
+    match postcard::from_bytes(payload) {
+        Ok(v) => Ok(v),
+        // Snapshots written before the auth key space existed hold the naming space only.
+        Err(e) => match postcard::from_bytes::<(Meta, engine::store::NamingSpace)>(payload) {
+            Ok((meta, naming)) => Ok((
+                meta,
+                Store {
+                    naming,
+                    ..Store::default()
+                },
+            )),
+            Err(_) => Err(FileError::new(path, format!("undecodable snapshot: {e}"))),
+        },
+    }
 }
 
 impl StateMachine {

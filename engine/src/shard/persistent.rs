@@ -64,7 +64,12 @@ pub fn instance_of(stored: &PersistentInstance) -> Result<Instance, InvalidInput
 /// this way: refusing one would stop replication for good, and [`action_for`] already keeps
 /// an invalid record out of the views.
 pub fn check_command(cmd: &StoreCommand) -> Result<(), InvalidInput> {
-    let StoreCommand::Naming(cmd) = cmd;
+    let cmd = match cmd {
+        StoreCommand::Naming(cmd) => cmd,
+        StoreCommand::Auth(cmd) => {
+            return crate::store::auth::check(cmd).map_err(InvalidInput);
+        }
+    };
     match cmd {
         NamingCommand::Register { service, instance } => {
             service_key(service)?;

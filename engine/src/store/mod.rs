@@ -4,15 +4,16 @@
 //! exact [`StoreEffect`]s of a command.
 //!
 //! The store is organised in *key spaces*, one per kind of durable data, so that the log format
-//! is not naming-only: [`naming`] now (persistent instances, service and cluster definitions);
-//! users and permissions, and configuration items, later, each a variant of [`StoreCommand`]
-//! and a field of [`Store`]. A Raft entry carries a batch of commands (one entry per batch of
+//! is not naming-only: [`naming`] (persistent instances, service and cluster definitions),
+//! [`auth`] (users, roles, permissions, the token secret); configuration items later, each a
+//! variant of [`StoreCommand`] and a field of [`Store`]. A Raft entry carries a batch of commands (one entry per batch of
 //! client writes); the Raft glue (`nacelle-raft`) owns the entry and snapshot byte formats.
 //!
 //! # Layout
 //! - this file: [`StoreCommand`], [`StoreResponse`], [`StoreEffect`] and [`Store`] (dispatch,
 //!   snapshot replacement as a diff);
-//! - [`naming`]: the naming key space — its records, commands, effects and rules.
+//! - [`naming`]: the naming key space — its records, commands, effects and rules;
+//! - [`auth`]: the auth key space — users, role bindings, permissions, the token secret.
 //!
 //! # Why effects
 //! The registry's query path (lock-free views, answer caches, pushes) lives in the shards. The
@@ -20,10 +21,12 @@
 //! service S", "service S defined"), and the server feeds them to the shards as ordinary
 //! operations, so persistent instances are served exactly like ephemeral ones.
 
+pub mod auth;
 pub mod naming;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthCommand, AuthEffect, AuthSpace};
 pub use naming::{NamingCommand, NamingEffect, NamingSpace};
 
 /// One replicated write. Commands are built by the front ends from validated input; applying
@@ -32,6 +35,8 @@ pub use naming::{NamingCommand, NamingEffect, NamingSpace};
 pub enum StoreCommand {
     /// A write to the naming key space.
     Naming(NamingCommand),
+    /// A write to the auth key space.
+    Auth(AuthCommand),
 }
 
 /// The outcome of one command, the same on every replica.
@@ -70,6 +75,8 @@ impl StoreResponse {
 pub enum StoreEffect {
     /// A change in the naming key space.
     Naming(NamingEffect),
+    /// A change in the auth key space.
+    Auth(AuthEffect),
 }
 
 /// The whole replicated state.
@@ -77,6 +84,8 @@ pub enum StoreEffect {
 pub struct Store {
     /// The naming key space.
     pub naming: NamingSpace,
+    /// The auth key space.
+    pub auth: AuthSpace,
 }
 
 impl Store {
@@ -85,6 +94,9 @@ impl Store {
         match cmd {
             StoreCommand::Naming(cmd) => self.naming.apply(cmd, &mut |e| {
                 effects.push(StoreEffect::Naming(e));
+            }),
+            StoreCommand::Auth(cmd) => self.auth.apply(cmd, &mut |e| {
+                effects.push(StoreEffect::Auth(e));
             }),
         }
     }
@@ -97,11 +109,16 @@ impl Store {
         self.naming.diff_from(&old.naming, &mut |e| {
             effects.push(StoreEffect::Naming(e));
         });
+        if self.auth != old.auth {
+            effects.push(StoreEffect::Auth(AuthEffect::Changed(std::sync::Arc::new(
+                self.auth.clone(),
+            ))));
+        }
     }
 
     /// Number of records (instances, definitions), for metrics.
     pub fn len(&self) -> usize {
-        self.naming.len()
+        self.naming.len() + self.auth.len()
     }
 
     /// Whether the store holds nothing.

@@ -30,8 +30,9 @@ fn apply(store: &mut Store, cmd: NamingCommand) -> (StoreResponse, Vec<NamingEff
     let response = store.apply(&StoreCommand::Naming(cmd), &mut effects);
     let effects = effects
         .into_iter()
-        .map(|e| match e {
-            StoreEffect::Naming(e) => e,
+        .filter_map(|e| match e {
+            StoreEffect::Naming(e) => Some(e),
+            StoreEffect::Auth(_) => None,
         })
         .collect();
     (response, effects)
