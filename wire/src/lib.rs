@@ -26,7 +26,8 @@
 //! - [`auth`]: the credentials of a request (token, or user name and password) as Nacos reads
 //!   them from HTTP headers and parameters and gRPC metadata, and the naming resource it touches.
 //! - [`fuzzing`]: the properties of the fuzz targets (`fuzz/`) and their seeds, shared with
-//!   the stable mirrors in `tests/fuzz.rs`.
+//!   the stable mirrors in `tests/fuzz.rs`; [`fuzzing_auth`]: those of the credential and token
+//!   targets (mirror: `tests/fuzz_auth.rs`).
 
 //!
 //! # Features
@@ -67,6 +68,7 @@ mod peer_fb {
 
 pub mod auth;
 pub mod fuzzing;
+pub mod fuzzing_auth;
 pub mod http_params;
 pub mod naming;
 pub mod payload;
