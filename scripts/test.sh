@@ -52,6 +52,9 @@ NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
 step "official SDKs against a 3-node cluster (suites on node 2; test_cluster.py writes on one node, reads on the others)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle-cluster
 
+step "official SDKs with --auth (Python gRPC, Node HTTP, Rust gRPC: good credentials, none, wrong password, forged/expired token, outside permissions)"
+NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/auth.sh
+
 # Every fault scenario of perf/chaos, with shorter faults (--quick: about 3.5 min for the
 # ephemeral ones, 1 min for the persistent (Raft) ones). Needs root for network namespaces;
 # where that is impossible chaos.py exits 2 and this says so.

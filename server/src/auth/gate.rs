@@ -3,7 +3,8 @@
 //!
 //! What is checked, as in Nacos: the naming API (HTTP v1/v2 `/ns/*`, gRPC instance,
 //! query, subscribe and list requests) needs action `r` (reads) or `w` (writes) on the
-//! resource `namespace:group:naming/service`; the other APIs under `/nacos/v1` and `/nacos/v2`
+//! resource `namespace:group:naming/service`; `/ns/operator/metrics` (server status, the Node
+//! SDK's health check) and the other APIs under `/nacos/v1` and `/nacos/v2`
 //! (cluster status, console data) need a valid identity. Open: health probes
 //! (`/nacos/v1/console/health/*`), Prometheus `/metrics`, the console's `server/state` and
 //! static pages, the gRPC handshake and health checks, and `/nacos/v1/auth/*` (which checks
@@ -163,6 +164,10 @@ enum Need {
 }
 
 fn need_of(method: &Method, path: &str) -> Need {
+    // Server status (the Node SDK's health check) needs an identity, not a service's rights.
+    if path.ends_with("/ns/operator/metrics") {
+        return Need::Identity;
+    }
     if path.starts_with("/nacos/v1/ns/") || path.starts_with("/nacos/v2/ns/") {
         return Need::Resource(if method == Method::GET {
             Action::Read
