@@ -7,6 +7,10 @@
 //! bcrypt per request: each core remembers the pairs that passed, as a SHA-256 digest of
 //! (user, password, stored hash) — never the password — in a bounded set. A changed password
 //! changes the stored hash, so the old pair no longer matches.
+//!
+//! Comparisons: bcrypt's own check compares in constant time (`subtle`), token signatures
+//! are checked by `ring`'s HMAC verification (constant time); the cache is looked up by a
+//! SHA-256 digest whose timing says nothing usable about the password.
 
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
