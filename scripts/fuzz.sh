@@ -34,7 +34,7 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 
 EOF
-    exec cargo test --release -p nacelle-wire --test fuzz --test peer --test fuzz_udp_push --test raft
+    exec cargo test --release -p nacelle-wire --test fuzz --test peer --test fuzz_udp_push --test raft --test fuzz_auth
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

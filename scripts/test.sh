@@ -53,6 +53,9 @@ NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle
 step "official SDKs against a 3-node cluster (suites on node 2; test_cluster.py writes on one node, reads on the others)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/run.sh nacelle-cluster
 
+step "official SDKs with --auth (Python gRPC, Node HTTP, Rust gRPC: good credentials, none, wrong password, forged/expired token, outside permissions)"
+NACELLE_BIN="$PWD/target/release/nacelle" bash tests/sdk/auth.sh
+
 step "the web console in a real browser (Debian's chromium headless via playwright-core: 3 nodes, 2,000 services; search, edit, push to an SDK subscriber, a killed node DOWN)"
 NACELLE_BIN="$PWD/target/release/nacelle" bash tests/console/run.sh
 

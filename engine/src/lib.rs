@@ -22,6 +22,8 @@
 //! - [`store`]: the replicated state machine of the CP half (persistent instances, service
 //!   and cluster definitions), applied in Raft log order on every node; its effects feed the
 //!   shards.
+//! - [`auth`]: the pure parts of authentication — tokens (HS256 JWTs), Nacos's permission
+//!   patterns, the login rate limit; the users and permissions are the store's `auth` space.
 //! - [`distro`]: the pure parts of Distro (`PeerMsg`, partitions, digests, the membership
 //!   view, settings); `DISTRO.md` at the repository root is the specification.
 //! - [`health`]: server-side health checks of persistent instances: the per-core
@@ -38,6 +40,7 @@
 
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod distro;
 pub mod health;
 pub mod model;

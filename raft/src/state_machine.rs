@@ -142,8 +142,21 @@ fn snapshot_payload<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], FileEr
 /// Decodes a snapshot file (frame, then contents); errors name `path`.
 pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<(Meta, Store), FileError> {
     let payload = snapshot_payload(path, bytes)?;
-    postcard::from_bytes(payload)
-        .map_err(|e| FileError::new(path, format!("undecodable snapshot: {e}")))
+    match postcard::from_bytes(payload) {
+        Ok(v) => Ok(v),
+        // Snapshots written before the namespaces and auth key spaces existed hold the naming
+        // space only.
+        Err(e) => match postcard::from_bytes::<(Meta, engine::store::NamingSpace)>(payload) {
+            Ok((meta, naming)) => Ok((
+                meta,
+                Store {
+                    naming,
+                    ..Store::default()
+                },
+            )),
+            Err(_) => Err(FileError::new(path, format!("undecodable snapshot: {e}"))),
+        },
+    }
 }
 
 impl StateMachine {
@@ -375,5 +388,63 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(snap_err)?
         .map_err(snap_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::store::naming::{PersistentInstance, ServiceRef};
+    use engine::store::{AuthCommand, NamingCommand};
+
+    fn store_with_naming() -> Store {
+        let mut store = Store::default();
+        let cmd = StoreCommand::Naming(NamingCommand::Register {
+            service: ServiceRef {
+                namespace: String::new(),
+                group: "G".into(),
+                name: "s".into(),
+            },
+            instance: PersistentInstance {
+                ip: "127.0.0.1".into(),
+                port: 80,
+                cluster: "DEFAULT".into(),
+                weight: 1.0,
+                healthy: true,
+                enabled: true,
+                metadata: Default::default(),
+            },
+        });
+        store.apply(&cmd, &mut Vec::new());
+        store
+    }
+
+    #[test]
+    fn a_snapshot_without_the_auth_space_still_loads() {
+        let store = store_with_naming();
+        let meta = Meta::default();
+        // The format before the auth key space: (meta, naming space), framed the same way.
+        let payload = postcard::to_stdvec(&(&meta, &store.naming)).unwrap_or_default();
+        let mut old = Vec::new();
+        old.extend_from_slice(SNAPSHOT_MAGIC);
+        old.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        old.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        old.extend_from_slice(&payload);
+        let (_, loaded) = decode_snapshot(Path::new("old"), &old).expect("old snapshot loads");
+        assert_eq!(loaded.naming, store.naming);
+        assert!(loaded.auth.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_auth_space() {
+        let mut store = store_with_naming();
+        let cmd = StoreCommand::Auth(AuthCommand::InitSecret {
+            secret: vec![9; 32],
+        });
+        store.apply(&cmd, &mut Vec::new());
+        let bytes = encode_snapshot(&Meta::default(), &store).expect("encodes");
+        let (_, loaded) = decode_snapshot(Path::new("new"), &bytes).expect("loads");
+        assert_eq!(loaded, store);
+        assert_eq!(loaded.auth.secret(), Some(&[9u8; 32][..]));
     }
 }

@@ -100,6 +100,9 @@ pub struct Args {
     /// UDP push to HTTP v1 clients.
     #[command(flatten)]
     pub udp_push: UdpPushArgs,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Resolved settings.
@@ -139,6 +142,8 @@ pub struct Config {
     pub data_dir: std::path::PathBuf,
     /// UDP push settings.
     pub udp_push: UdpPushArgs,
+    /// Authentication settings (the secret decoded).
+    pub auth: AuthArgs,
 }
 
 /// Cluster settings as given (resolved by `cluster::ClusterSetup`).
@@ -266,6 +271,7 @@ impl Args {
             huge_pages: self.huge_pages,
             overload_lag_ms: self.overload_lag_ms,
             udp_push: self.udp_push,
+            auth: self.auth.resolve()?,
         })
     }
 }
@@ -318,4 +324,83 @@ pub struct UdpPushArgs {
     /// Most push packets per second this node sends.
     #[arg(long, env = "NACELLE_UDP_PUSH_RATE", default_value_t = 40_000)]
     pub udp_push_rate: u64,
+}
+
+/// Whether `--auth` is on: every client API then needs credentials (for the console's
+/// `server/state` `auth_enabled`).
+pub fn auth_enabled(cfg: &Config) -> bool {
+    cfg.auth.auth
+}
+
+/// Nacos-compatible authentication (`nacos.core.auth.*`). Off by default, as in Nacos.
+#[derive(clap::Args, Clone)]
+pub struct AuthArgs {
+    /// Require credentials (a token from `/nacos/v1/auth/login`, or user name and password)
+    /// on every naming API, HTTP and gRPC (Nacos `nacos.core.auth.enabled`).
+    #[arg(long, env = "NACELLE_AUTH")]
+    pub auth: bool,
+    /// Lifetime of the tokens a login issues (s; Nacos: 18000).
+    #[arg(long, env = "NACELLE_AUTH_TOKEN_TTL", default_value_t = 18_000)]
+    pub auth_token_ttl: u64,
+    /// The tokens' HS256 key: base64 of at least 32 bytes, the same on every node (Nacos
+    /// `token.secret.key`). Without it the cluster generates one and keeps it in its Raft store.
+    #[arg(long, env = "NACELLE_AUTH_TOKEN_SECRET", hide_env_values = true)]
+    pub auth_token_secret: Option<String>,
+    /// Creates the administrator `nacos` with this password at start if no administrator
+    /// exists yet (unattended set-up; otherwise `POST /nacos/v1/auth/users/admin`).
+    #[arg(long, env = "NACELLE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// `--auth-token-secret` decoded.
+    #[arg(skip)]
+    pub secret: Option<Vec<u8>>,
+}
+
+/// Neither the secret nor the password reach a log line.
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("auth", &self.auth)
+            .field("auth_token_ttl", &self.auth_token_ttl)
+            .field(
+                "auth_token_secret",
+                &self.auth_token_secret.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
+}
+
+impl AuthArgs {
+    fn resolve(mut self) -> Result<AuthArgs, String> {
+        use base64::Engine as _;
+        if self.auth_token_ttl == 0 || self.auth_token_ttl > 365 * 86_400 {
+            return Err("--auth-token-ttl must be within 1..=31536000 seconds".into());
+        }
+        if let Some(text) = self.auth_token_secret.as_deref() {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| format!("--auth-token-secret is not base64: {e}"))?;
+            let min = engine::store::auth::MIN_SECRET;
+            let max = engine::store::auth::MAX_SECRET;
+            if bytes.len() < min || bytes.len() > max {
+                return Err(format!(
+                    "--auth-token-secret must be the base64 of {min} to {max} bytes; it holds {}",
+                    bytes.len()
+                ));
+            }
+            self.secret = Some(bytes);
+        }
+        if let Some(p) = self.admin_password.as_deref() {
+            if p.is_empty() || p.len() > wire::auth::MAX_CREDENTIAL {
+                return Err(format!(
+                    "--admin-password must be 1 to {} bytes",
+                    wire::auth::MAX_CREDENTIAL
+                ));
+            }
+        }
+        Ok(self)
+    }
 }

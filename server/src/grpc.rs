@@ -303,12 +303,21 @@ pub(crate) async fn unary(ctx: ConnCtx, arrived: Instant, p: Payload) -> Payload
         );
         return payload::ok("ServerCheckResponse", &fields, None);
     }
-    let registered = with_core(|c| {
+    let (registered, remote) = with_core(|c| {
         c.touch_conn(ctx.id, None);
-        c.conns.get(&ctx.id).is_some_and(|c| c.registered)
+        let conn = c.conns.get(&ctx.id);
+        (
+            conn.is_some_and(|c| c.registered),
+            conn.map(|c| c.remote.ip()),
+        )
     });
     if !registered {
         return payload::error(code::UN_REGISTER, "Connection is unregistered.");
+    }
+    if let Some(refused) =
+        crate::auth::gate::grpc_gate(env.kind, env.headers, env.body, remote).await
+    {
+        return refused;
     }
     let (kind, response) = match env.kind {
         "HealthCheckRequest" => (

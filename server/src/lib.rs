@@ -16,6 +16,8 @@
 //! - `core`: the per-core context: shard, connections, cross-core mesh, timers.
 //! - `cp`: the CP half — the Raft store (`nacelle-raft`) of persistent instances and service
 //!   and cluster definitions, its effects into the shards, the write path of the front ends.
+//! - `auth`: Nacos-compatible authentication (`--auth`): the request checks of HTTP and gRPC,
+//!   `/nacos/v1/auth/*`, the token secret's bootstrap.
 //! - `admission`: overload shedding: which requests a busy core still serves.
 //! - `grpc`: the Nacos SDK protocol (9848): unary requests and the bi-stream; `grpc_unary`:
 //!   the unary request route.
@@ -32,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod admission;
+mod auth;
 pub mod certs;
 mod cluster;
 pub mod config;
@@ -184,6 +187,7 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
         group,
     })?;
     let inboxes = Arc::new(inboxes);
+    auth::init(&cfg);
     let shared = Shared::new(cfg.clone(), cluster, cp);
     let mesh = MeshBuilder::<MeshBatch, _>::full(n, 1024);
     let stop = Arc::new(AtomicBool::new(false));
@@ -248,6 +252,8 @@ pub fn run(cfg: config::Config) -> Result<(), String> {
                     .map_err(|e| format!("core {id}: cannot start the gRPC listener: {e}"))?
                     .detach();
                 if id == 0 {
+                    let admin = shared.cfg.auth.admin_password.clone();
+                    glommio::spawn_local(auth::bootstrap::run(admin)).detach();
                     info!("nacelle ready: HTTP {http_addr}, gRPC {grpc_addr}");
                 }
                 while !stop.load(Ordering::Relaxed) {

@@ -23,8 +23,11 @@
 //!   crate's types, bounded and checked; see there why not flatbuffers).
 //! - [`udp_push`]: Nacos 1.x UDP push packets (gzip from 1 KiB), their acks (the decoder of
 //!   datagrams anyone can send, fuzzed) and the User-Agent rule of who gets pushes.
+//! - [`auth`]: the credentials of a request (token, or user name and password) as Nacos reads
+//!   them from HTTP headers and parameters and gRPC metadata, and the naming resource it touches.
 //! - [`fuzzing`]: the properties of the fuzz targets (`fuzz/`) and their seeds, shared with
-//!   the stable mirrors in `tests/fuzz.rs`.
+//!   the stable mirrors in `tests/fuzz.rs`; [`fuzzing_auth`]: those of the credential and token
+//!   targets (mirror: `tests/fuzz_auth.rs`).
 
 //!
 //! # Features
@@ -63,7 +66,9 @@ mod peer_fb {
     pub use nacelle::peer::*;
 }
 
+pub mod auth;
 pub mod fuzzing;
+pub mod fuzzing_auth;
 pub mod http_params;
 pub mod naming;
 pub mod payload;

@@ -126,6 +126,8 @@ pub mod code {
     pub const BAD_GATEWAY: i32 = 502;
     /// Over threshold: the server sheds load.
     pub const OVER_THRESHOLD: i32 = 503;
+    /// No right: authentication or authorization failed (`NacosException.NO_RIGHT`).
+    pub const NO_RIGHT: i32 = 403;
 }
 
 /// A JSON `ErrorResponse` body.
@@ -142,6 +144,13 @@ pub fn error_json(error_code: i32, message: &str) -> Vec<u8> {
 /// An `ErrorResponse` payload.
 pub fn error(error_code: i32, message: &str) -> Payload {
     seal("ErrorResponse", error_json(error_code, message))
+}
+
+/// A failed response of class `kind` (not `ErrorResponse`): how Nacos answers a request its
+/// filters refuse, e.g. a missing permission (`RemoteRequestAuthFilter`: the handler's own
+/// response type with `errorCode` 403), so the SDK's response cast still works.
+pub fn typed_error(kind: &str, error_code: i32, message: &str) -> Payload {
+    seal(kind, error_json(error_code, message))
 }
 
 /// A successful response of class `kind` with extra JSON fields (`extra` is either empty or

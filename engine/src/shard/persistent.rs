@@ -77,6 +77,9 @@ pub fn check_command(cmd: &StoreCommand) -> Result<(), InvalidInput> {
                 None => Ok(()),
             };
         }
+        StoreCommand::Auth(cmd) => {
+            return crate::store::auth::check(cmd).map_err(InvalidInput);
+        }
     };
     match cmd {
         NamingCommand::Register { service, instance } => {

@@ -4,9 +4,9 @@
 //! exact [`StoreEffect`]s of a command.
 //!
 //! The store is organised in *key spaces*, one per kind of durable data, so that the log format
-//! is not naming-only: [`naming`] now (persistent instances, service and cluster definitions);
-//! users and permissions, and configuration items, later, each a variant of [`StoreCommand`]
-//! and a field of [`Store`]. A Raft entry carries a batch of commands (one entry per batch of
+//! is not naming-only: [`naming`] (persistent instances, service and cluster definitions),
+//! [`auth`] (users, roles, permissions, the token secret); configuration items later, each a
+//! variant of [`StoreCommand`] and a field of [`Store`]. A Raft entry carries a batch of commands (one entry per batch of
 //! client writes); the Raft glue (`nacelle-raft`) owns the entry and snapshot byte formats.
 //!
 //! # Layout
@@ -14,6 +14,7 @@
 //!   snapshot replacement as a diff);
 //! - [`naming`]: the naming key space — its records, commands, effects and rules;
 //! - [`namespaces`]: the console's namespaces.
+//! - [`auth`]: the auth key space — users, role bindings, permissions, the token secret.
 //!
 //! # Why effects
 //! The registry's query path (lock-free views, answer caches, pushes) lives in the shards. The
@@ -21,11 +22,13 @@
 //! service S", "service S defined"), and the server feeds them to the shards as ordinary
 //! operations, so persistent instances are served exactly like ephemeral ones.
 
+pub mod auth;
 pub mod namespaces;
 pub mod naming;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthCommand, AuthEffect, AuthSpace};
 pub use namespaces::{NamespaceCommand, NamespaceEffect, NamespaceSpace};
 pub use naming::{NamingCommand, NamingEffect, NamingSpace};
 
@@ -37,6 +40,8 @@ pub enum StoreCommand {
     Naming(NamingCommand),
     /// A write to the namespaces key space (the console's namespaces).
     Namespace(NamespaceCommand),
+    /// A write to the auth key space.
+    Auth(AuthCommand),
 }
 
 /// The outcome of one command, the same on every replica.
@@ -77,6 +82,8 @@ pub enum StoreEffect {
     Naming(NamingEffect),
     /// A namespace created, changed or deleted.
     Namespace(NamespaceEffect),
+    /// A change in the auth key space.
+    Auth(AuthEffect),
 }
 
 /// The whole replicated state.
@@ -86,6 +93,8 @@ pub struct Store {
     pub naming: NamingSpace,
     /// The namespaces key space.
     pub namespaces: NamespaceSpace,
+    /// The auth key space.
+    pub auth: AuthSpace,
 }
 
 impl Store {
@@ -97,6 +106,9 @@ impl Store {
             }),
             StoreCommand::Namespace(cmd) => self.namespaces.apply(cmd, &mut |e| {
                 effects.push(StoreEffect::Namespace(e));
+            }),
+            StoreCommand::Auth(cmd) => self.auth.apply(cmd, &mut |e| {
+                effects.push(StoreEffect::Auth(e));
             }),
         }
     }
@@ -112,11 +124,16 @@ impl Store {
         self.namespaces.diff_from(&old.namespaces, &mut |e| {
             effects.push(StoreEffect::Namespace(e));
         });
+        if self.auth != old.auth {
+            effects.push(StoreEffect::Auth(AuthEffect::Changed(std::sync::Arc::new(
+                self.auth.clone(),
+            ))));
+        }
     }
 
     /// Number of records (instances, definitions, namespaces), for metrics.
     pub fn len(&self) -> usize {
-        self.naming.len() + self.namespaces.len()
+        self.naming.len() + self.namespaces.len() + self.auth.len()
     }
 
     /// Whether the store holds nothing.

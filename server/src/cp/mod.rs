@@ -287,6 +287,10 @@ impl Dispatch {
                     namespaces.push(e);
                     continue;
                 }
+                StoreEffect::Auth(engine::store::AuthEffect::Changed(space)) => {
+                    crate::auth::publish(space);
+                    continue;
+                }
             };
             let action = match action_for(&effect) {
                 Ok(a) => a,
@@ -362,22 +366,7 @@ impl Cp {
         cmd: StoreCommand,
         barrier: Option<(usize, ServiceKey)>,
     ) -> Result<StoreResponse, CpError> {
-        use raft::WriteError as W;
-        let written = self.raft.write(cmd).await.map_err(|e| match e {
-            W::NoLeader => CpError::Unavailable(
-                "no Raft leader (an election, or this node is on the minority side of a partition): not written, retry".into(),
-            ),
-            W::Timeout => CpError::Unavailable(
-                "the write was not confirmed in time: it may or may not be applied; retry (writes are idempotent)".into(),
-            ),
-            W::TooLarge { bytes, max } => CpError::Refused {
-                code: 400,
-                message: format!("the request is too large to store ({bytes} bytes, at most {max})"),
-            },
-            W::Busy => CpError::Unavailable("server is over its threshold, retry later".into()),
-            W::Shutdown => CpError::Unavailable("this node is shutting down".into()),
-            W::Failed(m) => CpError::Unavailable(format!("the Raft store failed: {m}")),
-        })?;
+        let written = self.raft.write(cmd).await.map_err(write_error)?;
         if let StoreResponse::Refused { code, message } = written.response {
             return Err(CpError::Refused { code, message });
         }
@@ -392,6 +381,34 @@ impl Cp {
             // As an ephemeral write's reply: it comes once the owner's flush published
             // the change (a core answers every barrier it is sent).
             let _ = rx.await;
+        }
+        Ok(written.response)
+    }
+
+    /// Writes an auth command through Raft and waits (at most 5 s) until this node applied
+    /// it, so that the auth state this node publishes shows it (a follower learns the commit
+    /// a little after the leader answered it).
+    pub async fn write_auth(
+        &self,
+        cmd: engine::store::AuthCommand,
+    ) -> Result<StoreResponse, CpError> {
+        let written = self
+            .raft
+            .write(StoreCommand::Auth(cmd))
+            .await
+            .map_err(write_error)?;
+        if let StoreResponse::Refused { code, message } = written.response {
+            return Err(CpError::Refused { code, message });
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self
+            .raft
+            .metrics()
+            .applied
+            .is_none_or(|a| a < written.index)
+            && std::time::Instant::now() < until
+        {
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
         }
         Ok(written.response)
     }
@@ -457,6 +474,26 @@ impl Cp {
     /// The Raft node's metrics.
     pub fn raft(&self) -> &raft::RaftHandle {
         &self.raft
+    }
+}
+
+/// A Raft write's failure as the front ends report it.
+fn write_error(e: raft::WriteError) -> CpError {
+    use raft::WriteError as W;
+    match e {
+        W::NoLeader => CpError::Unavailable(
+            "no Raft leader (an election, or this node is on the minority side of a partition): not written, retry".into(),
+        ),
+        W::Timeout => CpError::Unavailable(
+            "the write was not confirmed in time: it may or may not be applied; retry (writes are idempotent)".into(),
+        ),
+        W::TooLarge { bytes, max } => CpError::Refused {
+            code: 400,
+            message: format!("the request is too large to store ({bytes} bytes, at most {max})"),
+        },
+        W::Busy => CpError::Unavailable("server is over its threshold, retry later".into()),
+        W::Shutdown => CpError::Unavailable("this node is shutting down".into()),
+        W::Failed(m) => CpError::Unavailable(format!("the Raft store failed: {m}")),
     }
 }
 

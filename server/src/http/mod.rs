@@ -189,8 +189,16 @@ async fn handle(
         }
     };
     let params = Params::parse(query, &body);
+    if let Err(refused) =
+        crate::auth::gate::http_gate(method, path, &head.headers, &params, peer).await
+    {
+        return Ok(refused);
+    }
     let Some((api, route)) = naming_route(path) else {
         let resp = match (method, path) {
+            (_, p) if p.starts_with("/nacos/v1/auth/") => {
+                crate::auth::api::route(method, path, &head.headers, &params, peer).await
+            }
             (&Method::GET, "/metrics") => prometheus(),
             (&Method::GET, "/nacos/v1/core/cluster/nodes") => status::cluster_nodes_v1(&params),
             (&Method::GET, "/nacos/v2/core/cluster/node/list") => status::cluster_nodes_v2(&params),

@@ -33,6 +33,7 @@ fn apply(store: &mut Store, cmd: NamingCommand) -> (StoreResponse, Vec<NamingEff
         .filter_map(|e| match e {
             StoreEffect::Naming(e) => Some(e),
             StoreEffect::Namespace(_) => None,
+            StoreEffect::Auth(_) => None,
         })
         .collect();
     (response, effects)

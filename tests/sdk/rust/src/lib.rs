@@ -155,3 +155,16 @@ where
         Err(e) => eprintln!("XFAIL known gap: {reason}: {e}"),
     }
 }
+
+/// A naming client that logs in over HTTP with `username` / `password` (nacos-sdk's
+/// `auth-by-http` plugin) and sends the token in every gRPC request's headers.
+pub async fn new_naming_as(app: &str, username: &str, password: &str) -> NamingService {
+    let props = client_props(app).auth_username(username).auth_password(password);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        NamingServiceBuilder::new(props).enable_auth_plugin_http().build(),
+    )
+    .await
+    .expect("building NamingService timed out")
+    .expect("building NamingService failed")
+}
