@@ -307,6 +307,10 @@ fn http_naming_needs_valid_credentials_and_permissions() {
 fn first_admin_via_the_api_and_login_attempts_limited_per_source() {
     let secret = secret_b64();
     let s = Server::start(&["--auth", "--auth-token-secret", &secret]);
+    // The console asks, without credentials, whether to show its login page first.
+    let state = s.http("GET", "/nacos/v1/console/server/state");
+    assert_eq!(state.status, 200, "{}", state.text());
+    assert_eq!(state.json()["auth_enabled"], "true", "{}", state.text());
     refused(&login_at(&s, "nacos", "anything"), "user not found!");
     let r = s.http_form("POST", "/nacos/v1/auth/users/admin", "password=first-pw");
     assert_eq!(r.status, 200, "{}", r.text());

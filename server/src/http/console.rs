@@ -11,10 +11,10 @@ use wire::http_params::Params;
 use super::{json as json_resp, text, Resp};
 use crate::core::with_core;
 
-/// Whether requests must prove who they are. The auth work (`--auth`) answers it; until
-/// then the console shows no login page.
+/// Whether requests must prove who they are (`--auth`): the console then shows its login
+/// page first.
 pub fn auth_enabled() -> bool {
-    false
+    crate::auth::enabled()
 }
 
 /// Whether `path` is the console's page or one of its assets (not an API).
