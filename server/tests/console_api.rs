@@ -326,7 +326,13 @@ fn a_console_edit_is_pushed_and_the_subscriber_is_listed() {
     );
     assert_eq!(list.status, 200, "{}", list.text());
 
-    let subs = get_json(&s, &format!("{NS}/service/subscribers?serviceName=edited"));
+    // The subscription travels to the core owning the service as a message, so the listing
+    // (answered through whichever core takes the next connection) may be a moment behind.
+    let mut subs = Value::Null;
+    wait_until(Duration::from_secs(3), || {
+        subs = get_json(&s, &format!("{NS}/service/subscribers?serviceName=edited"));
+        subs["count"] == 1
+    });
     assert_eq!(subs["count"], 1, "{subs}");
     let sub = &subs["subscribers"][0];
     assert_eq!(sub["addrStr"], format!("127.0.0.1:{port}"));
