@@ -162,3 +162,39 @@ fn after_a_lease_the_responsible_node_takes_a_peers_copy_again() {
     shard.flush(now(later));
     assert_eq!(instance_count(&shard, &service), 1);
 }
+
+/// A node that is shutting down makes no removals: the peer links close under it, so a
+/// `Drop` made now may reach nobody, and after its restart the node would load the client
+/// back from a peer's copy — a dead instance gone and back (chaos `rolling-restart`, seeds
+/// 1 and 2). The client stays until its owner (the successor, or this node restarted)
+/// expires it.
+#[test]
+fn a_shutting_down_owner_neither_expires_nor_marks_its_silent_clients() {
+    let (mut shard, peer) = loaded_shard(DistroConfig::default());
+    let service = ServiceKey::new("public", "DEFAULT_GROUP", "owned").unwrap();
+    let clients = register_own_clients(&mut shard, &service, 2, |taken, _| {
+        if taken.is_empty() {
+            Keep::Take
+        } else {
+            Keep::Done
+        }
+    });
+    let client = clients[0].clone();
+    shard.handle_shutdown(now(1_000));
+    while shard.poll_command().is_some() {}
+    for t in (1_500..60_000).step_by(500) {
+        shard.handle_timeout(now(t));
+        shard.flush(now(t));
+    }
+    assert_eq!(
+        instance_count(&shard, &service),
+        1,
+        "still listed, long past its deletion timeout"
+    );
+    let healthy = shard
+        .index()
+        .view(&service)
+        .is_some_and(|v| v.instances().all(|i| i.healthy));
+    assert!(healthy, "not marked unhealthy either");
+    assert_eq!(drops_to(&mut shard, &peer, &client), 0, "no Drop sent");
+}

@@ -17,6 +17,8 @@ use tracing::info;
 pub struct ClientTrace {
     client: ClientId,
     last: String,
+    /// [`Shard::client_fingerprint`] at the last look (`None`: not looked yet).
+    fingerprint: Option<u64>,
 }
 
 /// Every traced client.
@@ -39,6 +41,7 @@ impl Traces {
                 Some(client) => traces.push(ClientTrace {
                     client,
                     last: String::new(),
+                    fingerprint: None,
                 }),
                 None => tracing::warn!("NACELLE_TRACE_CLIENT: {one:?} is not ip:port; not traced"),
             }
@@ -71,7 +74,14 @@ impl ClientTrace {
     }
 
     /// Logs the state of the client in `shard` if it changed since the last look.
+    /// The silence a description shows grows every millisecond; it is logged only with a
+    /// change of something else, or else every input would log every traced client.
     pub fn observe(&mut self, shard: &Shard, input: impl FnOnce() -> String) {
+        let fingerprint = shard.client_fingerprint(&self.client);
+        if self.fingerprint == Some(fingerprint) {
+            return;
+        }
+        self.fingerprint = Some(fingerprint);
         let now = shard.describe_client(&self.client);
         if now != self.last {
             info!(target: "nacelle::trace", client = %self.client, "{} => {now}  [after {}]", self.last, input());

@@ -72,6 +72,9 @@ impl Shard {
     /// Marks heartbeat instances unhealthy, or removes them, when their beats stopped (Nacos's
     /// UnhealthyInstanceChecker and ExpiredInstanceChecker).
     pub(super) fn check_heartbeats(&mut self) {
+        if self.shutting_down && self.distro.is_some() {
+            return;
+        }
         let now_ms = self.now.mono_ms;
         let interval = self.cfg.beat_check_interval_ms;
         let gap = now_ms.saturating_sub(self.last_beat_check_ms);

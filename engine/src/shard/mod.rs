@@ -553,6 +553,8 @@ pub struct Shard {
     /// Our heartbeat clients not heard from since this process was found not to have run
     /// (see `check_heartbeats`): a peer that held them meanwhile may delete them.
     pub(super) pause_stale: HashSet<ClientId, StableHasher>,
+    /// The node is shutting down (`handle_shutdown`): its heartbeat checks stop deciding.
+    shutting_down: bool,
 }
 
 impl Shard {
@@ -583,6 +585,7 @@ impl Shard {
             distro: None,
             last_beat_check_ms: now.mono_ms,
             pause_stale: HashSet::default(),
+            shutting_down: false,
         };
         shard.set_timer(
             now.mono_ms + shard.cfg.beat_check_interval_ms,

@@ -399,8 +399,15 @@ impl Shard {
     /// answered just before SIGTERM reached one peer and not the other, the restarted node
     /// loaded the stale copy from that peer and the instance came back everywhere until its
     /// heartbeat timeout.
+    ///
+    /// From now on the heartbeat checks mark and remove nothing: a removal made while the
+    /// peer links close may never reach the peers, and a restarted node loads the client
+    /// back from them — a dead instance gone from this node and back after its restart
+    /// (chaos `rolling-restart`). The members that take the clients over, or this node
+    /// after its restart, decide instead.
     pub fn handle_shutdown(&mut self, now: super::Now) {
         self.now = now;
+        self.shutting_down = true;
         if self.distro.is_some() {
             self.on_sync_timer();
         }

@@ -58,6 +58,30 @@ impl Shard {
         }
     }
 
+    /// A fingerprint of what [`Shard::describe_client`] shows, except the silence (which
+    /// grows every millisecond): the last beat's time stands in for it. A tracer compares
+    /// fingerprints after every input and formats the description only when it changed;
+    /// formatting every traced client after every input stalled a chaos node's core.
+    pub fn client_fingerprint(&self, client: &ClientId) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let d = self.distro.as_ref();
+        d.and_then(|d| d.dropped.get(client)).hash(&mut h);
+        if let Some(c) = self.clients.get(client) {
+            c.replica
+                .as_ref()
+                .map(|i| (&i.origin, i.floor, i.tombstones.len()))
+                .hash(&mut h);
+            c.revision.hash(&mut h);
+            for e in &c.publishes {
+                (&e.service, e.rev, e.last_beat_ms).hash(&mut h);
+            }
+            d.and_then(|d| d.handovers.get(client)).hash(&mut h);
+            self.pause_stale.contains(client).hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// While the startup snapshot loads: a one-line account of the partitions still
     /// loading (for the log of a node that takes long to report UP).
     pub fn load_status(&self) -> Option<String> {
