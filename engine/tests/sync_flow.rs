@@ -61,7 +61,12 @@ fn instances_of(msg: &PeerMsg) -> (u64, u64) {
         PeerMsg::SnapshotChunk { clients, .. } => {
             let n = clients
                 .iter()
-                .map(|(_, c)| c.entries.iter().map(|e| e.publish.len() as u64).sum::<u64>())
+                .map(|(_, c)| {
+                    c.entries
+                        .iter()
+                        .map(|e| e.publish.len() as u64)
+                        .sum::<u64>()
+                })
                 .sum();
             (n, clients.len() as u64)
         }
@@ -370,9 +375,9 @@ fn report(o: &Outcome) -> String {
 }
 
 /// Checks the outcome against what flow control must give: everything at the peer within
-/// twice the time its core needs to apply every instance once (plus 5 s), at most 1.5
-/// instances sent per instance registered, and nothing lost to a full queue.
-fn check(o: &Outcome, cost_instance_us: f64) {
+/// twice the time its core needs to apply every instance once (plus 5 s), at most
+/// `max_ratio` instances sent per instance registered, and nothing lost to a full queue.
+fn check(o: &Outcome, cost_instance_us: f64, max_ratio: f64) {
     let text = report(o);
     eprintln!("{text}");
     let apply_s = o.registered as f64 * cost_instance_us / 1e6;
@@ -383,8 +388,8 @@ fn check(o: &Outcome, cost_instance_us: f64) {
         "the peer must hold everything within {bound_s:.1} s of the last write: {text}"
     );
     assert!(
-        o.counters.instances_sent as f64 <= 1.5 * o.registered as f64,
-        "at most 1.5 instances sent per instance registered: {text}"
+        o.counters.instances_sent as f64 <= max_ratio * o.registered as f64,
+        "at most {max_ratio} instances sent per instance registered: {text}"
     );
     assert_eq!(o.counters.lost_frames, 0, "{text}");
 }
@@ -397,7 +402,7 @@ fn check(o: &Outcome, cost_instance_us: f64) {
 fn big_clients_and_a_slow_applier_converge_without_resending() {
     let cost = 10.0;
     let o = run(DistroConfig::default(), 400, 50, 100, 300_000, cost, 60);
-    check(&o, cost);
+    check(&o, cost, 1.2);
 }
 
 /// Small clients (one instance each, as HTTP-like connection clients) must still fill the
@@ -406,5 +411,18 @@ fn big_clients_and_a_slow_applier_converge_without_resending() {
 fn small_clients_still_converge_quickly() {
     let cost = 4.0;
     let o = run(DistroConfig::default(), 20_000, 1, 1, 100_000, cost, 60);
-    check(&o, cost);
+    check(&o, cost, 1.2);
+}
+
+/// A peer five times slower still (20,000 instances a second): even the bounded window is
+/// more than 3 s of its work, so the acknowledgement timeout must follow the measured
+/// times instead of retrying batches the peer is applying. (With a fixed 3 s timeout: 86
+/// retries, 1.49 instances sent per instance.) Some sending twice remains: verify answers
+/// the resyncs of clients in batches older than `sync_timeout_ms`, which may be lost.
+#[test]
+fn a_very_slow_applier_gets_a_longer_timeout_not_retries() {
+    let cost = 50.0;
+    let o = run(DistroConfig::default(), 80, 50, 100, 300_000, cost, 120);
+    check(&o, cost, 1.4);
+    assert!(o.retries <= 5, "{}", report(&o));
 }

@@ -325,7 +325,18 @@ impl Shard {
     pub(super) fn on_resync(&mut self, from: NodeId, partition: u16, clients: Vec<ClientId>) {
         let stats = self.stats.clone();
         bump(&stats.distro.resyncs, clients.len() as u64);
+        // A client with a change on its way to the peer (just sent, or queued while the
+        // stream moves) differs because the peer has not applied it yet. Resending its full state
+        // (restamped, to every peer) would only add to the backlog that made it late — with
+        // big clients, verify rounds behind a sync backlog doubled what was sent (issue 19,
+        // `engine/tests/sync_flow.rs`). If the copy still differs once that change is
+        // applied (or lost: its retry resends it), the next round asks again.
+        let underway = self.clients_underway(&from, partition);
         for client in clients {
+            if underway.contains(&client) {
+                bump(&stats.distro.resyncs_underway, 1);
+                continue;
+            }
             if partition_of(&client) == partition {
                 // The peer's copy disagrees with ours and ours is authoritative:
                 // re-issue it as the newest state, so that it replaces the copy even
@@ -350,5 +361,38 @@ impl Shard {
             }
         }
         self.pump(&from);
+    }
+
+    /// Clients of `partition` on their way to `peer`: in a batch sent less than
+    /// `sync_timeout_ms` ago, or queued while the stream towards the peer moves (no batch
+    /// in flight older than that). Past that a batch may be lost, and what waits behind it
+    /// with it: a resync then repairs it as before the adaptive timeout, which keeps I3's
+    /// grace of one verify interval plus one sync timeout (the fault simulator's lossy
+    /// links found it: skipped resyncs waited for a longer timeout).
+    fn clients_underway(&self, peer: &NodeId, partition: u16) -> HashSet<ClientId> {
+        let now_ms = self.now.mono_ms;
+        let Some(d) = self.distro.as_ref() else {
+            return HashSet::new();
+        };
+        let Some(parts) = d.links.get(peer) else {
+            return HashSet::new();
+        };
+        // The floor, not the peer's measured timeout: that can be far longer (30 s), and
+        // the fault simulator's lossy links found resyncs skipped that long (I3).
+        let fresh = |sent_ms: u64| now_ms.saturating_sub(sent_ms) < d.cfg.sync_timeout_ms;
+        let moving = parts
+            .values()
+            .all(|p| p.inflight.values().all(|f| fresh(f.sent_ms)));
+        let Some(part) = parts.get(&partition) else {
+            return HashSet::new();
+        };
+        let queued = part.dirty.iter().filter(|_| moving);
+        part.inflight
+            .values()
+            .filter(|f| fresh(f.sent_ms))
+            .flat_map(|f| f.keys.iter())
+            .chain(queued)
+            .map(|k| k.client.clone())
+            .collect()
     }
 }
