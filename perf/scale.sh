@@ -38,7 +38,7 @@ NODE_COUNT=${NODE_COUNT:-3}
 # whole connections, and their instances go with them. A long timeout keeps the run closed-loop.
 REGISTER_TIMEOUT_MS=${REGISTER_TIMEOUT_MS:-30000}
 export REGISTER_TIMEOUT_MS BATCH SKEW SKEW_MAX NODE_COUNT INSTANCES CONNECTIONS SERVICES CORES DURATION QUERY_RATE QUERY_CONNS SUB_SERVICES SUBSCRIBERS SUB_RATE
-NACELLE=target/release/nacelle; LOADGEN=target/release/loadgen
+NACELLE=${NACELLE:-target/release/nacelle}; LOADGEN=target/release/loadgen   # NACELLE=<binary>: another build (e.g. the baseline)
 if [ ! -x "$NACELLE" ] || [ ! -x "$LOADGEN" ] || [ -n "${BUILD:-}" ]; then
   cargo build --release -p nacelle-server -p loadgen
 fi
