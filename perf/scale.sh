@@ -28,6 +28,8 @@ SUB_SERVICES=${SUB_SERVICES:-100}; SUBSCRIBERS=${SUBSCRIBERS:-5}; SUB_RATE=${SUB
 PORT=${PORT:-25848}; OUT=${OUT:-perf/results/scale}; CATCHUP_TIMEOUT=${CATCHUP_TIMEOUT:-120}
 # Instances per request: 1 = InstanceRequest, >1 = BatchInstanceRequest (one per service and connection).
 BATCH=${BATCH:-1}
+# REGISTER_RATE=<requests/s>: registration paced (loadgen --rate) instead of as fast as possible.
+REGISTER_RATE=${REGISTER_RATE:-}
 # SKEW=<shape>: service sizes from a Pareto law (loadgen --skew; 1.2 = most small, some thousands),
 # at most SKEW_MAX instances per service; unset: equal sizes.
 SKEW=${SKEW:-}; SKEW_MAX=${SKEW_MAX:-10000}
@@ -37,7 +39,7 @@ NODE_COUNT=${NODE_COUNT:-3}
 # default 3 s timeout the client cancels (resets) streams, h2's reset-flood guard then closes
 # whole connections, and their instances go with them. A long timeout keeps the run closed-loop.
 REGISTER_TIMEOUT_MS=${REGISTER_TIMEOUT_MS:-30000}
-export REGISTER_TIMEOUT_MS BATCH SKEW SKEW_MAX NODE_COUNT INSTANCES CONNECTIONS SERVICES CORES DURATION QUERY_RATE QUERY_CONNS SUB_SERVICES SUBSCRIBERS SUB_RATE
+export REGISTER_TIMEOUT_MS REGISTER_RATE BATCH SKEW SKEW_MAX NODE_COUNT INSTANCES CONNECTIONS SERVICES CORES DURATION QUERY_RATE QUERY_CONNS SUB_SERVICES SUBSCRIBERS SUB_RATE
 NACELLE=${NACELLE:-target/release/nacelle}; LOADGEN=target/release/loadgen   # NACELLE=<binary>: another build (e.g. the baseline)
 if [ ! -x "$NACELLE" ] || [ ! -x "$LOADGEN" ] || [ -n "${BUILD:-}" ]; then
   cargo build --release -p nacelle-server -p loadgen
@@ -102,7 +104,7 @@ while True:
 PY
 POLLER=$!
 "$LOADGEN" register --targets "$TARGETS" --instances "$INSTANCES" --services "$SERVICES" \
-  --connections "$CONNECTIONS" --batch "$BATCH" ${SKEW:+--skew "$SKEW" --skew-max "$SKEW_MAX"} --timeout-ms "$REGISTER_TIMEOUT_MS" --hold -1 --no-progress --report "$WORK/register.json" >"$WORK/register.log" 2>&1 &
+  --connections "$CONNECTIONS" --batch "$BATCH" ${REGISTER_RATE:+--rate "$REGISTER_RATE"} ${SKEW:+--skew "$SKEW" --skew-max "$SKEW_MAX"} --timeout-ms "$REGISTER_TIMEOUT_MS" --hold -1 --no-progress --report "$WORK/register.json" >"$WORK/register.log" 2>&1 &
 LG=$!
 until grep -q "^registered " "$WORK/register.log" 2>/dev/null; do
   kill -0 "$LG" 2>/dev/null || { echo "loadgen register failed:" >&2; cat "$WORK/register.log" >&2; exit 1; }
@@ -152,7 +154,7 @@ work, out = sys.argv[1], sys.argv[2]
 nodes, rss0, rss1, rss2, counts, catchup = (a.split() for a in sys.argv[3:9])
 j = lambda n: json.load(open(f"{work}/{n}.json"))
 reg, q, sub, conv = j("register"), j("query"), j("subscribe"), j("converge")
-env = {k: os.environ[k] for k in ("REGISTER_TIMEOUT_MS", "BATCH", "SKEW", "SKEW_MAX", "NODE_COUNT", "INSTANCES", "CONNECTIONS", "SERVICES", "CORES", "DURATION", "QUERY_RATE",
+env = {k: os.environ[k] for k in ("REGISTER_TIMEOUT_MS", "REGISTER_RATE", "BATCH", "SKEW", "SKEW_MAX", "NODE_COUNT", "INSTANCES", "CONNECTIONS", "SERVICES", "CORES", "DURATION", "QUERY_RATE",
                                   "QUERY_CONNS", "SUB_SERVICES", "SUBSCRIBERS", "SUB_RATE")}
 n = reg["instances_registered"]
 lat = lambda r: {k: round(r["latency_us"][k] / 1000, 3) for k in ("p50", "p90", "p99", "p999", "max")}
