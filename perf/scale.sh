@@ -53,10 +53,10 @@ cleanup() {
   wait 2>/dev/null; rm -rf "$WORK"
 }
 trap cleanup EXIT
-BUILD_INFO="commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain -- engine server wire 2>/dev/null | grep -q . && echo ' + uncommitted changes in engine/server/wire'), nacelle built $(date -r "$NACELLE" '+%F %T')"
+BUILD_INFO="commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain -- engine server wire 2>/dev/null | grep -q . && echo ' + uncommitted changes in engine/server/wire'), nacelle built $(date -r "$NACELLE" '+%F %T') ($NACELLE)"
 export BUILD_INFO
 # Private copies: a build running meanwhile in target/ must not swap the binaries mid-run.
-cp "$NACELLE" "$LOADGEN" "$WORK/"; NACELLE=$WORK/nacelle; LOADGEN=$WORK/loadgen
+cp "$NACELLE" "$WORK/nacelle"; cp "$LOADGEN" "$WORK/loadgen"; NACELLE=$WORK/nacelle; LOADGEN=$WORK/loadgen
 mkdir -p "$(dirname "$OUT")"
 NODES=(127.0.0.1 127.0.0.2 127.0.0.3); NODES=("${NODES[@]:0:$NODE_COUNT}")
 for ip in "${NODES[@]}"; do
@@ -81,7 +81,7 @@ for i in "${!NODES[@]}"; do
 done
 for ip in "${NODES[@]}"; do
   for _ in $(seq 300); do [ "$(field "$ip" status 2>/dev/null)" = UP ] && break; sleep 0.1; done
-  [ "$(field "$ip" status 2>/dev/null)" = UP ] || { echo "$ip did not come UP" >&2; tail -20 "$WORK"/n*.log >&2; exit 1; }
+  [ "$(field "$ip" status 2>/dev/null)" = UP ] || { echo "$ip did not come UP" >&2; tail -n 20 "$WORK"/n*.log >&2; exit 1; }
 done
 sleep 2
 RSS0=(); for p in "${PIDS[@]}"; do RSS0+=("$(rss_kb "$p")"); done
