@@ -417,12 +417,15 @@ fn small_clients_still_converge_quickly() {
 /// A peer five times slower still (20,000 instances a second): even the bounded window is
 /// more than 3 s of its work, so the acknowledgement timeout must follow the measured
 /// times instead of retrying batches the peer is applying. (With a fixed 3 s timeout: 86
-/// retries, 1.49 instances sent per instance.) Some sending twice remains: verify requeues
-/// the keys of clients in batches older than `sync_timeout_ms`, which may be lost.
+/// retries, 1.49 instances sent per instance.) Some sending twice remains: a verify round
+/// that names a client only in batches older than `sync_timeout_ms` retires those batches as
+/// lost (12 retries here). That is the price of I3's bound on repairs: waiting for the
+/// measured timeout instead let a timeout raised by a paused peer hold a lost batch for 15 s
+/// (simulator, seeds 36 of the short sweep and 140 of the standard one).
 #[test]
 fn a_very_slow_applier_gets_a_longer_timeout_not_retries() {
     let cost = 50.0;
     let o = run(DistroConfig::default(), 80, 50, 100, 300_000, cost, 120);
     check(&o, cost, 1.2);
-    assert!(o.retries <= 5, "{}", report(&o));
+    assert!(o.retries <= 20, "{}", report(&o));
 }

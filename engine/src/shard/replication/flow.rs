@@ -144,6 +144,29 @@ impl Shard {
         }
     }
 
+    /// Batches `seqs` of `partition` towards `peer` are lost (the peer asked for a client
+    /// only they carry, long after they were sent): their keys go back to the queue, to be
+    /// sent once from the current state, and the window they held is free again.
+    pub(super) fn retire_lost_batches(&mut self, peer: &NodeId, partition: u16, seqs: Vec<u64>) {
+        let Some(part) = self.link_part(peer, partition) else {
+            return;
+        };
+        let mut retired = 0u64;
+        for seq in seqs {
+            if let Some(f) = part.inflight.remove(&seq) {
+                retired += 1;
+                part.retired.insert(seq, f.sent_ms);
+                for k in f.keys {
+                    part.dirty.insert(k);
+                }
+            }
+        }
+        while part.retired.len() > RETIRED_KEPT {
+            part.retired.pop_first();
+        }
+        bump(&self.stats.distro.sync_retries, retired);
+    }
+
     /// Peers whose link stopped working (UP in `old`, not now): batches in flight to them
     /// went with the connection (the transport re-sends nothing it handed to a lost one),
     /// so they are queued again at once rather than after their timeout, and the peer's

@@ -339,8 +339,12 @@ impl Shard {
         // applied it yet. Resending its full state (restamped, to every peer) would only add
         // to the backlog that made it late: with big clients, verify rounds behind a sync
         // backlog doubled what was sent (issue 19, `engine/tests/sync_flow.rs`). Just sent,
-        // or queued: nothing to do. In a batch older than `sync_timeout_ms`, which may be
-        // lost: its keys are queued again for this peer (a retry of that client alone).
+        // or queued: nothing to do. In a batch older than `sync_timeout_ms`: the peer
+        // asking for a client of it is the evidence that it was lost, so the batch is
+        // retired at once, its keys queued again for this peer, rather than after the
+        // peer's measured timeout (found by the simulator, seed 36 of the short sweep: acks
+        // held up by a paused peer had raised that timeout to 15 s, a batch lost after the
+        // pause held the window that long, and the queued repair waited behind it).
         // If the copy still differs once its changes are applied, the next round asks again.
         let underway = self.clients_underway(&from, partition);
         for client in clients {
@@ -349,11 +353,9 @@ impl Shard {
                     bump(&stats.distro.resyncs_underway, 1);
                     continue;
                 }
-                Some(Underway::Late(keys)) => {
+                Some(Underway::Late(seqs)) => {
                     bump(&stats.distro.resyncs_underway, 1);
-                    for key in keys {
-                        self.mark_for(&from, key.clone());
-                    }
+                    self.retire_lost_batches(&from, partition, seqs.clone());
                     continue;
                 }
                 None => {}
@@ -398,7 +400,7 @@ impl Shard {
         let Some(part) = d.links.get(peer).and_then(|l| l.get(&partition)) else {
             return out;
         };
-        for f in part.inflight.values() {
+        for (seq, f) in &part.inflight {
             let fresh = now_ms.saturating_sub(f.sent_ms) < d.cfg.sync_timeout_ms;
             for k in &f.keys {
                 let entry = out
@@ -406,7 +408,11 @@ impl Shard {
                     .or_insert_with(|| Underway::Late(Vec::new()));
                 match entry {
                     Underway::Late(_) if fresh => *entry = Underway::OnItsWay,
-                    Underway::Late(keys) => keys.push(k.clone()),
+                    Underway::Late(seqs) => {
+                        if seqs.last() != Some(seq) {
+                            seqs.push(*seq)
+                        }
+                    }
                     Underway::OnItsWay => {}
                 }
             }
@@ -422,6 +428,6 @@ impl Shard {
 enum Underway {
     /// In a batch just sent, or queued: the peer will have it.
     OnItsWay,
-    /// Only in batches older than `sync_timeout_ms`, which may be lost: these keys.
-    Late(Vec<SyncKey>),
+    /// Only in batches older than `sync_timeout_ms`, which may be lost: these batches.
+    Late(Vec<u64>),
 }
