@@ -211,6 +211,13 @@ pub struct RegisterArgs {
     /// Instances per request: 1 = InstanceRequest, N>1 = BatchInstanceRequest (gRPC only).
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
+    /// Skewed service sizes: a Pareto law of this shape (1.2: most services a few dozen
+    /// instances, some thousands) instead of equal sizes.
+    #[arg(long)]
+    pub skew: Option<f64>,
+    /// With --skew: instances in the biggest service at most.
+    #[arg(long, default_value_t = 10_000)]
+    pub skew_max: u64,
     /// Requests per second over all connections [default: as fast as possible].
     #[arg(long)]
     pub rate: Option<f64>,

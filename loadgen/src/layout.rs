@@ -125,28 +125,128 @@ pub fn service_share(instances: u64, services: u32, s: u32) -> (u64, u64) {
     (first, count)
 }
 
+/// How instances are spread over services.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sizes {
+    /// Evenly (the first `instances % services` services get one more).
+    Even,
+    /// Skewed: service sizes follow a Pareto law of this shape (smaller = more skewed; 1.2
+    /// gives most services a few dozen instances and some thousands), at least 1 and at most
+    /// `max` per service, the total exact. Which services are big is fixed by their index.
+    Pareto { shape: f64, max: u64 },
+}
+
+/// `(first instance number, count)` of every service.
+pub fn shares(instances: u64, services: u32, sizes: Sizes) -> Result<Vec<(u64, u64)>, String> {
+    let counts = match sizes {
+        Sizes::Even => (0..services)
+            .map(|s| service_share(instances, services, s).1)
+            .collect(),
+        Sizes::Pareto { shape, max } => pareto_counts(instances, services, shape, max)?,
+    };
+    let mut first = 0u64;
+    Ok(counts
+        .into_iter()
+        .map(|c| {
+            let out = (first, c);
+            first += c;
+            out
+        })
+        .collect())
+}
+
+/// splitmix64, for a fixed pseudo-random size per service index.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn pareto_counts(instances: u64, services: u32, shape: f64, max: u64) -> Result<Vec<u64>, String> {
+    let n = u64::from(services);
+    if shape.is_nan()
+        || shape <= 0.0
+        || max == 0
+        || instances < n
+        || instances > n.saturating_mul(max)
+    {
+        return Err(format!(
+            "--skew {shape} --skew-max {max}: {instances} instances cannot fill {services} services              with 1..={max} each (and the shape must be > 0)"
+        ));
+    }
+    // Weights u^(-1/shape), u uniform in (0, 1]: Pareto with scale 1.
+    let weights: Vec<f64> = (0..n)
+        .map(|s| {
+            let u = ((mix(s) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            u.powf(-1.0 / shape)
+        })
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut counts: Vec<u64> = weights
+        .iter()
+        .map(|w| ((w / total * instances as f64) as u64).clamp(1, max))
+        .collect();
+    // Make the total exact: biggest services first, one instance per pass, within 1..=max.
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by(|a, b| weights[*b].total_cmp(&weights[*a]));
+    let mut sum: u64 = counts.iter().sum();
+    while sum != instances {
+        let before = sum;
+        for &s in &order {
+            if sum < instances && counts[s] < max {
+                counts[s] += 1;
+                sum += 1;
+            } else if sum > instances && counts[s] > 1 {
+                counts[s] -= 1;
+                sum -= 1;
+            }
+            if sum == instances {
+                break;
+            }
+        }
+        if sum == before {
+            return Err("cannot fit the instances into the services".into());
+        }
+    }
+    Ok(counts)
+}
+
 /// Spreads `instances` over `services` and `connections`: service `s`'s share is cut into
 /// the fewest equal chunks of at most `batch`, and the chunks of all services, in service order, are dealt round-robin
 /// over the connections. A service's chunks thus land on consecutive, distinct connections (a
 /// connection never publishes twice in the same service: a second publish would replace the
 /// first), the total is exact and connection loads differ by at most one chunk.
+#[cfg(test)]
 pub fn plan(instances: u64, services: u32, connections: u32, batch: u32) -> Result<Plan, String> {
+    plan_sized(instances, services, connections, batch, Sizes::Even)
+}
+
+/// [`plan`] with services sized by `sizes`.
+pub fn plan_sized(
+    instances: u64,
+    services: u32,
+    connections: u32,
+    batch: u32,
+    sizes: Sizes,
+) -> Result<Plan, String> {
     if services == 0 || connections == 0 || batch == 0 {
         return Err("--services, --connections and --batch must be > 0".into());
     }
-    let per_service = instances.div_ceil(u64::from(services));
-    let chunks = per_service.div_ceil(u64::from(batch));
+    let shares = shares(instances, services, sizes)?;
+    let biggest = shares.iter().map(|(_, c)| *c).max().unwrap_or(0);
+    let chunks = biggest.div_ceil(u64::from(batch));
     if chunks > u64::from(connections) {
         return Err(format!(
-            "{instances} instances over {services} services need {chunks} publishes per service, \
-             but a connection holds one publish per service and there are only {connections} \
-             connections: raise --connections, --services or --batch"
+            "{instances} instances over {services} services need {chunks} publishes in the biggest \
+             service, but a connection holds one publish per service and there are only \
+             {connections} connections: raise --connections, --services or --batch"
         ));
     }
     let mut per_conn = vec![Vec::new(); connections as usize];
     let mut next = 0u64;
-    for s in 0..services {
-        let (first, count) = service_share(instances, services, s);
+    for (s, (first, count)) in shares.into_iter().enumerate() {
+        let s = s as u32;
         // Equal chunks (sizes differ by at most one), each at most `batch`.
         let m = count.div_ceil(u64::from(batch));
         let mut done = 0u64;
@@ -358,6 +458,29 @@ mod tests {
     fn plan_refuses_layouts_that_would_overwrite_publishes() {
         // 100 instances per service but only 50 connections and single registers.
         assert!(plan(10_000, 100, 50, 1).is_err());
+        let skewed = Sizes::Pareto {
+            shape: 1.2,
+            max: 5_000,
+        };
+        let p = plan_sized(1_000_000, 10_000, 100, 100, skewed).unwrap();
+        assert_eq!(p.instances(), 1_000_000);
+        let mut counts = p.service_count(10_000);
+        assert!(counts.iter().all(|c| (1..=5_000).contains(c)));
+        counts.sort_unstable();
+        assert!(
+            counts[5_000] < 100,
+            "most services small: median {}",
+            counts[5_000]
+        );
+        assert!(
+            counts[9_990] >= 1_000,
+            "some with thousands: {}",
+            counts[9_990]
+        );
+        assert!(
+            plan_sized(10, 100, 10, 1, skewed).is_err(),
+            "fewer instances than services"
+        );
         assert!(plan(10_000, 100, 50, 2).is_ok());
         assert!(plan(1, 0, 1, 1).is_err());
     }

@@ -319,7 +319,7 @@ pub fn render_cluster(out: &mut String, shared: &impl ClusterSource, loaded: boo
             .sum::<u64>()
     };
     type Distro = fn(&engine::shard::DistroStats) -> u64;
-    let counters: [(&str, &str, Distro); 15] = [
+    let counters: [(&str, &str, Distro); 18] = [
         (
             "nacelle_distro_drops_after_pause_total",
             "Peers' deletions of this node's clients accepted after it found it had not run for a while.",
@@ -339,6 +339,21 @@ pub fn render_cluster(out: &mut String, shared: &impl ClusterSource, loaded: boo
             "nacelle_distro_sync_retries_total",
             "Sync batches not acknowledged in time and sent again.",
             |s| s.sync_retries.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_sync_spurious_retries_total",
+            "Retried sync batches whose acknowledgement came after all (the peer was slow).",
+            |s| s.sync_spurious_retries.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_sync_instances_total",
+            "Instances sent to peers in sync batches.",
+            |s| s.sync_instances.load(Ordering::Relaxed),
+        ),
+        (
+            "nacelle_distro_resyncs_underway_total",
+            "Resyncs asked by peers and not resent: a change of the client was already on its way.",
+            |s| s.resyncs_underway.load(Ordering::Relaxed),
         ),
         (
             "nacelle_distro_applied_total",

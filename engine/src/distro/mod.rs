@@ -165,14 +165,25 @@ impl Members {
 pub struct DistroConfig {
     /// How long changes wait to be merged into one batch per peer (ms). Nacos: 1000.
     pub sync_delay_ms: u64,
-    /// An unacknowledged batch is retried (with the clients' current state) after this (ms).
+    /// An unacknowledged batch is retried (with the clients' current state) after its
+    /// acknowledgement timeout: an estimate from the measured acknowledgement times (as
+    /// TCP's RTO), never below this (ms).
     pub sync_timeout_ms: u64,
+    /// ... and never above this (ms).
+    pub sync_timeout_max_ms: u64,
     /// Sync batches in flight per peer (over a shard's partitions) before new changes wait
     /// (backpressure). Everything towards a peer shares one ordered stream, so this also
     /// bounds how long a snapshot chunk or an answer waits behind sync traffic.
     pub max_inflight_batches: usize,
     /// Items per sync batch.
     pub max_batch_items: usize,
+    /// Instances per sync batch: a batch closes at whichever limit comes first (one item is
+    /// never split), so a batch of big publishes stays about a megabyte.
+    pub max_batch_instances: usize,
+    /// Instances in unacknowledged sync batches towards one peer, over all the shards of
+    /// this node (each shard takes its share): what bounds the peer's backlog whatever the
+    /// size of the clients. At least one batch is always in flight.
+    pub max_inflight_instances: usize,
     /// Verify interval (ms). Nacos: 5000.
     pub verify_interval_ms: u64,
     /// A replica whose owner has not confirmed it for this long is removed (ms).
@@ -203,8 +214,11 @@ impl Default for DistroConfig {
         DistroConfig {
             sync_delay_ms: 20,
             sync_timeout_ms: 3_000,
+            sync_timeout_max_ms: 30_000,
             max_inflight_batches: 16,
             max_batch_items: 512,
+            max_batch_instances: 8_192,
+            max_inflight_instances: 131_072,
             verify_interval_ms: 5_000,
             replica_lease_ms: 30_000,
             snapshot_chunk_clients: 2_000,

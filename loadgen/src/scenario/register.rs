@@ -13,7 +13,7 @@ use super::{hold, stream_status, Ctx};
 use crate::cli::{GrpcClient, Mode, RegisterArgs};
 use crate::grpc::Conn;
 use crate::http::{path_with_query, HttpConn};
-use crate::layout::{self, instance_addr, instance_json, metadata_json, service_share};
+use crate::layout::{self, instance_addr, instance_json, metadata_json, Sizes};
 use crate::raw::{encode_request, RawConn};
 use crate::stats::{bar, OpError, Pacer, Recorder, Report, Shared};
 
@@ -140,8 +140,19 @@ async fn register_conn(
         .await;
 }
 
+/// How `a` spreads instances over services.
+fn sizes(a: &RegisterArgs) -> Sizes {
+    match a.skew {
+        Some(shape) => Sizes::Pareto {
+            shape,
+            max: a.skew_max,
+        },
+        None => Sizes::Even,
+    }
+}
+
 async fn grpc(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
-    let plan = layout::plan(a.instances, a.services, a.connections, a.batch)?;
+    let plan = layout::plan_sized(a.instances, a.services, a.connections, a.batch, sizes(a))?;
     let requests: usize = plan.per_conn.iter().map(Vec::len).sum();
     let expected = plan.service_count(a.services);
     println!(
@@ -424,8 +435,9 @@ async fn http(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
     );
     // Instance i of service s goes to connection i % connections.
     let mut work: Vec<Vec<(u32, u64)>> = vec![Vec::new(); nconn];
-    for s in 0..a.services {
-        let (first, count) = service_share(a.instances, a.services, s);
+    let shares = layout::shares(a.instances, a.services, sizes(a))?;
+    for (s, (first, count)) in shares.iter().copied().enumerate() {
+        let s = s as u32;
         for i in first..first + count {
             work[(i % nconn as u64) as usize].push((s, i));
         }
@@ -508,9 +520,7 @@ async fn http(a: &RegisterArgs, ctx: &Ctx) -> Result<Report, String> {
     report.extra("http_beat", json!(a.http_beat));
 
     if !a.no_verify {
-        let expected: Vec<u64> = (0..a.services)
-            .map(|s| service_share(a.instances, a.services, s).1)
-            .collect();
+        let expected: Vec<u64> = shares.iter().map(|(_, c)| *c).collect();
         let pool: Vec<tokio::sync::Mutex<HttpConn>> = (0..32)
             .map(|k| {
                 tokio::sync::Mutex::new(HttpConn::new(

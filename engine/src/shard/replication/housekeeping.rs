@@ -38,35 +38,8 @@ impl Shard {
             }
         }
         // Retries: an unacknowledged batch goes back to the queue; it is rebuilt from the
-        // current state when sent again (I3).
-        let timeout = d.cfg.sync_timeout_ms;
-        let mut retried = 0u64;
-        let mut work = Vec::new();
-        for (peer, parts) in d.links.iter_mut() {
-            for part in parts.values_mut() {
-                let late: Vec<u64> = part
-                    .inflight
-                    .iter()
-                    .filter(|(_, f)| now_ms.saturating_sub(f.sent_ms) >= timeout)
-                    .map(|(s, _)| *s)
-                    .collect();
-                for seq in late {
-                    if let Some(f) = part.inflight.remove(&seq) {
-                        retried += 1;
-                        for k in f.keys {
-                            part.dirty.insert(k);
-                        }
-                    }
-                }
-                if !part.dirty.is_empty() && work.last() != Some(peer) {
-                    work.push(peer.clone());
-                }
-            }
-        }
-        bump(&self.stats.distro.sync_retries, retried);
-        for peer in work {
-            self.pump(&peer);
-        }
+        // current state when sent again (I3). The timeout is measured per peer (`flow`).
+        self.retry_late_batches();
         self.drive_load();
         self.serve_snapshots();
         let Some(d) = self.distro.as_mut() else {

@@ -56,6 +56,7 @@ impl Shard {
         if responsibility_changed {
             self.rebalance_heartbeat_clients(Some(&old));
         }
+        self.requeue_lost_links(&old);
         self.drive_load();
         self.arm_sync_timer();
         self.flush(now);

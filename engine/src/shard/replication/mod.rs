@@ -13,6 +13,8 @@
 //!   messages ([`Shard::handle_peer`]), shutdown, and small helpers every part uses;
 //! - `outbound`: local changes of our clients — digests, the per-peer merge queues, and
 //!   `pump`, which sends them as sync batches within the in-flight window;
+//! - `flow`: the flow control of those batches — acknowledgements, the acknowledgement
+//!   timeout measured per peer (`AckClock`), and retries of batches that timed out;
 //! - `inbound`: applying a peer's changes to the copies we hold (I2), and moving clients
 //!   between "ours" and "a copy" (hand-overs, take-overs, removal memory);
 //! - `apart`: removals held back from members that were apart (I1, no flaps);
@@ -39,6 +41,7 @@ use crate::distro::{
 mod apart;
 pub(super) use apart::hold_for;
 mod claims;
+mod flow;
 mod housekeeping;
 mod inbound;
 mod membership;
@@ -123,6 +126,11 @@ pub struct DistroStats {
     pub sync_items: AtomicU64,
     /// Batches not acknowledged in time whose clients were queued again.
     pub sync_retries: AtomicU64,
+    /// Retried batches whose acknowledgement came after all (the peer was slow, not the
+    /// link lost): each one sent its keys twice.
+    pub sync_spurious_retries: AtomicU64,
+    /// Instances sent in sync batches (a publish's instances, a full state's).
+    pub sync_instances: AtomicU64,
     /// Replicated changes applied.
     pub applied: AtomicU64,
     /// Replicated changes ignored as older than what is held (I2).
@@ -135,6 +143,9 @@ pub struct DistroStats {
     pub verify_differed: AtomicU64,
     /// Clients whose full state a peer asked for again.
     pub resyncs: AtomicU64,
+    /// Of those, clients not sent again because a change of theirs was already queued or
+    /// in flight towards that peer.
+    pub resyncs_underway: AtomicU64,
     /// Replicas removed because their owner stopped confirming them.
     pub replicas_expired: AtomicU64,
     /// Replicas removed because their owner no longer has them.
@@ -168,6 +179,8 @@ struct SyncKey {
 
 struct Inflight {
     keys: Vec<SyncKey>,
+    /// Instances the batch carried (its share of the in-flight window).
+    instances: usize,
     sent_ms: u64,
 }
 
@@ -177,6 +190,9 @@ struct LinkPart {
     /// Changes not sent yet, merged: a key is here once however often it changed.
     dirty: IndexSet<SyncKey, StableHasher>,
     inflight: BTreeMap<u64, Inflight>,
+    /// Batches retried recently (seq → sent at), so that a late acknowledgement is known
+    /// as one: a spurious retry, and a measure of how slow the peer is (bounded).
+    retired: BTreeMap<u64, u64>,
     next_seq: u64,
 }
 
@@ -265,6 +281,8 @@ pub(crate) struct DistroState {
     handovers: HashMap<ClientId, NodeId, StableHasher>,
     /// The partition that last sent a sync batch to each peer (`pump`'s round robin).
     pump_cursor: HashMap<NodeId, u16>,
+    /// Per peer: measured acknowledgement times, and the timeout they give.
+    ack_clocks: HashMap<NodeId, flow::AckClock>,
     /// Heartbeat clients this node removed while it held them as their owner: the revision
     /// of the removal and when (mono ms), kept for a lease. A peer that was DOWN meanwhile
     /// still gets the `Drop` when it is back, even if the client is its own again by then.
@@ -322,6 +340,7 @@ impl Shard {
             next_id: (self.id as u64) << 48 | (now.unix_ms & 0xFFFF_FFFF),
             handovers: HashMap::default(),
             pump_cursor: HashMap::new(),
+            ack_clocks: HashMap::new(),
             owned_removals: HashMap::default(),
             last_away: HashMap::new(),
             held: HashMap::default(),
@@ -359,15 +378,7 @@ impl Shard {
                 }
                 self.send_peer(from, partition, PeerMsg::SyncAck { seq });
             }
-            PeerMsg::SyncAck { seq } => {
-                let done = self
-                    .link_part(&from, partition)
-                    .and_then(|part| part.inflight.remove(&seq));
-                if let Some(done) = done {
-                    self.complete_handovers(&from, &done.keys);
-                }
-                self.pump(&from);
-            }
+            PeerMsg::SyncAck { seq } => self.on_sync_ack(&from, partition, seq),
             PeerMsg::Digest { round, root, clock } => {
                 self.observe_rev(clock);
                 self.on_digest(from, partition, round, root)

@@ -9,7 +9,9 @@ use crate::distro::{
     client_seed, entry_digest, partition_of, slice_of, EntryState, Health, NodeId, PeerMsg,
     SyncItem,
 };
-use crate::shard::{ClientId, ServiceKey, Shard, Timer};
+use indexmap::IndexMap;
+
+use crate::shard::{Client, ClientId, ServiceKey, Shard, StableHasher, Timer};
 
 impl Shard {
     /// Digest bookkeeping of one publish of a client held as `origin` (`None`: ours).
@@ -142,6 +144,12 @@ impl Shard {
     /// Sends what is pending for `peer`, as far as the in-flight window allows (I5: bounded
     /// in-flight data per peer), one batch per partition in turn.
     ///
+    /// The window is counted in instances as well as batches: a batch of 512 big publishes
+    /// carried 51,200 instances, 16 of them eight seconds of a busy peer's work, and every
+    /// one timed out while still queued (issue 19). A batch closes at `max_batch_items` items
+    /// or `max_batch_instances` instances; the batches in flight towards a peer hold at most
+    /// this shard's share of `max_inflight_instances` (one batch always may go).
+    ///
     /// Why one window per peer rather than per partition: everything towards a peer shares
     /// one ordered QUIC stream, and a window of 8 batches for each of 64 partitions let a
     /// backlog of 262,144 changes sit in that stream, ahead of the snapshot chunks a joining
@@ -151,8 +159,14 @@ impl Shard {
             return;
         }
         let now_ms = self.now.mono_ms;
-        let (max_inflight, max_items) = match self.distro.as_ref() {
-            Some(d) => (d.cfg.max_inflight_batches, d.cfg.max_batch_items),
+        let shards = self.cfg.shard_count.max(1);
+        let (max_inflight, max_items, max_batch_instances, window) = match self.distro.as_ref() {
+            Some(d) => (
+                d.cfg.max_inflight_batches,
+                d.cfg.max_batch_items.max(1),
+                d.cfg.max_batch_instances.max(1),
+                (d.cfg.max_inflight_instances / shards).max(1),
+            ),
             None => return,
         };
         loop {
@@ -162,7 +176,13 @@ impl Shard {
             let Some(parts) = d.links.get_mut(peer) else {
                 return;
             };
-            if parts.values().map(|p| p.inflight.len()).sum::<usize>() >= max_inflight {
+            let (batches, instances) = parts.values().fold((0, 0), |(b, i), p| {
+                (
+                    b + p.inflight.len(),
+                    i + p.inflight.values().map(|f| f.instances).sum::<usize>(),
+                )
+            });
+            if batches >= max_inflight || (batches > 0 && instances >= window) {
                 return;
             }
             // Round robin: the partition after the one that sent last goes first.
@@ -187,7 +207,18 @@ impl Shard {
             let Some(part) = parts.get_mut(&partition) else {
                 return;
             };
-            let take = part.dirty.len().min(max_items);
+            // The batch: keys in order until either limit (at least one key).
+            let room = max_batch_instances.min(window.saturating_sub(instances).max(1));
+            let mut take = 0;
+            let mut batch_instances = 0;
+            for key in part.dirty.iter().take(max_items) {
+                let weight = key_weight(&self.clients, key);
+                if take > 0 && batch_instances + weight > room {
+                    break;
+                }
+                take += 1;
+                batch_instances += weight;
+            }
             let keys: Vec<SyncKey> = part.dirty.drain(..take).collect();
             let seq = part.next_seq;
             part.next_seq += 1;
@@ -206,11 +237,13 @@ impl Shard {
                 seq,
                 Inflight {
                     keys,
+                    instances: batch_instances,
                     sent_ms: now_ms,
                 },
             );
             bump(&self.stats.distro.sync_batches, 1);
             bump(&self.stats.distro.sync_items, items.len() as u64);
+            bump(&self.stats.distro.sync_instances, batch_instances as u64);
             self.send_peer(peer.clone(), partition, PeerMsg::Sync { seq, items });
         }
     }
@@ -271,4 +304,19 @@ impl Shard {
             },
         }
     }
+}
+
+/// What sending `key` weighs in the window: the instances its current state carries (one
+/// for a removal, a drop or an empty state).
+fn key_weight(clients: &IndexMap<ClientId, Client, StableHasher>, key: &SyncKey) -> usize {
+    let Some(client) = clients.get(&key.client) else {
+        return 1;
+    };
+    let n = match &key.service {
+        None => client.publishes.iter().map(|e| e.publish.len()).sum(),
+        Some(service) => client
+            .entry(service)
+            .map_or(0, |pos| client.publishes[pos].publish.len()),
+    };
+    n.max(1)
 }
