@@ -11,9 +11,9 @@ extern crate nacelle_engine as engine;
 
 mod cluster_shard;
 
-use cluster_shard::{loaded_shard, members, now, register_own_clients, Keep};
+use cluster_shard::{members, now, one_own_client};
 use engine::distro::{
-    partition_of, ClientState, DistroConfig, EntryState, Health, Members, NodeId, PeerMsg, SyncItem,
+    partition_of, ClientState, EntryState, Health, Members, NodeId, PeerMsg, SyncItem,
 };
 use engine::shard::{ClientOp, ShardMsg};
 use engine::{ClientId, Command, Host, Instance, ServiceKey, Shard};
@@ -77,16 +77,8 @@ fn run(shard: &mut Shard, peer: &NodeId, client: &ClientId, from: u64, to: u64) 
 /// goes DOWN at 1 s, the client expires (30 s deletion timeout) while the peer is away, and
 /// the peer is back at `back`. Returns the shard, the peer, the service and the client.
 fn expired_while_apart(back: u64) -> (Shard, NodeId, ServiceKey, ClientId) {
-    let (mut shard, peer) = loaded_shard(DistroConfig::default());
     let service = ServiceKey::new("public", "DEFAULT_GROUP", "apart").unwrap();
-    let clients = register_own_clients(&mut shard, &service, 2, |taken, _| {
-        if taken.is_empty() {
-            Keep::Take
-        } else {
-            Keep::Done
-        }
-    });
-    let client = clients[0].clone();
+    let (mut shard, peer, client) = one_own_client(&service);
     shard.handle_members(now(1_000), with_peer(Health::Down));
     let drops = run(&mut shard, &peer, &client, 1_000, back);
     assert_eq!(instance_count(&shard, &service), 0, "expired (no beats)");
@@ -188,16 +180,8 @@ fn a_peers_live_copy_is_refused_without_a_drop_and_its_next_beat_brings_it_back(
 #[test]
 fn a_peer_back_for_longer_than_a_hold_gets_the_removal_at_once() {
     // The peer came back long before the client expired: it would have passed any beat on.
-    let (mut shard, peer) = loaded_shard(DistroConfig::default());
     let service = ServiceKey::new("public", "DEFAULT_GROUP", "apart").unwrap();
-    let clients = register_own_clients(&mut shard, &service, 2, |taken, _| {
-        if taken.is_empty() {
-            Keep::Take
-        } else {
-            Keep::Done
-        }
-    });
-    let client = clients[0].clone();
+    let (mut shard, peer, client) = one_own_client(&service);
     shard.handle_members(now(1_000), with_peer(Health::Down));
     shard.handle_members(now(2_000), with_peer(Health::Up));
     let drops = run(&mut shard, &peer, &client, 2_000, 33_000);

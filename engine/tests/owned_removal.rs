@@ -11,7 +11,7 @@ extern crate nacelle_engine as engine;
 
 mod cluster_shard;
 
-use cluster_shard::{loaded_shard, now, register_own_clients, Keep};
+use cluster_shard::{now, one_own_client};
 use engine::distro::{ClientState, DistroConfig, EntryState, NodeId, PeerMsg, SyncItem};
 use engine::shard::{ClientOp, ShardMsg};
 use engine::{ClientId, Command, Host, Instance, ServiceKey, Shard};
@@ -51,16 +51,8 @@ fn drops_to(shard: &mut Shard, peer: &NodeId, client: &ClientId) -> usize {
 /// Node 10.0.0.1 is responsible for one heartbeat client, registered at 2 ms, that never
 /// beats: it expires after its deletion timeout (30 s). Returns the time it is gone.
 fn expired_client() -> (Shard, NodeId, ServiceKey, ClientId, u64) {
-    let (mut shard, peer) = loaded_shard(DistroConfig::default());
     let service = ServiceKey::new("public", "DEFAULT_GROUP", "owned").unwrap();
-    let clients = register_own_clients(&mut shard, &service, 2, |taken, _| {
-        if taken.is_empty() {
-            Keep::Take
-        } else {
-            Keep::Done
-        }
-    });
-    let client = clients[0].clone();
+    let (mut shard, peer, client) = one_own_client(&service);
     assert_eq!(instance_count(&shard, &service), 1);
     let mut t = 2;
     while instance_count(&shard, &service) == 1 && t < 60_000 {
@@ -170,16 +162,8 @@ fn after_a_lease_the_responsible_node_takes_a_peers_copy_again() {
 /// expires it.
 #[test]
 fn a_shutting_down_owner_neither_expires_nor_marks_its_silent_clients() {
-    let (mut shard, peer) = loaded_shard(DistroConfig::default());
     let service = ServiceKey::new("public", "DEFAULT_GROUP", "owned").unwrap();
-    let clients = register_own_clients(&mut shard, &service, 2, |taken, _| {
-        if taken.is_empty() {
-            Keep::Take
-        } else {
-            Keep::Done
-        }
-    });
-    let client = clients[0].clone();
+    let (mut shard, peer, client) = one_own_client(&service);
     shard.handle_shutdown(now(1_000));
     while shard.poll_command().is_some() {}
     for t in (1_500..60_000).step_by(500) {

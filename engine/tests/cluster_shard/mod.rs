@@ -99,6 +99,21 @@ pub fn register_own_clients(
     clients
 }
 
+/// A loaded shard of node 10.0.0.1 (default Distro timings) holding one heartbeat client it
+/// is responsible for, registered at 2 ms in `service` and never beating; and its peer.
+pub fn one_own_client(service: &ServiceKey) -> (Shard, NodeId, ClientId) {
+    let (mut shard, peer) = loaded_shard(DistroConfig::default());
+    let clients = register_own_clients(&mut shard, service, 2, |taken, _| {
+        if taken.is_empty() {
+            Keep::Take
+        } else {
+            Keep::Done
+        }
+    });
+    let client = clients[0].clone();
+    (shard, peer, client)
+}
+
 /// What `register_own_clients` does with the next candidate.
 pub enum Keep {
     Take,
