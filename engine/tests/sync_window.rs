@@ -92,3 +92,70 @@ fn a_backlog_in_every_partition_keeps_one_window_per_peer_and_serves_partitions_
     );
     assert_eq!(shard.unsynced_changes(), 0);
 }
+
+#[test]
+fn a_restarted_peer_asking_for_a_snapshot_frees_the_window_at_once() {
+    let distro = DistroConfig {
+        max_inflight_batches: 1,
+        ..DistroConfig::default()
+    };
+    let (mut shard, peer) = loaded_shard(distro.clone());
+    while shard.poll_command().is_some() {}
+    // Two clients in different partitions; a window of one batch.
+    let service = ServiceKey::new("public", "DEFAULT_GROUP", "restart").unwrap();
+    let clients = register_own_clients(&mut shard, &service, 10, |taken, next| match taken {
+        [] => Keep::Take,
+        [first] if partition_of(first) != partition_of(next) => Keep::Take,
+        [_] => Keep::Skip,
+        _ => Keep::Done,
+    });
+    assert_eq!(clients.len(), 2);
+    shard.handle_timeout(now(10 + distro.sync_delay_ms));
+    let sent = sent_batches(&mut shard);
+    assert_eq!(sent.len(), 1, "the window holds one batch: {sent:?}");
+    let (held, _) = sent[0];
+    let waiting = clients
+        .iter()
+        .map(partition_of)
+        .find(|p| *p != held)
+        .unwrap();
+
+    // The peer restarts (quickly enough that its link never looked lost) and asks for a
+    // snapshot of the held batch's partition, long before the 3 s acknowledgement timeout:
+    // the batch went to its earlier run, the window is free, and the other partition's
+    // batch goes out by the next tick. The held client comes in the snapshot, not as a
+    // second sync.
+    shard.handle_peer(
+        now(500),
+        peer.clone(),
+        held,
+        PeerMsg::SnapshotRequest { id: 7 },
+    );
+    shard.handle_timeout(now(1_500));
+    let mut synced = Vec::new();
+    let mut snapshot_clients = 0;
+    while let Some(cmd) = shard.poll_command() {
+        match cmd {
+            Command::Peer {
+                partition,
+                msg: PeerMsg::Sync { .. },
+                ..
+            } => synced.push(partition),
+            Command::Peer {
+                partition,
+                msg: PeerMsg::SnapshotChunk { id: 7, clients, .. },
+                ..
+            } if partition == held => snapshot_clients += clients.len(),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        synced,
+        vec![waiting],
+        "the waiting partition's batch, well before 3 s"
+    );
+    assert_eq!(
+        snapshot_clients, 1,
+        "the held client travels in the snapshot"
+    );
+}

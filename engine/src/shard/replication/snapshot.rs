@@ -282,6 +282,7 @@ impl Shard {
     /// A peer asks for a snapshot of `partition` (it is loading): start a stream.
     pub(super) fn on_snapshot_request(&mut self, from: NodeId, partition: u16, id: u64) {
         let now_ms = self.now.mono_ms;
+        self.retire_batches_to_a_restarted_peer(&from, partition);
         let mut pending: Vec<ClientId> = self
             .clients
             .iter()
@@ -306,7 +307,7 @@ impl Shard {
             d.serving
                 .retain(|s| !(s.to == from && s.partition == partition));
             d.serving.push(SnapshotServe {
-                to: from,
+                to: from.clone(),
                 partition,
                 id,
                 pending,
