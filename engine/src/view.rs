@@ -11,6 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Atomic, Owned};
 
+mod sorted;
+
 use crate::model::{stable_hash, warm_refcounts, Instance, ServiceKey, StableHasher};
 
 /// Re-exported from [`crate::model`], where it lives so that Distro messages and shards can
@@ -444,6 +446,7 @@ pub struct ReadIndex {
     stamps: Box<[std::sync::atomic::AtomicU64]>,
     buckets: Box<[Atomic<Bucket>]>,
     budget: Arc<CacheBudget>,
+    sorted: sorted::SortedDirectory,
 }
 
 impl Drop for ReadIndex {
@@ -477,6 +480,7 @@ impl ReadIndex {
             stamps,
             buckets,
             budget: CacheBudget::new(cache_bytes),
+            sorted: sorted::SortedDirectory::new(),
         })
     }
 
@@ -599,24 +603,51 @@ impl ReadIndex {
         page_size: usize,
         grouped: bool,
     ) -> (usize, Vec<String>) {
-        let mut names = Vec::new();
-        self.for_each(|view| {
-            let k = &view.key;
-            if k.namespace() == namespace && group.is_none_or(|g| k.group() == g) {
-                names.push(if grouped {
-                    k.grouped_name()
-                } else {
-                    k.name().to_owned()
-                });
+        let name = |k: &ServiceKey| {
+            if grouped {
+                k.grouped_name()
+            } else {
+                k.name().to_owned()
             }
-        });
-        names.sort_unstable();
-        let count = names.len();
-        let start = (page_no.saturating_sub(1))
-            .saturating_mul(page_size)
-            .min(count);
-        let end = start.saturating_add(page_size).min(count);
-        (count, names[start..end].to_vec())
+        };
+        self.sorted.with(
+            |visit| self.for_each_key(visit),
+            |keys| {
+                let (from, to) = sorted::range_of(keys, namespace, group);
+                let keys = &keys[from..to];
+                let count = keys.len();
+                let start = (page_no.saturating_sub(1))
+                    .saturating_mul(page_size)
+                    .min(count);
+                let end = start.saturating_add(page_size).min(count);
+                match group {
+                    // Within one group, (group, name) order is name order.
+                    Some(_) => (count, keys[start..end].iter().map(name).collect()),
+                    None => {
+                        let mut names: Vec<String> = keys.iter().map(name).collect();
+                        names.sort_unstable();
+                        (count, names[start..end].to_vec())
+                    }
+                }
+            },
+        )
+    }
+
+    /// Runs `f` on the services of `namespace` sorted by group, then name (sorted once per
+    /// change of the directory, shared by every core until the next: paging costs a binary
+    /// search, not a sort).
+    pub fn with_sorted_services<R>(
+        &self,
+        namespace: &str,
+        f: impl FnOnce(&[ServiceKey]) -> R,
+    ) -> R {
+        self.sorted.with(
+            |visit| self.for_each_key(visit),
+            |keys| {
+                let (from, to) = sorted::range_of(keys, namespace, None);
+                f(&keys[from..to])
+            },
+        )
     }
 
     /// Applies inserts (`Some`) and removals (`None`) to the buckets; called by the owner shard
@@ -654,6 +685,7 @@ impl ReadIndex {
                 }
             }
         }
+        self.sorted.changed();
     }
 }
 
@@ -734,6 +766,28 @@ mod tests {
             index.list_services("nowhere", None, 1, 10, true),
             (0, Vec::<String>::new())
         );
+    }
+
+    #[test]
+    fn the_sorted_list_follows_services_that_appear_and_go() {
+        let index = index_of(&[key("public", "g", "b"), key("public", "g", "d")]);
+        let page = |index: &ReadIndex| index.list_services("public", Some("g"), 1, 10, false);
+        assert_eq!(page(&index), (2, vec!["b".to_owned(), "d".to_owned()]));
+        // A second read is served from the same sorted list.
+        assert_eq!(page(&index), (2, vec!["b".to_owned(), "d".to_owned()]));
+        let a = key("public", "g", "a");
+        let cell = ServiceCell::new(Arc::new(ServiceView::empty(a.clone(), 0)));
+        index.update_directory(vec![(a, Some(cell))]);
+        assert_eq!(
+            page(&index),
+            (3, vec!["a".to_owned(), "b".to_owned(), "d".to_owned()])
+        );
+        index.update_directory(vec![(key("public", "g", "b"), None)]);
+        assert_eq!(page(&index), (2, vec!["a".to_owned(), "d".to_owned()]));
+        let names = index.with_sorted_services("public", |keys| {
+            keys.iter().map(|k| k.name().to_owned()).collect::<Vec<_>>()
+        });
+        assert_eq!(names, ["a", "d"]);
     }
 
     #[test]

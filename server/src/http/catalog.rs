@@ -47,8 +47,9 @@ fn bounds(no: usize, size: usize, count: usize) -> (usize, usize) {
 /// ipCount, healthyInstanceCount, triggerFlag, ephemeral}]}`, sorted by group then name (Nacos
 /// leaves it unsorted, which makes paging unstable).
 ///
-/// Cost: one pass over the directory collecting matching keys (one `Arc` clone each), a sort
-/// of the matches, then the counts of the page's services only.
+/// Cost: one pass over the namespace's services in the directory's shared sorted order
+/// (sorted once per change of the directory, not per request), no allocation beyond the page,
+/// then the counts of the page's services only.
 pub fn services(p: &Params<'_>) -> Result<Resp, Failure> {
     let (no, size) = page_of(p, 10)?;
     let namespace = p.any(&["namespaceId", "tenant"]).unwrap_or("public");
@@ -56,35 +57,28 @@ pub fn services(p: &Params<'_>) -> Result<Resp, Failure> {
     let group_part = p.get("groupNameParam").unwrap_or("");
     let has_ip = p.bool(&["hasIpCount"])?.unwrap_or(false);
     let index = with_core(|c| c.shared.index.clone());
-    let mut keys: Vec<ServiceKey> = Vec::new();
-    let wanted = |k: &ServiceKey| {
-        k.namespace() == namespace && k.name().contains(name_part) && k.group().contains(group_part)
-    };
-    if has_ip {
-        index.for_each(|view| {
-            if view.instance_count > 0 && wanted(&view.key) {
-                keys.push(view.key.clone());
+    let start = (no - 1).saturating_mul(size);
+    let end = start.saturating_add(size);
+    let (count, page) = index.with_sorted_services(namespace, |keys| {
+        let mut count = 0usize;
+        let mut page: Vec<ServiceKey> = Vec::new();
+        for k in keys {
+            if !(k.name().contains(name_part) && k.group().contains(group_part)) {
+                continue;
             }
-        });
-    } else {
-        // Names alone: no view is loaded.
-        index.for_each_key(|k| {
-            if wanted(k) {
-                keys.push(k.clone());
+            if has_ip && !index.read(k, |v| v.is_some_and(|v| v.instance_count > 0)) {
+                continue;
             }
-        });
-    }
-    let count = keys.len();
-    let (start, end) = bounds(no, size, count);
-    if end < count {
-        // Only what precedes the page's end needs ordering.
-        keys.select_nth_unstable_by(end, by_group_name);
-        keys.truncate(end);
-    }
-    keys.sort_unstable_by(by_group_name);
-    let mut out = String::with_capacity(64 + (end - start) * 160);
+            if (start..end).contains(&count) {
+                page.push(k.clone());
+            }
+            count += 1;
+        }
+        (count, page)
+    });
+    let mut out = String::with_capacity(64 + page.len() * 160);
     let _ = write!(out, "{{\"count\":{count},\"serviceList\":[");
-    for (i, key) in keys[start..end].iter().enumerate() {
+    for (i, key) in page.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -92,10 +86,6 @@ pub fn services(p: &Params<'_>) -> Result<Resp, Failure> {
     }
     out.push_str("]}");
     Ok(json(StatusCode::OK, out))
-}
-
-fn by_group_name(a: &ServiceKey, b: &ServiceKey) -> std::cmp::Ordering {
-    (a.group(), a.name()).cmp(&(b.group(), b.name()))
 }
 
 fn service_entry(out: &mut String, key: &ServiceKey, view: Option<&ServiceView>) {
