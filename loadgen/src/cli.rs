@@ -63,6 +63,10 @@ pub enum Scenario {
     /// --prepare, --instances-per-service instances are first registered in each service
     /// (over gRPC, one batch per service) and kept alive during the run.
     Query(QueryArgs),
+    /// Page through the service list (gRPC `ServiceListRequest` of --page-size, one page at a
+    /// time on one connection, as a console or `getServicesOfServer` does) to the end or for
+    /// --pages pages; reports each page's latency and checks every name arrives once.
+    List(ListArgs),
     /// --subscribers subscribers per service, then a writer changes one instance per service
     /// at --rate changes/s; push latency = arrival of the NotifySubscriberRequest that
     /// contains a change minus the change's send time.
@@ -138,6 +142,7 @@ impl Scenario {
         match self {
             Scenario::Register(a) => &a.common,
             Scenario::Query(a) => &a.common,
+            Scenario::List(a) => &a.common,
             Scenario::Subscribe(a) | Scenario::Converge(a) => &a.common,
             Scenario::Churn(a) => &a.common,
             Scenario::Flood(a) => &a.common,
@@ -277,6 +282,20 @@ pub struct QueryArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub set: QuerySet,
+}
+
+/// `list` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ListArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// Services per page.
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    /// Stop after this many pages (0: to the end).
+    #[arg(long, default_value_t = 0)]
+    pub pages: u64,
 }
 
 /// `flood` flags.

@@ -2,6 +2,7 @@
 
 mod churn;
 mod flood;
+mod list;
 mod persist;
 mod query;
 mod register;
@@ -22,6 +23,7 @@ pub async fn run(s: Scenario) -> Result<Report, String> {
     let (mut report, config) = match s {
         Scenario::Register(a) => (register::run(&a).await?, serde_json::to_value(&a)),
         Scenario::Query(a) => (query::run(&a).await?, serde_json::to_value(&a)),
+        Scenario::List(a) => (list::run(&a).await?, serde_json::to_value(&a)),
         Scenario::Subscribe(a) => (subscribe::run(&a, false).await?, serde_json::to_value(&a)),
         Scenario::Converge(a) => (subscribe::run(&a, true).await?, serde_json::to_value(&a)),
         Scenario::Churn(a) => (churn::run(&a).await?, serde_json::to_value(&a)),
