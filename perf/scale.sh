@@ -120,8 +120,8 @@ since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 # TARGET instances (@IP2: as many as IP2 holds at that moment) (-1: not within TIMEOUT s), as
 # "up held target" (the target met).
 wait_held() {
-  local up=-1 held=-1 t n want=$2
-  for _ in $(seq $(($3 * 10))); do
+  local up=-1 held=-1 t n want=$2 deadline=$(( $(date +%s) + $3 ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do   # by the clock: each poll itself takes a while
     t=$(date +%s.%N)
     if [ "$up" = -1 ] && [ "$(field "$1" status 2>/dev/null)" = UP ]; then up=$(since "$4" "$t"); fi
     case $2 in @*) want=$(field "${2#@}" instanceCount 2>/dev/null || echo -1) ;; esac
@@ -183,7 +183,7 @@ RSS1=(); COUNTS=(); for i in "${!NODES[@]}"; do RSS1+=("$(rss_kb "${PIDS[$i]}")"
 echo "RSS per node (MiB): before $(for k in "${RSS0[@]}"; do printf '%d ' $((k / 1024)); done)after $(for k in "${RSS1[@]}"; do printf '%d ' $((k / 1024)); done); instances held: ${COUNTS[*]}"
 
 prom_sum() {  # prom_sum IP NAME: a counter of node IP's /metrics
-  curl -sf "http://$1:$PORT/metrics" | awk -v n="nacelle_$2" '$1 == n {print int($2)}'
+  curl -sf "http://$1:$PORT/metrics" | awk -v n="nacelle_$2" '$1 == n {printf "%.0f\n", $2}' || echo 0
 }
 VERIFY_RESULT="{}"
 if [ "$NODE_COUNT" -gt 1 ] && [ "$VERIFY_WINDOW" -gt 0 ]; then
@@ -252,9 +252,14 @@ if [ "$RESTART" = 1 ] && [ "$NODE_COUNT" = 1 ] && [ "$SERVER" = nacelle ]; then 
     --connections "$CONNECTIONS" --batch "$BATCH" ${SKEW:+--skew "$SKEW" --skew-max "$SKEW_MAX"} --timeout-ms "$REGISTER_TIMEOUT_MS" \
     --hold -1 --no-verify --no-progress --report "$WORK/reregister.json" >"$WORK/reregister.log" 2>&1 &
   LG=$!
-  read -r _ held _ < <(wait_held "${NODES[0]}" "$ACKED" "$CATCHUP_TIMEOUT" "$t0")
-  echo "restarted: UP after $up s, holding $ACKED again after $held s"
-  RESTART_RESULT="{\"up_s\": $up, \"holding_s\": $held, \"target\": $ACKED}"
+  # Back to holding what the clients registered again (a few requests may be shed with 503).
+  until grep -q "^registered " "$WORK/reregister.log" 2>/dev/null; do
+    kill -0 "$LG" 2>/dev/null || { cat "$WORK/reregister.log" >&2; exit 1; }; sleep 0.2
+  done
+  again=$(sed -n 's|^registered \([0-9]*\)/.*|\1|p' "$WORK/reregister.log")
+  read -r _ held _ < <(wait_held "${NODES[0]}" "$again" "$CATCHUP_TIMEOUT" "$t0")
+  echo "restarted: UP after $up s, holding the $again registered again (of $ACKED) after $held s"
+  RESTART_RESULT="{\"up_s\": $up, \"holding_s\": $held, \"target\": $again, \"before\": $ACKED}"
   kill -INT "$LG"; wait "$LG" || true; LG=""
 fi
 echo "{\"join\": $JOIN_RESULT, \"kill\": $KILL_RESULT, \"restart\": $RESTART_RESULT}" >"$WORK/faults.json"
